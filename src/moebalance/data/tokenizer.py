@@ -1,0 +1,115 @@
+"""Train a byte-level BPE tokenizer on the corpus's train split.
+
+Byte-level BPE (the `tokenizers` library) maps every byte to a symbol, so any text
+encodes and decodes back to itself exactly: no unknown token, no normalisation, and
+spaces and indentation survive (`clean_up_tokenization_spaces` is off for that reason).
+The folder loads with ``AutoTokenizer.from_pretrained``; ``moebalance_tokenizer.json``
+beside it records the special-token ids the other stages use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from moebalance.io import atomic_path, write_json
+
+HELP = "train the byte-level BPE tokenizer on the train split"
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+META_FILE = "moebalance_tokenizer.json"
+ROUND_TRIP_CHECKS = 200
+log = logging.getLogger(__name__)
+
+
+def train_bpe(texts: list[str], vocab_size: int, min_frequency: int):
+    """A `tokenizers.Tokenizer` (byte-level BPE) with EOT id 0 and PAD id 1."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOT, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tokenizer
+
+
+def save_pretrained(tokenizer, out_dir: Path, model_max_length: int) -> None:
+    """Save as a transformers tokenizer folder (tokenizer.json + tokenizer_config.json)."""
+    from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOT,
+        bos_token=EOT,
+        pad_token=PAD,
+        clean_up_tokenization_spaces=False,
+        model_max_length=model_max_length,
+    )
+    wrapped.save_pretrained(out_dir)
+
+
+def check_round_trip(tokenizer_dir: Path, texts: list[str]) -> None:
+    """decode(encode(doc)) == doc through AutoTokenizer, as every later stage will load it."""
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for text in texts:
+        ids = loaded(text, add_special_tokens=False)["input_ids"]
+        back = loaded.decode(ids)
+        if back != text:
+            at = next((i for i, (a, b) in enumerate(zip(back, text, strict=False)) if a != b),
+                      min(len(back), len(text)))
+            raise RuntimeError(f"tokenizer does not round-trip: first difference at char {at}: "
+                               f"{text[max(0, at - 20):at + 20]!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moebalance.tracking import add_tracking_arguments
+
+    parser.add_argument("--train", required=True, help="train.parquet of the corpus stage")
+    parser.add_argument("--out-dir", required=True, help="tokenizer folder to write")
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--min-frequency", type=int, default=2,
+                        help="merges seen fewer times than this are not learned")
+    parser.add_argument("--model-max-length", type=int, default=4096)
+    add_tracking_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    from moebalance.cli import UsageError
+    from moebalance.tracking import stage_run
+
+    if args.vocab_size < 258:
+        raise UsageError(f"--vocab-size {args.vocab_size} is below 256 bytes + 2 special tokens")
+    if not Path(args.train).is_file():
+        raise UsageError(f"missing corpus train split {args.train}; run the corpus stage first")
+    texts = pq.read_table(args.train, columns=["text"]).column("text").to_pylist()
+    params = {"train": str(args.train), "vocab_size": args.vocab_size,
+              "min_frequency": args.min_frequency}
+    with stage_run(args, "tokenizer", params) as mlflow, \
+            atomic_path(args.out_dir, directory=True) as tmp:
+        tokenizer = train_bpe(texts, args.vocab_size, args.min_frequency)
+        save_pretrained(tokenizer, tmp, args.model_max_length)
+        # Every document's exact round trip costs as much as encoding the corpus; check a
+        # spread-out sample here and leave the exhaustive check to the tests.
+        stride = max(1, len(texts) // ROUND_TRIP_CHECKS)
+        check_round_trip(tmp, texts[::stride])
+        meta = {"eot_token": EOT, "pad_token": PAD, "eot_id": tokenizer.token_to_id(EOT),
+                "pad_id": tokenizer.token_to_id(PAD), "vocab_size": tokenizer.get_vocab_size(),
+                "trained_on_documents": len(texts)}
+        write_json(meta, tmp / META_FILE)
+        log.info("tokenizer: %s", json.dumps(meta))
+        if mlflow is not None:
+            mlflow.log_metrics({"vocab_size": meta["vocab_size"], "documents": len(texts),
+                                "bytes": sum(len(t.encode("utf-8")) for t in texts)})

@@ -1,0 +1,118 @@
+"""Encode the corpus's train and val splits into flat token shards.
+
+Layout of the output directory:
+
+    train.bin, val.bin   every document's token ids followed by end-of-text, concatenated,
+                         as raw little-endian uint16 (uint32 when the vocabulary needs it)
+    meta.json            dtype, eot_id, pad_id, vocab_size and, per split, the file,
+                         its number of tokens and documents
+
+The trainer memory-maps a split with :func:`open_split` and samples fixed-length
+windows from it; nothing is loaded into RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from moebalance.io import atomic_path, write_json
+
+HELP = "encode the train/val corpus splits into memory-mappable token shards"
+SPLITS = ("train", "val")
+log = logging.getLogger(__name__)
+
+
+def read_meta(tokens_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(tokens_dir) / "meta.json").read_text())
+
+
+def open_split(tokens_dir: str | os.PathLike, split: str) -> np.memmap:
+    """The token ids of one split, memory-mapped read-only (1-D)."""
+    meta = read_meta(tokens_dir)
+    if split not in meta["splits"]:
+        raise KeyError(f"split {split!r} not in {Path(tokens_dir) / 'meta.json'}")
+    info = meta["splits"][split]
+    return np.memmap(Path(tokens_dir) / info["file"], dtype=np.dtype(meta["dtype"]), mode="r",
+                     shape=(info["n_tokens"],))
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype("<u4")
+
+
+def encode_split(tokenizer, texts: list[str], eot_id: int, dtype: np.dtype, out, batch_size: int,
+                 progress) -> int:
+    """Write the ids of ``texts``, each followed by ``eot_id``, to the binary file ``out``.
+
+    ``encode_batch`` of the Rust tokenizer runs on all cores (RAYON threads), so the
+    batches are large rather than split across Python processes.
+    """
+    n_tokens = 0
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
+            ids = np.asarray(enc.ids + [eot_id], dtype=dtype)
+            out.write(ids.tobytes())
+            n_tokens += ids.size
+        progress.update(len(batch))
+        progress.set_postfix(tokens=n_tokens)
+    return n_tokens
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moebalance.tracking import add_tracking_arguments
+
+    parser.add_argument("--corpus-dir", required=True,
+                        help="directory with train.parquet and val.parquet (corpus stage)")
+    parser.add_argument("--tokenizer-dir", required=True, help="tokenizer folder (tokenizer stage)")
+    parser.add_argument("--out-dir", required=True, help="directory to write the shards into")
+    parser.add_argument("--batch-size", type=int, default=256, help="documents per encode batch")
+    add_tracking_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    from tokenizers import Tokenizer
+    from tqdm import tqdm
+
+    from moebalance.cli import UsageError
+    from moebalance.tracking import stage_run
+
+    tok_file = Path(args.tokenizer_dir) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise UsageError(f"no tokenizer at {tok_file}; run the tokenizer stage first")
+    tokenizer = Tokenizer.from_file(str(tok_file))
+    tok_meta = json.loads((Path(args.tokenizer_dir) / "moebalance_tokenizer.json").read_text())
+    eot_id, pad_id = tok_meta["eot_id"], tok_meta["pad_id"]
+    vocab_size = tokenizer.get_vocab_size()
+    dtype = token_dtype(vocab_size)
+    params = {"corpus_dir": str(args.corpus_dir), "tokenizer_dir": str(args.tokenizer_dir),
+              "vocab_size": vocab_size, "dtype": dtype.name}
+    with stage_run(args, "tokens", params) as mlflow, \
+            atomic_path(args.out_dir, directory=True) as tmp:
+        meta = {"dtype": dtype.str, "eot_id": eot_id, "pad_id": pad_id,
+                "vocab_size": vocab_size, "splits": {}}
+        for split in SPLITS:
+            path = Path(args.corpus_dir) / f"{split}.parquet"
+            if not path.is_file():
+                raise UsageError(f"missing corpus split {path}")
+            texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+            with open(tmp / f"{split}.bin", "wb") as out, \
+                    tqdm(total=len(texts), desc=f"encode {split}", unit="doc") as progress:
+                n_tokens = encode_split(tokenizer, texts, eot_id, dtype, out, args.batch_size,
+                                        progress)
+            meta["splits"][split] = {"file": f"{split}.bin", "n_tokens": n_tokens,
+                                     "n_documents": len(texts)}
+            log.info("%s: %d documents, %d tokens", split, len(texts), n_tokens)
+        write_json(meta, tmp / "meta.json")
+        if mlflow is not None:
+            mlflow.log_metrics({f"{split}_{key}": value
+                                for split, info in meta["splits"].items()
+                                for key, value in info.items() if key != "file"})
+            mlflow.log_artifact(str(tmp / "meta.json"))

@@ -1,0 +1,54 @@
+"""Atomic file and directory writes: a killed stage leaves the old output or none, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target``; on success it is renamed onto ``target``.
+
+    On any exception the temporary file or directory is removed and ``target`` is untouched.
+    The sibling lives in the same directory so the final ``os.replace`` is atomic.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}.tmp-"
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(table: pa.Table, target: str | os.PathLike) -> None:
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_json(obj: Any, target: str | os.PathLike) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

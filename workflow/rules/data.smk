@@ -1,0 +1,105 @@
+# Data stages: corpus -> tokenizer -> token shards, and SFT pairs mined from the train split.
+
+rule corpus:
+    input:
+        MLFLOW_READY,
+    output:
+        train=f"{DATA}/corpus/train.parquet",
+        val=f"{DATA}/corpus/val.parquet",
+        test=f"{DATA}/corpus/test.parquet",
+        manifest=f"{DATA}/corpus/manifest.json",
+        decontamination=f"{DATA}/decontamination.parquet",
+    params:
+        out_dir=parent_of("output", "train"),
+        flags=corpus_flags(config["corpus"]),
+        code=code_hash("data/corpus.py"),
+    log:
+        f"{LOGS}/corpus.log",
+    benchmark:
+        f"{BENCH}/corpus.tsv"
+    shell:
+        "moebalance corpus --out-dir {params.out_dir} --decontamination {output.decontamination}"
+        " {params.flags} > {log:q} 2>&1"
+
+
+rule tokenizer:
+    input:
+        MLFLOW_READY,
+        train=rules.corpus.output.train,
+    output:
+        config=f"{DATA}/tokenizer/tokenizer_config.json",
+        tokenizer=f"{DATA}/tokenizer/tokenizer.json",
+        meta=f"{DATA}/tokenizer/moebalance_tokenizer.json",
+    params:
+        out_dir=parent_of("output", "tokenizer"),
+        vocab_size=config["tokenizer"]["vocab_size"],
+        min_frequency=config["tokenizer"]["min_frequency"],
+        code=code_hash("data/tokenizer.py"),
+    log:
+        f"{LOGS}/tokenizer.log",
+    benchmark:
+        f"{BENCH}/tokenizer.tsv"
+    shell:
+        "moebalance tokenizer --train {input.train} --out-dir {params.out_dir}"
+        " --vocab-size {params.vocab_size} --min-frequency {params.min_frequency}"
+        " > {log:q} 2>&1"
+
+
+TOKENS_DIR = f"{DATA}/tokens"
+TOKENS_META = f"{TOKENS_DIR}/meta.json"
+
+
+rule tokens:
+    input:
+        MLFLOW_READY,
+        train=rules.corpus.output.train,
+        val=rules.corpus.output.val,
+        tokenizer=rules.tokenizer.output.tokenizer,
+    output:
+        meta=TOKENS_META,
+        train=f"{TOKENS_DIR}/train.bin",
+        val=f"{TOKENS_DIR}/val.bin",
+    params:
+        corpus_dir=parent_of("input", "train"),
+        tokenizer_dir=parent_of("input", "tokenizer"),
+        out_dir=parent_of("output", "meta"),
+        batch_size=config["tokens"]["batch_size"],
+        code=code_hash("data/tokens.py"),
+    threads: 2
+    log:
+        f"{LOGS}/tokens.log",
+    benchmark:
+        f"{BENCH}/tokens.tsv"
+    shell:
+        "RAYON_NUM_THREADS={threads} moebalance tokens --corpus-dir {params.corpus_dir}"
+        " --tokenizer-dir {params.tokenizer_dir} --out-dir {params.out_dir}"
+        " --batch-size {params.batch_size} > {log:q} 2>&1"
+
+
+rule sft_data:
+    input:
+        MLFLOW_READY,
+        train=rules.corpus.output.train,
+    output:
+        train=f"{DATA}/sft/train.parquet",
+        val=f"{DATA}/sft/val.parquet",
+    params:
+        out_dir=parent_of("output", "train"),
+        flags=cli_flags({key: config["sft"][key] for key in (
+            "min_completion_lines", "max_completion_lines", "max_prompt_chars",
+            "min_docstring_chars", "val_fraction")}),
+        code=code_hash("data/sft_pairs.py"),
+    log:
+        f"{LOGS}/sft_data.log",
+    benchmark:
+        f"{BENCH}/sft_data.tsv"
+    shell:
+        "moebalance sft-data --train {input.train} --out-dir {params.out_dir} {params.flags}"
+        " > {log:q} 2>&1"
+
+
+DATA_TARGETS = [
+    rules.corpus.output.decontamination,
+    TOKENS_META,
+    rules.sft_data.output.train,
+]
