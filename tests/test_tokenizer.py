@@ -1,0 +1,66 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from moebalance.cli import main
+from moebalance.data.tokens import open_split, read_meta
+
+TEXTS = [
+    "def f(x):\n    return x  # trailing spaces   \n",
+    "class A:\n\tpass\r\n\r\n",
+    's = "héllo wörld ✓ 日本語"\n',
+    "   leading spaces and a   run of spaces\n\n\n",
+    "x = {'a': [1, 2, 3]}; y = x['a'][0] ** 2\n",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for split, texts in (("train", TEXTS), ("val", TEXTS[:5])):
+        pq.write_table(pa.Table.from_pylist([{"text": t} for t in texts]),
+                       corpus / f"{split}.parquet")
+    assert main(["tokenizer", "--train", str(corpus / "train.parquet"),
+                 "--out-dir", str(root / "tokenizer"), "--vocab-size", "300",
+                 "--min-frequency", "1", "--no-tracking"]) == 0
+    assert main(["tokens", "--corpus-dir", str(corpus), "--tokenizer-dir",
+                 str(root / "tokenizer"), "--out-dir", str(root / "tokens"),
+                 "--batch-size", "7", "--no-tracking"]) == 0
+    return root
+
+
+def test_autotokenizer_loads_with_eot_and_pad(built):
+    tok = AutoTokenizer.from_pretrained(built / "tokenizer")
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0
+    assert tok.pad_token == "<|pad|>" and tok.pad_token_id == 1
+
+
+@pytest.mark.parametrize("text", sorted(set(TEXTS)) + ["", "\u00a0\u200b", "🙂" * 3])
+def test_decode_of_encode_is_identity(built, text):
+    tok = AutoTokenizer.from_pretrained(built / "tokenizer")
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_token_shards_equal_a_direct_encode(built):
+    tok = AutoTokenizer.from_pretrained(built / "tokenizer")
+    for split, texts in (("train", TEXTS), ("val", TEXTS[:5])):
+        expected = []
+        for text in texts:
+            expected += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert np.array_equal(open_split(built / "tokens", split), np.array(expected))
+
+
+def test_meta_describes_the_shards(built):
+    meta = read_meta(built / "tokens")
+    assert meta["eot_id"] == 0 and meta["dtype"] == "<u2"
+    assert meta["splits"]["train"]["n_documents"] == len(TEXTS)
+
+
+def test_vocab_size_below_the_byte_alphabet_is_refused(built, tmp_path, capsys):
+    rc = main(["tokenizer", "--train", str(built / "corpus" / "train.parquet"),
+               "--out-dir", str(tmp_path / "t"), "--vocab-size", "100", "--no-tracking"])
+    assert rc == 2 and "--vocab-size" in capsys.readouterr().err

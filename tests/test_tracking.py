@@ -1,0 +1,57 @@
+import argparse
+
+import mlflow
+
+from moebalance.cli import main
+from moebalance.tracking import add_tracking_arguments, config_hash, stage_run, tracking_uri
+
+
+def tracking_args(store, *extra):
+    parser = argparse.ArgumentParser()
+    add_tracking_arguments(parser)
+    return parser.parse_args(["--mlflow-store", str(store), "--experiment", "exp", *extra])
+
+
+def test_init_creates_the_store_and_experiment_with_artifacts_beside_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "r" / "mlflow.db"
+    assert main(["init-tracking", "--store", str(store), "--experiment", "exp",
+                 "--out", str(tmp_path / "ready.json")]) == 0
+    assert store.is_file()
+    mlflow.set_tracking_uri(tracking_uri(store))
+    experiment = mlflow.get_experiment_by_name("exp")
+    assert experiment.artifact_location.endswith("/r/mlartifacts")
+
+
+def test_stage_run_is_tagged_with_stage_variant_seed_commit_and_config_hash(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "mlflow.db"
+    params = {"alpha": 0.01, "layers": [1, 2]}
+    with stage_run(tracking_args(store, "--variant", "aux_loss", "--seed", "3"), "pretrain",
+                   params) as tracker:
+        tracker.log_metric("loss", 1.5)
+    mlflow.set_tracking_uri(tracking_uri(store))
+    (run,) = mlflow.search_runs(experiment_names=["exp"], output_format="list")
+    tags = run.data.tags
+    assert (tags["stage"], tags["variant"], tags["seed"]) == ("pretrain", "aux_loss", "3")
+    assert tags["config_hash"] == config_hash(params) and tags["git_commit"]
+    assert run.data.params["layers"] == "[1, 2]" and run.data.metrics["loss"] == 1.5
+
+
+def test_environment_variable_overrides_the_store(tmp_path, monkeypatch):
+    other = tmp_path / "server.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    assert tracking_uri(tmp_path / "ignored.db") == f"sqlite:///{other}"
+
+
+def test_no_tracking_logs_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with stage_run(tracking_args(tmp_path / "m.db", "--no-tracking"), "corpus", {}) as tracker:
+        assert tracker is None
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_config_hash_ignores_key_order():
+    assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
