@@ -65,7 +65,7 @@ def check_round_trip(tokenizer_dir: Path, texts: list[str]) -> None:
 
     loaded = AutoTokenizer.from_pretrained(tokenizer_dir)
     for text in texts:
-        ids = loaded(text, add_special_tokens=False)["input_ids"]
+        ids = loaded(text, add_special_tokens=False, verbose=False)["input_ids"]
         back = loaded.decode(ids)
         if back != text:
             at = next((i for i, (a, b) in enumerate(zip(back, text, strict=False)) if a != b),
