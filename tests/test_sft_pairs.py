@@ -10,7 +10,8 @@ from moebalance.data.sft_pairs import PairFilter, mine_pairs
 FIXTURE = (Path(__file__).parent / "fixtures" / "sample_module.py").read_text()
 
 
-def mined(limits=PairFilter()):
+def mined(limits=None):
+    limits = limits or PairFilter()
     return {entry: (prompt, completion)
             for prompt, completion, entry in mine_pairs(FIXTURE, limits, Counter())}
 

@@ -5,7 +5,6 @@ import re
 import mlflow
 import pytest
 import yaml
-
 from conftest import run_snakemake
 
 PROFILE = ("--workflow-profile", "workflow/profiles/default")

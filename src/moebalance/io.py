@@ -1,4 +1,4 @@
-"""Atomic file and directory writes: a killed stage leaves the old output or none, never half of one."""
+"""Atomic file and directory writes: a killed stage leaves the old output or none, never half."""
 
 from __future__ import annotations
 

@@ -358,7 +358,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include", action="append", default=[], metavar="DIR_OR_GLOB",
                         help="extra local directory or glob of source files (repeatable)")
     parser.add_argument("--file", dest="files", action="append", default=[],
-                        metavar="FILE", help="local .parquet/.jsonl with a text column (repeatable)")
+                        metavar="FILE",
+                        help="local .parquet/.jsonl with a text column (repeatable)")
     parser.add_argument("--hf-dataset", dest="hf_datasets", action="append", default=[],
                         type=json.loads, metavar="JSON",
                         help='Hub dataset as JSON, e.g. \'{"name": "org/ds", "split": "train", '
@@ -392,7 +393,8 @@ def run(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(args)
     if not (settings.stdlib or settings.include or settings.files or settings.hf_datasets):
-        raise UsageError("no corpus source: enable the stdlib or give --include/--file/--hf-dataset")
+        raise UsageError(
+            "no corpus source: enable the stdlib or give --include/--file/--hf-dataset")
     if settings.val_fraction + settings.test_fraction >= 1:
         raise UsageError("--val-fraction + --test-fraction must be below 1")
     with stage_run(args, "corpus", settings.__dict__) as mlflow:
