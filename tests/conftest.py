@@ -22,6 +22,19 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
     return proc
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_mlflow(tmp_path_factory):
+    """Stages called in tests log to a throw-away store, never to the repository's results/."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    yield
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path

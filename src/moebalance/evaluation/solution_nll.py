@@ -53,6 +53,13 @@ def bits_per_byte(nll_nats: float, text: str) -> float:
     return nll_nats / math.log(2) / max(1, len(text.encode("utf-8")))
 
 
+def nll_means(rows: list[dict]) -> dict[str, float]:
+    """Means over problems: nats per solution, nats per token, bits per byte."""
+    return {"mean_nll": sum(r["nll"] for r in rows) / len(rows),
+            "nll_per_token": sum(r["nll"] for r in rows) / sum(r["n_tokens"] for r in rows),
+            "mean_bits_per_byte": sum(r["bits_per_byte"] for r in rows) / len(rows)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
@@ -87,9 +94,7 @@ def run(args: argparse.Namespace) -> None:
             rows.append({"task_id": task_id, "nll": nll, "n_tokens": n_tokens,
                          "bits_per_byte": bits_per_byte(nll, solution)})
         write_parquet(pa.Table.from_pylist(rows, schema=NLL_SCHEMA), args.out)
-        means = {"mean_nll": sum(r["nll"] for r in rows) / len(rows),
-                 "mean_bits_per_byte": sum(r["bits_per_byte"] for r in rows) / len(rows),
-                 "nll_per_token": sum(r["nll"] for r in rows) / sum(r["n_tokens"] for r in rows)}
+        means = nll_means(rows)
         log.info("solution NLL: %s", means)
         if mlflow is not None:
             mlflow.log_metrics(means)
