@@ -44,3 +44,18 @@ def test_a_killed_writer_leaves_no_output_and_the_next_run_cleans_up(tmp_path):
     with atomic_path(target, directory=True) as tmp:
         (tmp / "whole").write_text("ok")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_path(tmp_path / "d", directory=True):
+            pass
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -35,6 +35,11 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkstemp/mkdtemp create private (0600/0700) entries; give the output ordinary
+    # permissions (0644/0755 under the usual umask) so shared results stay readable.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod((0o777 if directory else 0o666) & ~umask)
     try:
         yield tmp
         if directory and target.exists():
