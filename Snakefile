@@ -1,6 +1,7 @@
 # The moebalance study: how DeepSeek-V3's auxiliary-loss-free load balancing changes
 # expert-utilization diversity and HumanEval accuracy against auxiliary-loss balancing.
-# Stages live in workflow/rules/; the default profile (workflow/profiles/default) sets cores.
+# Stages live in workflow/rules/ (in pipeline order: each file uses names of the ones
+# before it); `snakemake --workflow-profile workflow/profiles/default` runs the study.
 
 configfile: "config/config.yaml"
 
@@ -8,9 +9,15 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         DATA_TARGETS,
+        PRETRAIN_TARGETS,
+        EVALUATE_TARGETS,
+        ANALYSIS_TARGETS,

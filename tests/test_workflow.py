@@ -1,6 +1,8 @@
 """The Snakemake DAG: config validation, dry runs, and the smoke study end to end."""
 
+import json
 import re
+from collections import Counter
 
 import mlflow
 import pytest
@@ -50,19 +52,32 @@ def test_schema_fills_in_defaults(workdir):
 
 
 @pytest.mark.e2e
-def test_data_stages_run_end_to_end_on_smoke(workdir):
+def test_whole_dag_runs_end_to_end_on_smoke(workdir):
     run_snakemake(workdir, *PROFILE, "--configfile", "config/smoke.yaml")
     results = workdir / "results" / "smoke"
     for rel in ("data/corpus/train.parquet", "data/corpus/manifest.json",
                 "data/decontamination.parquet", "data/tokenizer/tokenizer.json",
-                "data/tokens/meta.json", "data/sft/train.parquet", "data/sft/val.parquet"):
+                "data/tokens/meta.json", "data/sft/train.parquet", "data/sft/val.parquet",
+                "tables/comparison.md", "tables/comparison.csv", "figures/maxvio_batch.png"):
         assert (results / rel).is_file(), rel
+    for variant in ("none", "aux_loss", "loss_free", "loss_free_seq_aux"):
+        run = results / "runs" / variant / "seed0"
+        for rel in ("pretrain/model/config.json", "pretrain/routing.parquet",
+                    "sft/model/model.safetensors", "sft/metrics.parquet",
+                    "humaneval/samples.jsonl", "humaneval/executions.parquet",
+                    "humaneval/solution_nll.parquet", "utilization/counts.parquet"):
+            assert (run / rel).is_file(), f"{variant}: {rel}"
+        summary = json.loads((run / "humaneval" / "summary.json").read_text())
+        assert {"pass@1", "mean_nll", "mean_bits_per_byte"} <= set(summary)
+    assert not (results / "checkpoints").exists() or not any(
+        (results / "checkpoints").rglob("*.pt")), "checkpoints of finished jobs are removed"
 
-    # MLflow: one run per data stage, tagged.
+    # MLflow: one run per stage run, tagged.
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["moebalance"], output_format="list")
-    stages = sorted(r.data.tags["stage"] for r in runs)
-    assert stages == ["corpus", "sft_data", "tokenizer", "tokens"]
+    stages = Counter(r.data.tags["stage"] for r in runs)
+    assert all(stages[s] == 1 for s in ("corpus", "sft_data", "tokenizer", "tokens", "compare"))
+    assert all(stages[s] == 4 for s in ("pretrain", "sft", "generate", "score", "solution_nll"))
     assert all(r.data.tags["git_commit"] and r.data.tags["config_hash"] for r in runs)
     corpus_run = next(r for r in runs if r.data.tags["stage"] == "corpus")
     assert corpus_run.data.metrics["train_documents"] > 0
@@ -75,5 +90,5 @@ def test_data_stages_run_end_to_end_on_smoke(workdir):
     (workdir / "vocab.yaml").write_text("tokenizer:\n  vocab_size: 600\n")
     proc = run_snakemake(workdir, "-n", "--configfile", "config/smoke.yaml", "vocab.yaml")
     jobs = planned_jobs(proc.stdout)
-    assert {"tokenizer", "tokens"} <= jobs
+    assert {"tokenizer", "tokens", "pretrain", "compare"} <= jobs
     assert not jobs & {"corpus", "sft_data", "mlflow_store"}

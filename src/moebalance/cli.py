@@ -19,6 +19,8 @@ STAGES: dict[str, str] = {
     "tokenizer": "moebalance.data.tokenizer",
     "tokens": "moebalance.data.tokens",
     "sft-data": "moebalance.data.sft_pairs",
+    "pretrain": "moebalance.training.pretrain",
+    "sft": "moebalance.training.sft",
     "generate": "moebalance.evaluation.generate",
     "score": "moebalance.evaluation.scoring",
     "solution-nll": "moebalance.evaluation.solution_nll",

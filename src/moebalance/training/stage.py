@@ -1,0 +1,133 @@
+"""What the training stages (pretrain, sft) share: their command-line options, the MLflow
+logging of step metrics, torchrun set-up, and the train-then-write-outputs sequence.
+
+Outputs under --out-dir, written by rank 0 once training is complete:
+
+    model/            Hugging Face model folder (with the tokenizer, so it loads on its own)
+    metrics.parquet   one row per optimizer step
+    routing.parquet   one row per (step, MoE layer, expert)
+
+Checkpoints go to --checkpoint-dir, outside the declared outputs (Snakemake deletes
+those of a failed job), so a rerun resumes; they are removed once the outputs exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+VAL_SEED = 1234  # every variant and seed is evaluated on the same validation batches
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, sections: str) -> None:
+    from moebalance.tracking import add_tracking_arguments
+
+    parser.add_argument("--out-dir", required=True,
+                        help="directory for model/, metrics.parquet and routing.parquet")
+    parser.add_argument("--checkpoint-dir", required=True,
+                        help="training checkpoints (resumed from when present)")
+    parser.add_argument("--settings", required=True,
+                        help=f"JSON object with {sections} sections, or @FILE holding it")
+    parser.add_argument("--source-hash", default="",
+                        help="hash of the package sources; checkpoints of other code are "
+                        "not resumed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tracking_arguments(parser)
+
+
+def read_settings(text: str) -> dict[str, Any]:
+    """--settings: inline JSON or @FILE."""
+    from moebalance.cli import UsageError
+
+    try:
+        return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"--settings: {err}") from err
+
+
+def mlflow_logger(mlflow) -> Callable[[list[dict[str, Any]]], None]:
+    """A Trainer.on_log callback sending metrics rows to the active MLflow run in one batch."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
+
+    def on_log(rows: list[dict[str, Any]]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, row["step"]) for row in rows
+                   for key, value in row.items()
+                   if key != "step" and value is not None and not math.isnan(value)]
+        for start in range(0, len(metrics), 1000):  # MLflow's per-request cap
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+    return on_log
+
+
+def init_distributed() -> bool:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend)
+    return True
+
+
+def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
+                   make_model: Callable[[], Any], balancing: dict[str, Any], train_settings,
+                   train_batches, val_batches, tokenizer_dir: str | None) -> None:
+    """Train (resuming from --checkpoint-dir) and write the stage's three outputs."""
+    import torch.distributed as dist
+
+    from moebalance.io import atomic_path, write_parquet
+    from moebalance.model.balancing import Balancing
+    from moebalance.tracking import config_hash, stage_run
+    from moebalance.training.trainer import Trainer
+
+    distributed = init_distributed()
+    rank = dist.get_rank() if distributed else 0
+    tracking = stage_run(args, stage, params) if rank == 0 else contextlib.nullcontext()
+    try:
+        with tracking as mlflow:
+            trainer = Trainer(make_model(), Balancing.from_dict(balancing), train_settings,
+                              train_batches, val_batches, checkpoint_dir=args.checkpoint_dir,
+                              fingerprint=config_hash(params), progress=not args.no_progress,
+                              on_log=mlflow_logger(mlflow) if mlflow is not None else None)
+            telemetry = trainer.train()
+            if rank != 0:
+                return
+            out = Path(args.out_dir)
+            with atomic_path(out / "model", directory=True) as tmp:
+                trainer.model.save_pretrained(tmp)
+                if tokenizer_dir:
+                    for f in Path(tokenizer_dir).iterdir():
+                        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens",
+                                                              "moebalance_tokenizer")):
+                            shutil.copy2(f, tmp / f.name)
+            write_parquet(telemetry.metrics_table(), out / "metrics.parquet")
+            write_parquet(telemetry.routing_table(), out / "routing.parquet")
+            last = telemetry.metrics[-1]
+            log.info("%s done: %d steps, lm_loss %.4f, val_loss %.4f, maxvio_batch %.3f", stage,
+                     last["step"] + 1, last["lm_loss"], last["val_loss"], last["maxvio_batch"])
+            if mlflow is not None:
+                mlflow.log_artifact(str(out / "metrics.parquet"))
+                mlflow.log_artifact(str(out / "routing.parquet"))
+            shutil.rmtree(args.checkpoint_dir, ignore_errors=True)  # outputs complete: not needed
+    finally:
+        if distributed:
+            dist.destroy_process_group()

@@ -1,0 +1,91 @@
+"""Per-step training telemetry: the rows of metrics.parquet and routing.parquet.
+
+routing.parquet: one row per (optimizer step, MoE layer, routed expert):
+    step, layer, expert, tokens (the loads the bias update used: all micro-batches
+    and ranks), bias (the bias that routed this step), mean_score (mean unbiased
+    affinity s_{i,t} over the step's tokens), load_share (tokens / sum over experts).
+metrics.parquet: one row per optimizer step:
+    step, loss, lm_loss, one column per balancing loss term, lr, grad_norm, gamma,
+    tokens_per_s, tokens_seen, maxvio_batch (mean over layers), maxvio_layer{L}, val_loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from moebalance.model.balancing import STRATEGIES, max_violation
+
+# Every loss term gets a column (0.0 when its strategy is off), so variants share one schema.
+LOSS_TERMS = [name for name, cls in STRATEGIES.items() if name != "loss_free"]
+
+
+class Telemetry:
+    def __init__(self, layers: list[int]) -> None:
+        self.layers = list(layers)
+        self.metrics: list[dict[str, Any]] = []
+        self.routing: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def record_step(self, step: int, *, lm_loss: float, terms: dict[str, float], lr: float,
+                    grad_norm: float, gamma: float, tokens_per_s: float, tokens_seen: int,
+                    tokens_LE: torch.Tensor, bias_LE: torch.Tensor,
+                    mean_score_LE: torch.Tensor) -> dict[str, Any]:
+        maxvio_L = max_violation(tokens_LE).tolist()
+        row: dict[str, Any] = {
+            "step": step,
+            "loss": lm_loss + sum(terms.values()),
+            "lm_loss": lm_loss,
+            **{name: terms.get(name, 0.0) for name in LOSS_TERMS},
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "gamma": gamma,
+            "tokens_per_s": tokens_per_s,
+            "tokens_seen": tokens_seen,
+            "maxvio_batch": float(np.mean(maxvio_L)),
+            **{f"maxvio_layer{layer}": v for layer, v in zip(self.layers, maxvio_L, strict=True)},
+            "val_loss": math.nan,
+        }
+        self.metrics.append(row)
+        self.routing.append((step, tokens_LE.cpu().numpy().astype(np.int64),
+                             bias_LE.cpu().numpy().astype(np.float32),
+                             mean_score_LE.cpu().numpy().astype(np.float32)))
+        return row
+
+    def record_val(self, step: int, val_loss: float) -> None:
+        for row in reversed(self.metrics):
+            if row["step"] == step:
+                row["val_loss"] = val_loss
+                return
+        raise KeyError(f"no metrics row for step {step}")
+
+    def metrics_table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.metrics)
+
+    def routing_table(self) -> pa.Table:
+        if not self.routing:
+            return pa.table({c: [] for c in ("step", "layer", "expert", "tokens", "bias",
+                                             "mean_score", "load_share")})
+        L, E = self.routing[0][1].shape
+        steps = np.array([r[0] for r in self.routing], dtype=np.int64)
+        tokens_NLE = np.stack([r[1] for r in self.routing])
+        share_NLE = tokens_NLE / np.maximum(tokens_NLE.sum(-1, keepdims=True), 1)
+        return pa.table({
+            "step": np.repeat(steps, L * E),
+            "layer": np.tile(np.repeat(np.array(self.layers, dtype=np.int32), E), len(steps)),
+            "expert": np.tile(np.arange(E, dtype=np.int32), len(steps) * L),
+            "tokens": tokens_NLE.reshape(-1),
+            "bias": np.stack([r[2] for r in self.routing]).reshape(-1),
+            "mean_score": np.stack([r[3] for r in self.routing]).reshape(-1),
+            "load_share": share_NLE.reshape(-1).astype(np.float32),
+        })
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "metrics": self.metrics, "routing": self.routing}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layers, self.metrics = state["layers"], state["metrics"]
+        self.routing = state["routing"]

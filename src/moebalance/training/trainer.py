@@ -1,0 +1,287 @@
+"""The training loop, shared by pretraining and SFT.
+
+One optimizer step = ``grad_accum`` micro-batches on each of ``world`` ranks. The
+routers count the tokens of every training forward; after the optimizer step the
+trainer sums the counts over ranks, records them with the bias that routed the
+step, and lets the balancing strategies update the bias (the router only counts;
+the trainer decides). The batch source is pluggable and labels of -100 are masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from moebalance.model.balancing import Balancing
+from moebalance.model.router import moe_layer_indices, routers_of
+from moebalance.training.batches import IGNORE_INDEX, BatchSource
+from moebalance.training.checkpoint import Checkpoints
+from moebalance.training.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 100
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 50          # and at the last step; 0: never
+    eval_batches: int = 4
+    checkpoint_every: int = 50    # 0: never
+    log_every: int = 10           # steps between MLflow flushes
+    device: str = "auto"          # auto: cuda if available, else cpu
+    precision: str = "auto"       # auto: bf16 autocast on cuda, fp32 on cpu; or fp32 / bf16
+    compile: bool = False
+    activation_checkpointing: bool = False
+    threads: int = 0              # torch intra-op threads on CPU; 0: torch's default
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown key(s) in train: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_optimizer(model: torch.nn.Module, s: TrainSettings, fused: bool) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms, embeddings and biases (the router bias is a buffer)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = param.ndim < 2 or "embed_tokens" in name or "norm" in name
+        (no_decay if exempt else decay).append(param)
+    groups = [{"params": decay, "weight_decay": s.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), fused=fused or None)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class Trainer:
+    def __init__(self, model, balancing: Balancing, settings: TrainSettings,
+                 train_batches: BatchSource, val_batches: BatchSource | None = None,
+                 checkpoint_dir: str | None = None, fingerprint: str = "",
+                 progress: bool = True,
+                 on_log: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        self.s = settings
+        if settings.threads and settings.device != "cuda":
+            torch.set_num_threads(settings.threads)
+        self.device = resolve_device(settings.device)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        use_bf16 = settings.precision == "bf16" or (
+            settings.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.model = model.to(self.device)
+        self.model.train()
+        if settings.activation_checkpointing:
+            # non-reentrant: the router sees the recompute inside backward and does not count twice
+            self.model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        self.routers = routers_of(self.model)
+        self.layers = moe_layer_indices(self.model)
+        self.balancing = balancing
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.optimizer = build_optimizer(self.model, settings, fused=self.device.type == "cuda")
+        self.ddp = None
+        if self.world > 1:
+            # counters are buffers that differ per rank until the all-reduce: never broadcast
+            # them in forward (torch >= 2.13 names the option forward_sync_buffers)
+            DDP = torch.nn.parallel.DistributedDataParallel
+            no_sync_option = ("forward_sync_buffers" if "forward_sync_buffers"
+                              in inspect.signature(DDP).parameters else "broadcast_buffers")
+            self.ddp = DDP(self.model, **{no_sync_option: False})
+        self.forward_model = self.model if self.ddp is None else self.ddp
+        if settings.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.checkpoints = Checkpoints(checkpoint_dir) if checkpoint_dir else None
+        self.fingerprint = fingerprint  # a checkpoint of other settings or code is not resumed
+        self.telemetry = Telemetry(self.layers)
+        self.step = 0
+        self.progress, self.on_log = progress and self.rank == 0, on_log
+        self._logged = 0
+        self.resume()
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "fingerprint": self.fingerprint,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "telemetry": self.telemetry.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.telemetry.load_state_dict(state["telemetry"])
+        self.step = state["step"]
+
+    def resume(self) -> None:
+        path = self.checkpoints.latest() if self.checkpoints else None
+        if path is None:
+            return
+        state = self.checkpoints.load(path)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("not resuming from %s: written under other settings or code", path)
+            return
+        self.load_state_dict(state)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoints and self.rank == 0:
+            self.checkpoints.save(self.step, self.state_dict())
+        if self.world > 1:
+            dist.barrier()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def _ce_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy of a batch, and its number of unmasked targets."""
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+        labels_BS = batch["labels"].to(self.device)
+        with self._autocast():
+            logits_BSV = self.forward_model(**inputs, use_cache=False).logits
+        ce = F.cross_entropy(logits_BSV.float().flatten(0, 1), labels_BS.flatten(),
+                             ignore_index=IGNORE_INDEX, reduction="sum")
+        return ce, (labels_BS != IGNORE_INDEX).sum()
+
+    def train_step(self) -> dict[str, Any]:
+        s, step = self.s, self.step
+        started = time.perf_counter()
+        lr = lr_at(step, s)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for router in self.routers:
+            router.reset_counts()
+        micro = [self.train_batches.micro_batch(step, m * self.world + self.rank)
+                 for m in range(s.grad_accum)]
+        n_valid = self._all_reduce(torch.tensor(
+            sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro),
+            dtype=torch.float32, device=self.device))
+        ce_total = torch.zeros((), device=self.device)
+        term_totals: dict[str, torch.Tensor] = {}
+        for m, batch in enumerate(micro):
+            last = m == len(micro) - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                ce_sum, _ = self._ce_sum(batch)
+                # mean over every unmasked target of the global batch; DDP averages over ranks
+                loss = ce_sum * self.world / n_valid
+                for name, term in self.balancing.losses(self.routers).items():
+                    loss = loss + term / s.grad_accum
+                    term_totals[name] = term_totals.get(name, 0.0) + term.detach() / s.grad_accum
+                loss.backward()
+            ce_total += ce_sum.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        with torch.no_grad():
+            tokens_LE = self._all_reduce(torch.stack([r.tokens_per_expert_E for r in self.routers]))
+            score_LE = self._all_reduce(torch.stack([r.score_sum_E for r in self.routers]))
+            seen_L1 = self._all_reduce(torch.stack([r.tokens_seen for r in self.routers]))[:, None]
+            bias_LE = torch.stack([r.e_score_correction_bias for r in self.routers]).clone()
+            self.balancing.after_step(self.routers, tokens_LE, step, s.steps)
+            lm_loss = float(self._all_reduce(ce_total) / n_valid)
+            terms = {k: float(self._all_reduce(v) / self.world) for k, v in term_totals.items()}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        n_tokens = int(sum(b["input_ids"].numel() for b in micro)) * self.world
+        previous = self.telemetry.metrics[-1]["tokens_seen"] if self.telemetry.metrics else 0
+        row = self.telemetry.record_step(
+            step, lm_loss=lm_loss, terms=terms, lr=lr, grad_norm=float(grad_norm),
+            gamma=self.balancing.gamma_at(step, s.steps), tokens_per_s=n_tokens / seconds,
+            tokens_seen=previous + n_tokens, tokens_LE=tokens_LE, bias_LE=bias_LE,
+            mean_score_LE=score_LE / seen_L1.clamp_min(1))
+        self.step += 1
+        return row
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over ``eval_batches`` fixed batches (routers do not count)."""
+        self.model.eval()
+        ce, n = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for i in range(self.s.eval_batches):
+            ce_sum, n_valid = self._ce_sum(self.val_batches.micro_batch(0, i))
+            ce, n = ce + ce_sum, n + n_valid
+        self.model.train()
+        return float(ce / n)
+
+    def train(self, stop_after: int | None = None) -> Telemetry:
+        """Train to ``settings.steps`` (or stop once ``stop_after`` steps are done)."""
+        from tqdm import tqdm
+
+        s = self.s
+        end = s.steps if stop_after is None else min(s.steps, stop_after)
+        bar = tqdm(total=s.steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.progress, mininterval=2.0)
+        while self.step < end:
+            row = self.train_step()
+            done = self.step
+            if self.val_batches is not None and s.eval_every and (
+                    done % s.eval_every == 0 or done == s.steps):
+                self.telemetry.record_val(row["step"], self.evaluate())
+            if self.checkpoints and s.checkpoint_every and done % s.checkpoint_every == 0 \
+                    and done < s.steps:
+                self.save_checkpoint()
+            if self.on_log and (done % s.log_every == 0 or done == end):
+                self.flush_log()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['lm_loss']:.3f}", maxvio=f"{row['maxvio_batch']:.2f}",
+                            tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.close()
+        return self.telemetry
+
+    def flush_log(self) -> None:
+        """Hand the metrics rows not yet logged to ``on_log`` (rank 0 only)."""
+        rows = self.telemetry.metrics[self._logged:]
+        if rows and self.rank == 0:
+            self.on_log(rows)
+        self._logged = len(self.telemetry.metrics)

@@ -1,0 +1,43 @@
+"""Shared by the model and training tests: a tiny MoE and fabricated token shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from moebalance.model import build_model
+from moebalance.model.config import ModelSettings
+from moebalance.training.trainer import TrainSettings
+
+VOCAB = 96
+TINY = dict(hidden_size=32, layers=2, heads=2, routed_experts=8, top_k=2, expert_size=16,
+            dense_size=64, kv_lora_rank=16, v_head_dim=8, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            max_seq_len=64)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    return build_model(ModelSettings(**{**TINY, **overrides}), VOCAB, eot_id=0, pad_id=1,
+                       seed=seed)
+
+
+def tiny_train(**overrides) -> TrainSettings:
+    base = dict(steps=6, micro_batch_size=4, grad_accum=1, seq_len=16, lr=1e-2, warmup_steps=2,
+                eval_every=0, checkpoint_every=0, device="cpu", threads=1)
+    return TrainSettings(**{**base, **overrides})
+
+
+def random_tokens(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(2, VOCAB, size=n).astype(np.uint16)
+
+
+def write_tokens_dir(directory: Path, n_train: int = 4000, n_val: int = 800) -> Path:
+    """Token shards in the tokens stage's format (meta.json + raw uint16 .bin files)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"dtype": "<u2", "eot_id": 0, "pad_id": 1, "vocab_size": VOCAB, "splits": {}}
+    for split, n, seed in (("train", n_train, 0), ("val", n_val, 1)):
+        random_tokens(n, seed).tofile(directory / f"{split}.bin")
+        meta["splits"][split] = {"file": f"{split}.bin", "n_tokens": n, "n_documents": 1}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return directory

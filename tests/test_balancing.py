@@ -1,0 +1,124 @@
+"""The balancing equations against hand-computed values on tiny inputs."""
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+import yaml
+
+from moebalance.model.balancing import (
+    Balancing,
+    LossFree,
+    bias_delta,
+    expert_balance_loss,
+    global_balance_loss,
+    max_violation,
+    router_z_loss,
+    sequence_balance_loss,
+)
+from moebalance.model.router import RoutingRecord
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def record(probs, experts) -> RoutingRecord:
+    """A RoutingRecord from per-token probabilities [B][S][E] and chosen experts [B][S][K]."""
+    probs_BSE = torch.tensor(probs, dtype=torch.float32)
+    selected_BSE = torch.zeros_like(probs_BSE).scatter_(-1, torch.tensor(experts), 1.0)
+    return RoutingRecord(probs_BSE=probs_BSE, logits_BSE=probs_BSE.log(),
+                         selected_BSE=selected_BSE)
+
+
+def test_aux_loss_is_one_when_perfectly_balanced():
+    # 4 tokens, 4 experts, top-1, each expert once, uniform probabilities:
+    # f_i = 4/(1*4) * 1 = 1, P_i = 0.25, sum_i f_i P_i = 1
+    r = record([[[0.25] * 4] * 4], [[[0], [1], [2], [3]]])
+    assert expert_balance_loss(r, top_k=1).item() == pytest.approx(1.0)
+
+
+def test_aux_loss_of_collapsed_routing():
+    # every token to expert 0 with P_0 = 0.7: f_0 = 4/(1*4) * 4 = 4, loss = 4 * 0.7 = 2.8
+    r = record([[[0.7, 0.1, 0.1, 0.1]] * 4], [[[0]] * 4])
+    assert expert_balance_loss(r, top_k=1).item() == pytest.approx(2.8)
+
+
+def test_aux_loss_counts_top_k_selections():
+    # 2 tokens, 4 experts, top-2, token 0 -> {0,1}, token 1 -> {0,2}:
+    # f = 4/(2*2) * [2,1,1,0] = [2,1,1,0]; P = [0.4,0.3,0.2,0.1]; loss = 0.8+0.3+0.2 = 1.3
+    r = record([[[0.4, 0.3, 0.2, 0.1]] * 2], [[[0, 1], [0, 2]]])
+    assert expert_balance_loss(r, top_k=2).item() == pytest.approx(1.3)
+
+
+def test_sequence_wise_loss_differs_from_micro_batch_loss_on_crafted_batch():
+    # sequence 0 sends both tokens to expert 0, sequence 1 both to expert 1.
+    # micro-batch: f = [1,1], P = [0.5,0.5] -> 1.0 (looks balanced)
+    # per sequence: f = [2,0], P = [0.9,0.1] -> 1.8 (and mirrored) -> mean 1.8
+    r = record([[[0.9, 0.1]] * 2, [[0.1, 0.9]] * 2], [[[0], [0]], [[1], [1]]])
+    assert expert_balance_loss(r, top_k=1).item() == pytest.approx(1.0)
+    assert sequence_balance_loss(r, top_k=1).item() == pytest.approx(1.8)
+
+
+def test_global_loss_takes_frequencies_from_global_counts():
+    # locally collapsed on expert 0, but over the global batch each of 2 experts got 10 tokens:
+    # f = 2/(1*20) * [10,10] = [1,1]; P = [0.9,0.1] -> 1.0
+    r = record([[[0.9, 0.1]] * 2], [[[0], [0]]])
+    assert global_balance_loss(r, torch.tensor([10.0, 10.0]), top_k=1).item() == \
+        pytest.approx(1.0)
+
+
+def test_router_z_loss():
+    # logits [0, 0]: logsumexp = ln 2, squared = 0.480453
+    r = RoutingRecord(probs_BSE=torch.zeros(1, 1, 2), logits_BSE=torch.zeros(1, 1, 2),
+                      selected_BSE=torch.zeros(1, 1, 2))
+    assert router_z_loss(r).item() == pytest.approx(0.4804530)
+
+
+def test_max_violation():
+    # loads [2,2,2,6]: mean 3, (6-3)/3 = 1; balanced loads give 0
+    assert max_violation(torch.tensor([2.0, 2, 2, 6])).item() == pytest.approx(1.0)
+    assert max_violation(torch.tensor([[5.0, 5, 5], [1, 2, 3]])).tolist() == [0.0, 0.5]
+
+
+def test_sign_update_moves_bias_against_load():
+    # loads [1,3] (mean 2): the underloaded expert gains gamma, the overloaded loses gamma
+    assert bias_delta(torch.tensor([[1.0, 3.0]]), 0.1)[0].tolist() == pytest.approx([0.1, -0.1])
+
+
+def test_proportional_update_scales_with_relative_error():
+    # e = [1,-1], mean 2 -> u * e / mean = [0.05, -0.05]
+    delta = bias_delta(torch.tensor([[1.0, 3.0]]), 0.1, rule="proportional")
+    assert delta[0].tolist() == pytest.approx([0.05, -0.05])
+
+
+def test_recentred_update_has_zero_mean():
+    # loads [4,0,0,0]: signs [-1,1,1,1] (mean 0.5) -> [-1.5,0.5,0.5,0.5] * gamma
+    delta = bias_delta(torch.tensor([[4.0, 0, 0, 0]]), 1.0, recentre=True)
+    assert delta[0].tolist() == pytest.approx([-1.5, 0.5, 0.5, 0.5])
+
+
+def test_gamma_is_zero_after_stop_fraction():
+    strategy = LossFree(gamma=0.1, stop_fraction=0.5)
+    assert [strategy.gamma_at(step, 4) for step in range(4)] == [0.1, 0.1, 0.0, 0.0]
+
+
+def test_strategies_combine_into_one_plan():
+    plan = Balancing.from_dict({"strategies": ["loss_free", "seq_aux_loss"],
+                                "seq_aux_loss": {"alpha": 1e-4}, "loss_free": {"gamma": 0.01}})
+    assert [s.name for s in plan.strategies] == ["loss_free", "seq_aux_loss"]
+    assert plan.loss_names == ["seq_aux_loss"]
+    assert plan.gamma_at(0, 10) == 0.01
+
+
+def test_unknown_strategy_name_is_rejected_naming_it():
+    with pytest.raises(ValueError, match="bogus"):
+        Balancing.from_dict({"strategies": ["aux_loss", "bogus"]})
+
+
+def test_config_with_unknown_strategy_fails_schema_validation_naming_the_key():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = {"variants": {"mine": {"balancing": {"strategies": ["aux_loss", "bogus"]}}}}
+    with pytest.raises(jsonschema.ValidationError) as err:
+        jsonschema.validate(config, schema)
+    assert "bogus" in err.value.message
+    assert list(err.value.absolute_path) == ["variants", "mine", "balancing", "strategies", 1]

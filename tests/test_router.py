@@ -1,0 +1,94 @@
+"""The counting router: stock-compatible routing, counting only in training forwards."""
+
+import pytest
+import torch
+from moe_helpers import VOCAB, tiny_model
+from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+
+from moebalance.model.router import BalancingRouter, routers_of
+
+
+def counts(model) -> float:
+    return sum(float(r.tokens_per_expert_E.sum()) for r in routers_of(model))
+
+
+def biases(model) -> torch.Tensor:
+    return torch.stack([r.e_score_correction_bias for r in routers_of(model)]).clone()
+
+
+def test_router_keeps_the_stock_parameter_and_buffer_names():
+    model = tiny_model()
+    gate = model.model.layers[1].mlp.gate
+    assert isinstance(gate, BalancingRouter)
+    assert set(gate.state_dict()) == {"weight", "e_score_correction_bias"}
+
+
+@pytest.mark.parametrize("n_group,topk_group", [(1, 1), (2, 1)])
+def test_router_routes_like_the_stock_router(n_group, topk_group):
+    model = tiny_model(n_group=n_group, topk_group=topk_group)
+    ours = model.model.layers[1].mlp.gate
+    with torch.no_grad():
+        ours.e_score_correction_bias.copy_(torch.linspace(-0.1, 0.1, 8))
+    stock = DeepseekV3TopkRouter(model.config)
+    stock.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 32)
+    _, w_ours, i_ours = ours(x)
+    _, w_stock, i_stock = stock(x)
+    order_ours, order_stock = i_ours.sort(-1), i_stock.sort(-1)
+    assert torch.equal(order_ours.values, order_stock.values)
+    assert torch.allclose(w_ours.gather(1, order_ours.indices),
+                          w_stock.gather(1, order_stock.indices))
+
+
+def test_training_forward_counts_top_k_tokens_per_layer():
+    model = tiny_model()
+    model.train()
+    model(input_ids=torch.randint(0, VOCAB, (3, 7)))
+    for router in routers_of(model):
+        assert router.tokens_per_expert_E.sum().item() == 3 * 7 * 2  # B * S * K
+
+
+def test_eval_no_grad_and_generate_neither_count_nor_move_the_bias():
+    model = tiny_model(bias_init_skew=0.1)
+    before = biases(model)
+    x = torch.randint(0, VOCAB, (2, 6))
+    model.eval()
+    model(input_ids=x)
+    model.train()
+    with torch.no_grad():
+        model(input_ids=x)
+    model.eval()
+    model.generate(x, max_new_tokens=4, do_sample=False)
+    assert counts(model) == 0
+    assert torch.equal(biases(model), before)
+
+
+def test_counts_once_under_activation_checkpointing():
+    x = torch.randint(0, VOCAB, (2, 8))
+    plain, checkpointed = tiny_model(), tiny_model()
+    checkpointed.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False})
+    for model in (plain, checkpointed):
+        model.train()
+        model(input_ids=x).logits.sum().backward()
+    for a, b in zip(routers_of(plain), routers_of(checkpointed), strict=True):
+        assert torch.equal(a.tokens_per_expert_E, b.tokens_per_expert_E)
+
+
+def test_bias_and_counters_stay_fp32_under_bf16_autocast():
+    model = tiny_model()
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=torch.randint(0, VOCAB, (2, 6)))
+    for router in routers_of(model):
+        assert router.e_score_correction_bias.dtype == torch.float32
+        assert router.tokens_per_expert_E.dtype == torch.float32
+        assert router.record.probs_BSE.dtype == torch.float32
+
+
+def test_softmax_router_probabilities_sum_to_one():
+    model = tiny_model(score_function="softmax")
+    model.train()
+    model(input_ids=torch.randint(0, VOCAB, (2, 6)))
+    probs = routers_of(model)[0].record.probs_BSE
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 6))

@@ -1,0 +1,188 @@
+"""The training loop: bias updates, accumulation, DDP, checkpoints and resume."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from moe_helpers import VOCAB, random_tokens, tiny_model, tiny_train
+
+from moebalance.model.balancing import Balancing
+from moebalance.model.router import routers_of
+from moebalance.training.batches import IGNORE_INDEX, TokenWindows
+from moebalance.training.trainer import Trainer, lr_at
+
+LOSS_FREE = {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}}
+
+
+class FixedBatch:
+    """One fixed batch of B sequences, served whole or as equal slices (micro-batch ``index``)."""
+
+    def __init__(self, input_ids, parts: int) -> None:
+        self.input_ids, self.parts = input_ids, parts
+
+    def micro_batch(self, step, index):
+        rows = self.input_ids.chunk(self.parts)[index]
+        return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
+
+
+def biases(model) -> torch.Tensor:
+    return torch.stack([r.e_score_correction_bias for r in routers_of(model)]).clone()
+
+
+def trainer(model=None, balancing=LOSS_FREE, batches=None, **train):
+    return Trainer(model or tiny_model(), Balancing.from_dict(balancing), tiny_train(**train),
+                   batches or TokenWindows(random_tokens(3000), 16, 4, seed=0), progress=False)
+
+
+def test_lr_warms_up_then_decays_to_min_ratio():
+    s = tiny_train(steps=10, lr=1.0, warmup_steps=2, min_lr_ratio=0.1)
+    assert [lr_at(0, s), lr_at(1, s)] == [0.5, 1.0]
+    assert lr_at(10, s) == pytest.approx(0.1)
+
+
+def test_router_bias_is_a_buffer_outside_the_optimizer():
+    t = trainer(balancing={"strategies": []})
+    before = biases(t.model)
+    t.train()
+    optimized = {id(p) for group in t.optimizer.param_groups for p in group["params"]}
+    assert all(id(r.e_score_correction_bias) not in optimized for r in t.routers)
+    assert torch.equal(biases(t.model), before)
+
+
+def test_loss_mask_excludes_masked_targets():
+    x = torch.randint(0, VOCAB, (2, 9))
+    masked = {"input_ids": x[:, :-1], "labels": x[:, 1:].clone()}
+    masked["labels"][:, :4] = IGNORE_INDEX
+    t = trainer()
+    ce_sum, n = t._ce_sum(masked)
+    logits = t.model(input_ids=x[:, :-1]).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].flatten(0, 1),
+                                                 x[:, 5:].flatten(), reduction="sum")
+    assert n.item() == 8
+    assert ce_sum.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_two_half_micro_batches_count_and_update_like_one_batch():
+    x = torch.randint(0, VOCAB, (4, 17))
+    whole = trainer(batches=FixedBatch(x, 1), steps=1)
+    halves = trainer(batches=FixedBatch(x, 2), steps=1, micro_batch_size=2, grad_accum=2)
+    rows = [whole.train_step(), halves.train_step()]
+    tokens = [np.stack([r[1] for r in t.telemetry.routing]) for t in (whole, halves)]
+    assert np.array_equal(tokens[0], tokens[1])
+    assert torch.equal(biases(whole.model), biases(halves.model))
+    assert rows[0]["lm_loss"] == pytest.approx(rows[1]["lm_loss"], rel=1e-5)
+
+
+def test_bias_is_fp32_and_updated_under_bf16_autocast():
+    t = trainer(steps=2, precision="bf16")
+    t.train()
+    assert all(r.e_score_correction_bias.dtype == torch.float32 for r in t.routers)
+    assert biases(t.model).abs().sum() > 0
+
+
+def _ddp_worker(rank, world, port, x, result):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        t = trainer(batches=FixedBatch(x, world), steps=2, micro_batch_size=2)
+        t.train()
+        result[rank] = biases(t.model)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch():
+    x = torch.randint(0, VOCAB, (4, 17))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        result = manager.dict()
+        procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, x, result))
+                 for rank in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert all(p.exitcode == 0 for p in procs)
+        per_rank = [result[0], result[1]]
+    single = trainer(batches=FixedBatch(x, 2), steps=2, micro_batch_size=2, grad_accum=2)
+    single.train()
+    assert torch.equal(per_rank[0], per_rank[1])
+    assert torch.equal(per_rank[0], biases(single.model))
+    assert per_rank[0].abs().sum() > 0
+
+
+def test_checkpoint_round_trips_bias_and_optimizer_state(tmp_path):
+    t = Trainer(tiny_model(bias_init_skew=0.05), Balancing.from_dict(LOSS_FREE),
+                tiny_train(steps=4), TokenWindows(random_tokens(3000), 16, 4, seed=0),
+                checkpoint_dir=tmp_path,
+                progress=False)
+    t.train(stop_after=2)
+    t.save_checkpoint()
+    restored = Trainer(tiny_model(seed=1), Balancing.from_dict(LOSS_FREE), tiny_train(steps=4),
+                       TokenWindows(random_tokens(3000), 16, 4, seed=0),
+                       checkpoint_dir=tmp_path, progress=False)
+    assert restored.step == 2
+    assert torch.equal(biases(restored.model), biases(t.model))
+    assert biases(t.model).abs().sum() > 0
+    saved, loaded = t.optimizer.state_dict()["state"], restored.optimizer.state_dict()["state"]
+    assert saved.keys() == loaded.keys()
+    for key in saved:
+        assert torch.equal(saved[key]["exp_avg_sq"], loaded[key]["exp_avg_sq"])
+
+
+def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
+    def run(checkpoint_dir, stop_after=None):
+        t = Trainer(tiny_model(), Balancing.from_dict(LOSS_FREE),
+                    tiny_train(steps=6, checkpoint_every=2),
+                    TokenWindows(random_tokens(3000), 16, 4, seed=0),
+                    checkpoint_dir=checkpoint_dir, progress=False)
+        t.train(stop_after=stop_after)
+        return t
+
+    uninterrupted = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=3)  # "killed" after step 3: the last checkpoint is step 2
+    resumed = run(tmp_path / "b")
+    final = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, final[name]), name
+    assert [r["step"] for r in resumed.telemetry.metrics] == list(range(6))
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    def make(fingerprint):
+        return Trainer(tiny_model(), Balancing.from_dict(LOSS_FREE), tiny_train(steps=4),
+                       TokenWindows(random_tokens(3000), 16, 4, seed=0),
+                       checkpoint_dir=tmp_path, fingerprint=fingerprint, progress=False)
+
+    first = make("a")
+    first.train(stop_after=2)
+    first.save_checkpoint()
+    assert make("a").step == 2
+    assert make("b").step == 0
+
+
+def test_loss_free_lowers_maxvio_from_an_imbalanced_router_init():
+    def final_maxvio(strategies):
+        t = trainer(model=tiny_model(bias_init_skew=0.3), steps=40,
+                    balancing={"strategies": strategies, "loss_free": {"gamma": 0.01}})
+        t.train()
+        return np.mean([row["maxvio_batch"] for row in t.telemetry.metrics[-10:]])
+
+    none, loss_free = final_maxvio([]), final_maxvio(["loss_free"])
+    assert none > 1.5  # the skewed bias keeps sending most tokens to the same experts
+    assert loss_free < 0.6 * none
+
+
+def test_aux_losses_train_under_activation_checkpointing():
+    t = trainer(steps=2, activation_checkpointing=True,
+                balancing={"strategies": ["aux_loss", "seq_aux_loss", "z_loss"]})
+    rows = [t.train_step() for _ in range(2)]
+    assert all(row["aux_loss"] > 0 and row["z_loss"] > 0 for row in rows)
+    assert all(np.isfinite(row["grad_norm"]) for row in rows)

@@ -1,0 +1,101 @@
+# Analysis: held-out routing per (variant, seed), then one comparison of all variants with
+# its tables, figures and the HTML report (`snakemake --report report.html`).
+# Uses RUNS, VARIANTS and SEEDS from train.smk; include this file after it.
+
+ANALYSIS = config.get("analysis", {})  # optional: pair, bootstrap, utilization token caps
+PAIR = ANALYSIS.get("pair", ["loss_free", "aux_loss"])
+TABLES = f"{RESULTS}/tables"
+FIGURES = f"{RESULTS}/figures"
+RUN = f"{RUNS}/{{variant}}/seed{{seed}}"
+
+
+rule utilization:
+    input:
+        MLFLOW_READY,
+        pretrain=f"{RUN}/pretrain/metrics.parquet",
+        sft=f"{RUN}/sft/metrics.parquet",
+        test=f"{DATA}/corpus/test.parquet",
+        tokenizer=f"{DATA}/tokenizer/tokenizer.json",
+    output:
+        counts=f"{RUN}/utilization/counts.parquet",
+        coactivation=f"{RUN}/utilization/coactivation.parquet",
+        vocab=f"{RUN}/utilization/vocab.parquet",
+        saturation=f"{RUN}/utilization/saturation.parquet",
+        meta=f"{RUN}/utilization/meta.json",
+    wildcard_constraints:
+        variant="|".join(VARIANTS) or "(?!)",
+        seed=r"\d+",
+    params:
+        # the model folders sit beside metrics.parquet (same job), whatever their declaration
+        pretrain_model=lambda wildcards, input: str(Path(input.pretrain).parent / "model"),
+        sft_model=lambda wildcards, input: str(Path(input.sft).parent / "model"),
+        tokenizer_dir=parent_of("input", "tokenizer"),
+        out_dir=parent_of("output", "meta"),
+        flags=cli_flags({key: ANALYSIS[key] for key in
+                         ("max_tokens", "doc_tokens", "window", "vocab_min_count")
+                         if key in ANALYSIS}),
+        code=code_hash("analysis/utilization.py", "model/router.py"),
+    threads: 1
+    log:
+        f"{LOGS}/utilization/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/utilization/{{variant}}/seed{{seed}}.tsv"
+    shell:
+        "moebalance utilization --pretrain-model {params.pretrain_model:q}"
+        " --sft-model {params.sft_model:q} --tokenizer {params.tokenizer_dir:q}"
+        " --test {input.test:q} --out-dir {params.out_dir:q} --threads {threads} {params.flags}"
+        " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
+
+
+# every file of every (variant, seed) that compare reads
+RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS, seed=SEEDS, name=[
+    "pretrain/metrics.parquet", "pretrain/routing.parquet", "sft/metrics.parquet",
+    "humaneval/summary.json", "humaneval/executions.parquet", "humaneval/solution_nll.parquet",
+    "utilization/counts.parquet", "utilization/coactivation.parquet", "utilization/vocab.parquet",
+    "utilization/saturation.parquet", "utilization/meta.json"])
+COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
+                   "token_class_specialization"]
+
+
+rule compare:
+    input:
+        MLFLOW_READY,
+        runs=RUN_FILES,
+    output:
+        csv=report(f"{TABLES}/comparison.csv", caption="../report/comparison.rst",
+                   category="Tables"),
+        md=report(f"{TABLES}/comparison.md", caption="../report/comparison.rst",
+                  category="Tables"),
+        paired=report(f"{TABLES}/paired.csv", caption="../report/paired.rst",
+                      category="Tables"),
+        layers=report(f"{TABLES}/utilization_layers.csv",
+                      caption="../report/utilization_layers.rst", category="Tables"),
+        loads=report(f"{TABLES}/relative_load.csv", caption="../report/relative_load.rst",
+                     category="Tables"),
+        specialization=report(f"{TABLES}/specialization.csv",
+                              caption="../report/specialization.rst", category="Tables"),
+        figures=[report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst",
+                        category="Figures") for name in COMPARE_FIGURES],
+        heatmaps=report(expand(f"{FIGURES}/relative_load_{{variant}}.png", variant=VARIANTS),
+                        caption="../report/relative_load_heatmap.rst", category="Figures"),
+    params:
+        runs_dir=lambda wildcards, input: str(Path(input.runs[0]).parents[3]),
+        variants=" ".join(VARIANTS),
+        seeds=" ".join(map(str, SEEDS)),
+        pair=" ".join(PAIR),
+        bootstrap=ANALYSIS.get("bootstrap", 2000),
+        tables_dir=parent_of("output", "csv"),
+        figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
+        code=code_hash("analysis/metrics.py", "analysis/compare.py", "analysis/figures.py"),
+    log:
+        f"{LOGS}/compare.log",
+    benchmark:
+        f"{BENCH}/compare.tsv"
+    shell:
+        "moebalance compare --runs-dir {params.runs_dir:q} --variants {params.variants}"
+        " --seeds {params.seeds} --pair {params.pair} --bootstrap {params.bootstrap}"
+        " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
+        " > {log:q} 2>&1"
+
+
+ANALYSIS_TARGETS = [rules.compare.output.md]
