@@ -201,3 +201,16 @@ def test_missing_optional_inputs_are_listed_and_their_rows_left_out(tmp_path, st
     assert "Missing inputs" in md and "aux_loss/seed0/humaneval/summary.json" in md
     nll = table[table.metric == "solution NLL (nats/problem)"].set_index("variant")
     assert nll.loc["aux_loss", "ci"] == "missing" and np.isfinite(nll.loc["loss_free", "mean"])
+
+
+def test_saturation_curve_weights_tokens_within_a_layer_and_averages_layers():
+    table = pd.DataFrame({
+        "step": [50, 50, 50, 150, 150],
+        "layer": [1, 1, 2, 1, 2],
+        "domain": ["a", "b", "a", "a", "a"],
+        "tokens": [10, 30, 40, 40, 40],
+        "overlap": [10, 0, 20, 40, 40],
+    })
+    curve = c.saturation_curve(table)
+    # layer 1 at step 50: 10/40; layer 2: 20/40; mean 0.375. The final model: 1.
+    assert curve.to_dict() == {50: pytest.approx(0.375), 150: pytest.approx(1.0)}

@@ -16,6 +16,7 @@ SETTINGS = {
     "balancing": {"strategies": ["loss_free", "seq_aux_loss"], "loss_free": {"gamma": GAMMA}},
     "train": {"steps": 6, "micro_batch_size": 4, "grad_accum": 2, "seq_len": 16,
               "warmup_steps": 2, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 2,
+              "snapshot_every": 2,
               "log_every": 2, "device": "cpu", "threads": 1},
 }
 
@@ -45,6 +46,15 @@ def test_pretrain_writes_model_metrics_and_routing(pretrained):
     assert metrics["val_loss"].notna().tolist() == [False, False, True, False, False, True]
     assert (metrics["seq_aux_loss"] > 0).all() and (metrics["aux_loss"] == 0).all()
     assert not (root / "checkpoints").exists()  # removed once the outputs are complete
+
+
+def test_snapshots_of_intermediate_steps_are_model_folders(pretrained):
+    from transformers import AutoModelForCausalLM
+
+    _, out = pretrained
+    snapshots = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert snapshots == ["step_000002", "step_000004"]  # the final step is model/ itself
+    AutoModelForCausalLM.from_pretrained(out / "snapshots" / "step_000004")
 
 
 def test_routing_parquet_bias_follows_the_sign_rule(pretrained):

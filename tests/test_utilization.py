@@ -103,6 +103,22 @@ def test_utilization_stage_counts_every_token_k_times_per_layer(tiny, tmp_path):
     assert (saturation.overlap <= saturation.tokens).all()
 
 
+def test_saturation_over_training_compares_each_snapshot_with_the_final_model(tiny, tmp_path):
+    import shutil
+
+    snapshots = tmp_path / "snapshots"
+    shutil.copytree(tiny / "sft", snapshots / "step_000003")   # another model: overlap < 1
+    shutil.copytree(tiny / "pretrain", snapshots / "step_000005")  # the final one: overlap 1
+    out = tmp_path / "utilization"
+    assert run_stage(tiny, out, "--snapshots", str(snapshots), "--final-step", "6") == 0
+    table = pq.read_table(out / "saturation_steps.parquet").to_pandas()
+    assert sorted(table.step.unique()) == [3, 5, 6]
+    by_step = table.groupby("step")[["overlap", "tokens"]].sum()
+    assert by_step.loc[5, "overlap"] == by_step.loc[5, "tokens"]
+    assert by_step.loc[6, "overlap"] == by_step.loc[6, "tokens"]
+    assert by_step.loc[3, "overlap"] < by_step.loc[3, "tokens"]
+
+
 def test_routing_capture_leaves_router_bias_and_counters_untouched(tiny):
     model = load_model(tiny / "pretrain")
     tokenizer = AutoTokenizer.from_pretrained(tiny)

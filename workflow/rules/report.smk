@@ -14,6 +14,7 @@ rule utilization:
         MLFLOW_READY,
         pretrain=f"{RUN}/pretrain/metrics.parquet",
         sft=f"{RUN}/sft/metrics.parquet",
+        snapshots=f"{RUN}/pretrain/snapshots",
         test=f"{DATA}/corpus/test.parquet",
         tokenizer=f"{DATA}/tokenizer/tokenizer.json",
     output:
@@ -21,6 +22,7 @@ rule utilization:
         coactivation=f"{RUN}/utilization/coactivation.parquet",
         vocab=f"{RUN}/utilization/vocab.parquet",
         saturation=f"{RUN}/utilization/saturation.parquet",
+        saturation_steps=f"{RUN}/utilization/saturation_steps.parquet",
         meta=f"{RUN}/utilization/meta.json",
     wildcard_constraints:
         variant="|".join(VARIANTS) or "(?!)",
@@ -42,7 +44,7 @@ rule utilization:
         f"{BENCH}/utilization/{{variant}}/seed{{seed}}.tsv"
     shell:
         "moebalance utilization --pretrain-model {params.pretrain_model:q}"
-        " --sft-model {params.sft_model:q} --tokenizer {params.tokenizer_dir:q}"
+        " --sft-model {params.sft_model:q} --snapshots {input.snapshots:q} --tokenizer {params.tokenizer_dir:q}"
         " --test {input.test:q} --out-dir {params.out_dir:q} --threads {threads} {params.flags}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
@@ -52,9 +54,10 @@ RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS
     "pretrain/metrics.parquet", "pretrain/routing.parquet", "sft/metrics.parquet",
     "humaneval/summary.json", "humaneval/executions.parquet", "humaneval/solution_nll.parquet",
     "utilization/counts.parquet", "utilization/coactivation.parquet", "utilization/vocab.parquet",
-    "utilization/saturation.parquet", "utilization/meta.json"])
+    "utilization/saturation.parquet", "utilization/saturation_steps.parquet",
+    "utilization/meta.json"])
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
-                   "token_class_specialization"]
+                   "token_class_specialization", "saturation_steps"]
 
 
 rule compare:

@@ -28,7 +28,7 @@ PRETRAIN_TARGETS = expand(
     f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/{{name}}",
     variant=VARIANTS,
     seed=SEEDS,
-    name=["model", "metrics.parquet", "routing.parquet"],
+    name=["model", "metrics.parquet", "routing.parquet", "snapshots"],
 )
 
 
@@ -43,6 +43,7 @@ rule pretrain:
         model=directory(f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/model"),
         metrics=f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/metrics.parquet",
         routing=f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/routing.parquet",
+        snapshots=directory(f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/snapshots"),
     wildcard_constraints:
         variant="|".join(VARIANTS) or "(?!)",
         seed=r"\d+",

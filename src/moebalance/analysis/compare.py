@@ -277,6 +277,7 @@ class RunData:
     nll: object = None              # DataFrame task_id, nll, bits_per_byte
     first_pass: object = None       # Series task_id -> sample 0 passed
     utilization: dict[str, Utilization] = field(default_factory=dict)
+    saturation_steps: object = None  # Series step -> router saturation vs the final model
 
 
 def pass_at_k_per_task(executions, k: int) -> np.ndarray | None:
@@ -286,6 +287,13 @@ def pass_at_k_per_task(executions, k: int) -> np.ndarray | None:
     if (per_task["size"] < k).any():
         return None
     return estimate_pass_at_k(per_task["size"].to_numpy(), per_task["sum"].to_numpy(), k)
+
+
+def saturation_curve(table):
+    """Router saturation per snapshot step (OLMoE Eq. 5): the token-weighted overlap of
+    each layer over all held-out domains, averaged over layers."""
+    per_layer = table.groupby(["step", "layer"])[["overlap", "tokens"]].sum()
+    return (per_layer.overlap / per_layer.tokens).groupby("step").mean().sort_index()
 
 
 def load_run(run: Run) -> RunData:
@@ -334,6 +342,12 @@ def load_run(run: Run) -> RunData:
                 for name, measure in util.measures().items():
                     if model == "pretrain" or name in SFT_ROWS:
                         measures[f"{name} ({label})" if "SFT" not in name else name] = measure
+    steps_table = run.read("utilization/saturation_steps.parquet")
+    if steps_table is not None and len(steps_table):
+        data.saturation_steps = saturation_curve(steps_table)
+        if len(data.saturation_steps) > 1:  # the last point is the final model itself
+            measures["router saturation, first snapshot (pretrain)"] = Measure.constant(
+                float(data.saturation_steps.iloc[0]))
     throughput = metrics.tokens_per_s.to_numpy()[1:] if len(metrics) > 1 else metrics.tokens_per_s
     measures["tokens/s (pretrain)"] = Measure.mean_of(throughput, "steps")
     return data
@@ -349,7 +363,8 @@ ROW_ORDER = [
     "I(expert; token class) bits (pretrain)", "I(expert; token class) bits (SFT)",
     "domain specialization (pretrain)", "token-class specialization (pretrain)",
     "vocabulary specialization (pretrain)", "co-activation (max) (pretrain)",
-    "router saturation pretrain->SFT", "tokens/s (pretrain)"]
+    "router saturation pretrain->SFT", "router saturation, first snapshot (pretrain)",
+    "tokens/s (pretrain)"]
 
 
 # ---------------------------------------------------------------- the tables

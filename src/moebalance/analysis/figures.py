@@ -8,6 +8,8 @@ declare them:
                                     training, per variant (first seed)
     nll_vs_maxvio.png               solution NLL and pass@1 against MaxVio_global, per run
     token_class_specialization.png  token-class specialization per class and variant
+    saturation_steps.png            router saturation over pretraining (OLMoE Eq. 5), per
+                                    variant (first seed)
 """
 
 from __future__ import annotations
@@ -124,6 +126,22 @@ def token_class_specialization(spec_df, path: Path) -> Path:
     return _save(fig, path)
 
 
+def saturation_steps(runs, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, rs in runs.items():
+        curve = rs[0].saturation_steps
+        if curve is not None:
+            ax.plot(curve.index, curve.to_numpy(), marker="o", label=variant)
+    ax.set(xlabel="pretraining step of the snapshot", ylim=(0, 1.05),
+           ylabel="router saturation vs final model",
+           title="How early routing settles (OLMoE Eq. 5)")
+    if ax.lines:
+        ax.legend()
+    return _save(fig, path)
+
+
 def draw_all(runs, layer_df, load_df, spec_df, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -132,6 +150,7 @@ def draw_all(runs, layer_df, load_df, spec_df, folder: Path) -> list[Path]:
     paths = [maxvio_curves(runs, folder / "maxvio_batch.png"),
              bias_trajectories(runs, folder / "bias_trajectories.png"),
              nll_vs_maxvio(runs, folder / "nll_vs_maxvio.png"),
-             token_class_specialization(spec_df, folder / "token_class_specialization.png")]
+             token_class_specialization(spec_df, folder / "token_class_specialization.png"),
+             saturation_steps(runs, folder / "saturation_steps.png")]
     paths += [relative_load_heatmap(v, load_df, folder / f"relative_load_{v}.png") for v in runs]
     return paths

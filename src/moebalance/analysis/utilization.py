@@ -29,6 +29,11 @@ Writes, under --out-dir:
                          least --vocab-min-count times (vocabulary specialization)
     saturation.parquet   layer, domain, tokens, overlap: sum over tokens of
                          |TopK_pretrain ∩ TopK_sft| / K (only with --sft-model)
+    saturation_steps.parquet  step, layer, domain, tokens, overlap: the same sum for each
+                         pretraining snapshot (--snapshots) against the final pretrained
+                         model, i.e. router saturation over training (OLMoE Eq. 5); the
+                         final model is the last step with overlap = tokens (no rows
+                         without --snapshots)
     meta.json            top_k, routed_experts, layers, token classes, tokens per domain
 """
 
@@ -274,6 +279,53 @@ def saturation_table(windows: list[Window], picks_a: np.ndarray, picks_b: np.nda
     return pa.table(rows)
 
 
+def snapshot_folders(snapshots: str | None) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``step_NNNNNN`` snapshot, in step order."""
+    if snapshots is None or not Path(snapshots).is_dir():
+        return []
+    found = [(int(p.name.removeprefix("step_")), p) for p in Path(snapshots).iterdir()
+             if p.name.startswith("step_") and p.name.removeprefix("step_").isdigit()]
+    return sorted(found)
+
+
+def final_step(args: argparse.Namespace) -> int:
+    """Optimizer steps of the final pretrained model: --final-step, else its metrics.parquet."""
+    if args.final_step is not None:
+        return args.final_step
+    import pyarrow.parquet as pq
+
+    from moebalance.cli import UsageError
+
+    metrics = Path(args.pretrain_model).parent / "metrics.parquet"
+    if not metrics.is_file():
+        raise UsageError(f"--snapshots needs --final-step (no {metrics} to read it from)")
+    return int(max(pq.read_table(metrics, columns=["step"]).column("step").to_pylist())) + 1
+
+
+def saturation_over_training(args: argparse.Namespace, windows: list[Window], tokenizer,
+                             final_picks: np.ndarray, layers: list[int]):
+    """saturation_steps.parquet: each snapshot's top-K against the final model's (OLMoE
+    Eq. 5), the final model itself closing the curve at saturation 1."""
+    import pyarrow as pa
+
+    from moebalance.model import load_model
+
+    if args.snapshots is None:
+        return pa.table({"step": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
+                         "domain": pa.array([], pa.string()), "tokens": pa.array([], pa.int64()),
+                         "overlap": pa.array([], pa.float64())})
+    tables = []
+    for step, folder in snapshot_folders(args.snapshots):
+        picks = route(load_model(folder), windows, tokenizer.eos_token_id,
+                      tokenizer.pad_token_id, args.batch_size)
+        table = saturation_table(windows, picks, final_picks, layers)
+        tables.append(table.add_column(0, "step", pa.array([step] * table.num_rows, pa.int64())))
+    table = saturation_table(windows, final_picks, final_picks, layers)
+    tables.append(table.add_column(0, "step", pa.array([final_step(args)] * table.num_rows,
+                                                       pa.int64())))
+    return pa.concat_tables(tables)
+
+
 # ---------------------------------------------------------------- the stage
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +333,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--pretrain-model", required=True, help="pretrained model folder")
     parser.add_argument("--sft-model", default=None, help="fine-tuned model folder (optional)")
+    parser.add_argument("--snapshots", default=None,
+                        help="folder of pretraining snapshots step_NNNNNN/ (router saturation)")
+    parser.add_argument("--final-step", type=int, default=None,
+                        help="optimizer steps of the final pretrained model (default: read "
+                        "from metrics.parquet beside it)")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer folder (default: --pretrain-model)")
     parser.add_argument("--test", required=True, help="corpus test split (test.parquet)")
@@ -371,6 +428,8 @@ def run(args: argparse.Namespace) -> None:
             if "sft" in picks:
                 pq.write_table(saturation_table(windows, picks["pretrain"], picks["sft"],
                                                 layers), tmp / "saturation.parquet")
+            pq.write_table(saturation_over_training(args, windows, tokenizer, picks["pretrain"],
+                                                    layers), tmp / "saturation_steps.parquet")
             write_json(meta, tmp / "meta.json")
         if mlflow is not None:
             mlflow.log_params({"tokens_per_domain": str(tokens_per_domain)})

@@ -3,6 +3,11 @@
 They live outside a stage's declared outputs, so a killed job resumes from the last
 one. Each holds the model state dict (routers' ``e_score_correction_bias`` included),
 the optimizer state, the step and the telemetry so far.
+
+Snapshots (``DIR/snapshots/step_000123/``, Hugging Face model folders) are the model at
+intermediate steps, all kept, for router saturation over training (OLMoE Eq. 5); they
+sit here too so that a killed run keeps the ones it had, and the stage moves them into
+its outputs at the end.
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ class Checkpoints:
             torch.save(state, tmp)
         for _, old in self._all()[:-self.keep]:
             old.unlink(missing_ok=True)
+        return path
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.directory / "snapshots"
+
+    def save_snapshot(self, step: int, model) -> Path:
+        path = self.snapshot_dir / f"step_{step:06d}"
+        with atomic_path(path, directory=True) as tmp:
+            model.save_pretrained(tmp)
         return path
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:

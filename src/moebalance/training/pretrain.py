@@ -7,6 +7,7 @@ Writes, under --out-dir:
                       the routers' biases are its e_score_correction_bias buffers)
     metrics.parquet   one row per optimizer step (loss terms, lr, grad norm, MaxVio, val loss)
     routing.parquet   one row per (step, MoE layer, expert): tokens, bias, mean score
+    snapshots/        step_NNNNNN/ model folders every `snapshot_every` steps (may be empty)
 
 Checkpoints go to --checkpoint-dir (outside the outputs); a rerun resumes from the
 newest one. Under `torchrun --nproc-per-node N` it trains data-parallel and rank 0
@@ -110,4 +111,5 @@ def run(args: argparse.Namespace) -> None:
     train_and_save(args, "pretrain", params,
                    lambda: build_model(settings.model, meta["vocab_size"], meta["eot_id"],
                                        meta["pad_id"], seed),
-                   settings.balancing, t, train_batches, val_batches, args.tokenizer_dir)
+                   settings.balancing, t, train_batches, val_batches, args.tokenizer_dir,
+                   snapshots=True)

@@ -7,6 +7,7 @@ Outputs under --out-dir, written by rank 0 once training is complete:
     metrics.parquet   one row per optimizer step
     routing.parquet   one row per (step, MoE layer, expert)
 
+The pretrain stage also writes ``snapshots/``: the model every ``snapshot_every`` steps.
 Checkpoints go to --checkpoint-dir, outside the declared outputs (Snakemake deletes
 those of a failed job), so a rerun resumes; they are removed once the outputs exist.
 """
@@ -90,8 +91,10 @@ def init_distributed() -> bool:
 
 def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                    make_model: Callable[[], Any], balancing: dict[str, Any], train_settings,
-                   train_batches, val_batches, tokenizer_dir: str | None) -> None:
-    """Train (resuming from --checkpoint-dir) and write the stage's three outputs."""
+                   train_batches, val_batches, tokenizer_dir: str | None,
+                   snapshots: bool = False) -> None:
+    """Train (resuming from --checkpoint-dir) and write the stage's outputs; with
+    ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0)."""
     import torch.distributed as dist
 
     from moebalance.io import atomic_path, write_parquet
@@ -119,6 +122,11 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                         if f.is_file() and f.name.startswith(("tokenizer", "special_tokens",
                                                               "moebalance_tokenizer")):
                             shutil.copy2(f, tmp / f.name)
+            if snapshots:
+                with atomic_path(out / "snapshots", directory=True) as tmp:
+                    kept = trainer.checkpoints.snapshot_dir
+                    for folder in sorted(kept.iterdir()) if kept.is_dir() else []:
+                        shutil.move(folder, tmp / folder.name)
             write_parquet(telemetry.metrics_table(), out / "metrics.parquet")
             write_parquet(telemetry.routing_table(), out / "routing.parquet")
             last = telemetry.metrics[-1]

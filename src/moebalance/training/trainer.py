@@ -48,6 +48,7 @@ class TrainSettings:
     eval_every: int = 50          # and at the last step; 0: never
     eval_batches: int = 4
     checkpoint_every: int = 50    # 0: never
+    snapshot_every: int = 0       # keep the model every N steps (router saturation); 0: never
     log_every: int = 10           # steps between MLflow flushes
     device: str = "auto"          # auto: cuda if available, else cpu
     precision: str = "auto"       # auto: bf16 autocast on cuda, fp32 on cpu; or fp32 / bf16
@@ -268,6 +269,9 @@ class Trainer:
             if self.val_batches is not None and s.eval_every and (
                     done % s.eval_every == 0 or done == s.steps):
                 self.telemetry.record_val(row["step"], self.evaluate())
+            if self.checkpoints and s.snapshot_every and done % s.snapshot_every == 0 \
+                    and done < s.steps and self.rank == 0:
+                self.checkpoints.save_snapshot(done, self.model)
             if self.checkpoints and s.checkpoint_every and done % s.checkpoint_every == 0 \
                     and done < s.steps:
                 self.save_checkpoint()
