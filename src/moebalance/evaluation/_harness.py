@@ -157,17 +157,29 @@ class Zygote:
     def _private_scratch(self, setup: dict) -> str:
         """The directory programs run under: a private tmpfs, or a host temp dir as fallback."""
         self.private_mounts = False
+        self.kept_in_scratch: set[str] = set()  # top-level scratch entries _wipe leaves alone
 
         def mount_scratch() -> None:
             _libc_call("unshare", CLONE_NEWNS)
             # Private propagation first, or our mounts would appear in the host's namespace.
             _libc_call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
+            # Import-path directories inside a scratch directory (a checkout or venv under
+            # /tmp) vanish under the tmpfs: hold them open to bind them back afterwards.
+            covered = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY))
+                       for path in _import_dirs() if _scratch_root(path) is not None]
             options = f"size={self.limits['scratch_bytes']},mode=1777".encode()
             _libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options)
             _expose_import_path(b"/tmp/.stage")
             for path in SCRATCH_DIRS[1:]:
                 if os.path.isdir(path):
                     _libc_call("mount", b"/tmp", path.encode(), None, MS_BIND, None)
+            for path, fd in covered:
+                os.makedirs(path, mode=0o755, exist_ok=True)  # root-owned: read-only to programs
+                _libc_call("mount", f"/proc/self/fd/{fd}".encode(), path.encode(), None,
+                           MS_BIND | MS_REC, None)
+                os.close(fd)
+                root = _scratch_root(path)
+                self.kept_in_scratch.add(path[len(root):].strip("/").split("/")[0])
             self.private_mounts = True
 
         self.layers["files"] = self._try("mount", setup, mount_scratch,
@@ -251,6 +263,8 @@ class Zygote:
             return
         with os.scandir(self.scratch) as entries:  # everything the program left in scratch
             for entry in entries:
+                if entry.name in self.kept_in_scratch:
+                    continue  # holds bind mounts of the real import path: never delete
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
@@ -266,6 +280,16 @@ class Zygote:
         _reap_orphans()
 
 
+def _import_dirs() -> list[str]:
+    return sorted({os.path.realpath(p) for p in sys.path if os.path.isdir(p)})
+
+
+def _scratch_root(path: str) -> str | None:
+    """The scratch directory ``path`` lies in, if any."""
+    return next((root for root in SCRATCH_DIRS if path == root or path.startswith(root + "/")),
+                None)
+
+
 def _expose_import_path(stage: bytes) -> None:
     """Let the sandbox uid import from ``sys.path`` even where an ancestor is private.
 
@@ -275,7 +299,7 @@ def _expose_import_path(stage: bytes) -> None:
     bind-mounted back: the programs can import, and still see nothing else of /root.
     """
     plan = []
-    for path in sorted({os.path.realpath(p) for p in sys.path if os.path.isdir(p)}):
+    for path in _import_dirs():
         blocked = _private_ancestor(path)
         if blocked is not None:
             plan.append((path, blocked, os.path.join(stage, str(len(plan)).encode())))
