@@ -18,37 +18,10 @@ sections `model`, `balancing` and `train` (Snakemake passes them; see config/con
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from moebalance.model.config import ModelSettings
-
 HELP = "pretrain one MoE variant on the token shards, writing model, metrics and routing telemetry"
-
-
-@dataclass(frozen=True)
-class PretrainSettings:
-    model: ModelSettings
-    balancing: dict[str, Any]
-    train: Any  # TrainSettings (imported lazily: it pulls in torch)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PretrainSettings:
-        from moebalance.model.balancing import Balancing
-        from moebalance.training.trainer import TrainSettings
-
-        unknown = sorted(set(values) - {"model", "balancing", "train"})
-        if unknown:
-            raise ValueError(f"unknown settings section(s): {', '.join(unknown)}")
-        balancing = dict(values.get("balancing", {}))
-        Balancing.from_dict(balancing)  # validates names and options
-        return cls(model=ModelSettings.from_dict(values.get("model", {})), balancing=balancing,
-                   train=TrainSettings.from_dict(values.get("train", {})))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": asdict(self.model), "balancing": self.balancing,
-                "train": asdict(self.train)}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -87,12 +60,9 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.data.tokens import open_split, read_meta
     from moebalance.model import build_model
     from moebalance.training.batches import TokenWindows
-    from moebalance.training.stage import VAL_SEED, read_settings, train_and_save
+    from moebalance.training.stage import VAL_SEED, StageSettings, train_and_save
 
-    try:
-        settings = PretrainSettings.from_dict(read_settings(args.settings))
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"--settings: {err}") from err
+    settings = StageSettings.parse(args.settings, with_model=True)
     meta_path = Path(args.tokens_dir) / "meta.json"
     if not meta_path.is_file():
         raise UsageError(f"no token shards at {meta_path}; run the tokens stage first")

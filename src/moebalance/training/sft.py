@@ -103,21 +103,12 @@ def run(args: argparse.Namespace) -> None:
 
     from moebalance.cli import UsageError
     from moebalance.model import load_model
-    from moebalance.model.balancing import Balancing
-    from moebalance.training.stage import VAL_SEED, read_settings, train_and_save
-    from moebalance.training.trainer import TrainSettings
+    from moebalance.training.stage import VAL_SEED, StageSettings, train_and_save
 
     if not (Path(args.pretrained) / "config.json").is_file():
         raise UsageError(f"no pretrained model at {args.pretrained}; run the pretrain stage first")
-    settings = read_settings(args.settings)
-    try:
-        unknown = sorted(set(settings) - {"balancing", "train"})
-        if unknown:
-            raise ValueError(f"unknown settings section(s): {', '.join(unknown)}")
-        Balancing.from_dict(settings.get("balancing", {}))
-        train = TrainSettings.from_dict(settings.get("train", {}))
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"--settings: {err}") from err
+    settings = StageSettings.parse(args.settings, with_model=False)
+    train = settings.train
     pairs = {}
     for split in ("train", "val"):
         path = Path(args.sft_dir) / f"{split}.parquet"
@@ -133,9 +124,8 @@ def run(args: argparse.Namespace) -> None:
             for split, split_seed in (("train", seed), ("val", VAL_SEED)))
     except ValueError as err:
         raise UsageError(f"{args.sft_dir}: {err}") from err
-    params = {"balancing": settings.get("balancing", {}), "train": settings.get("train", {}),
-              "seed": seed, "pretrained": str(args.pretrained), "sft_dir": str(args.sft_dir),
-              "source_hash": args.source_hash}
+    params = {**settings.to_dict(), "seed": seed, "pretrained": str(args.pretrained),
+              "sft_dir": str(args.sft_dir), "source_hash": args.source_hash}
     train_and_save(args, "sft", params, lambda: load_model(args.pretrained),
-                   settings.get("balancing", {}), train, train_batches, val_batches,
+                   settings.balancing, train, train_batches, val_batches,
                    tokenizer_dir=args.pretrained)

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,41 @@ def add_training_arguments(parser: argparse.ArgumentParser, sections: str) -> No
     add_tracking_arguments(parser)
 
 
-def read_settings(text: str) -> dict[str, Any]:
-    """--settings: inline JSON or @FILE."""
-    from moebalance.cli import UsageError
+@dataclass(frozen=True)
+class StageSettings:
+    """--settings of a training stage, validated: ``balancing`` (strategy names and
+    options), ``train`` (a TrainSettings) and, for pretraining only, ``model``."""
 
-    try:
-        return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"--settings: {err}") from err
+    balancing: dict[str, Any]
+    train: Any                # TrainSettings (imported lazily: it pulls in torch)
+    model: Any = None         # ModelSettings; None for SFT, which loads its model
+
+    @classmethod
+    def parse(cls, text: str, with_model: bool) -> StageSettings:
+        """From inline JSON or @FILE; a bad value is a UsageError naming --settings."""
+        from moebalance.cli import UsageError
+        from moebalance.model.balancing import Balancing
+        from moebalance.model.config import ModelSettings
+        from moebalance.training.trainer import TrainSettings
+
+        try:
+            values = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+            sections = {"balancing", "train"} | ({"model"} if with_model else set())
+            unknown = sorted(set(values) - sections)
+            if unknown:
+                raise ValueError(f"unknown settings section(s): {', '.join(unknown)}")
+            balancing = dict(values.get("balancing", {}))
+            Balancing.from_dict(balancing)  # validates names and options
+            return cls(balancing=balancing,
+                       train=TrainSettings.from_dict(values.get("train", {})),
+                       model=ModelSettings.from_dict(values.get("model", {}))
+                       if with_model else None)
+        except (OSError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+            raise UsageError(f"--settings: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"balancing": self.balancing, "train": asdict(self.train)}
+        return out | ({"model": asdict(self.model)} if self.model is not None else {})
 
 
 def mlflow_logger(mlflow) -> Callable[[list[dict[str, Any]]], None]:
