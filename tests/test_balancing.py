@@ -13,7 +13,6 @@ from moebalance.model.balancing import (
     bias_delta,
     expert_balance_loss,
     global_balance_loss,
-    max_violation,
     router_z_loss,
     sequence_balance_loss,
 )
@@ -72,12 +71,6 @@ def test_router_z_loss():
     r = RoutingRecord(probs_BSE=torch.zeros(1, 1, 2), logits_BSE=torch.zeros(1, 1, 2),
                       selected_BSE=torch.zeros(1, 1, 2))
     assert router_z_loss(r).item() == pytest.approx(0.4804530)
-
-
-def test_max_violation():
-    # loads [2,2,2,6]: mean 3, (6-3)/3 = 1; balanced loads give 0
-    assert max_violation(torch.tensor([2.0, 2, 2, 6])).item() == pytest.approx(1.0)
-    assert max_violation(torch.tensor([[5.0, 5, 5], [1, 2, 3]])).tolist() == [0.0, 0.5]
 
 
 def test_sign_update_moves_bias_against_load():

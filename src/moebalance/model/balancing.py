@@ -66,13 +66,6 @@ def router_z_loss(record: RoutingRecord) -> torch.Tensor:
     return torch.logsumexp(record.logits_BSE.reshape(-1, E), dim=-1).square().mean()
 
 
-def max_violation(tokens_E: torch.Tensor) -> torch.Tensor:
-    """MaxVio of the last dim (works on [..., E])."""
-    mean = tokens_E.float().mean(-1)
-    # Wang et al. 2024 Eq. 4: MaxVio = (max_i Load_i - mean Load) / mean Load
-    return (tokens_E.float().amax(-1) - mean) / mean.clamp_min(1e-12)
-
-
 def bias_delta(tokens_LE: torch.Tensor, gamma: float, rule: str = "sign",
                recentre: bool = False) -> torch.Tensor:
     """The bias change of one optimizer step from the loads c of that step."""

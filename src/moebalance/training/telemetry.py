@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from moebalance.model.balancing import STRATEGIES, max_violation
+from moebalance.analysis.metrics import max_violation
+from moebalance.model.balancing import STRATEGIES
 
 # Every loss term gets a column (0.0 when its strategy is off), so variants share one schema.
 LOSS_TERMS = [name for name, cls in STRATEGIES.items() if name != "loss_free"]
@@ -34,7 +35,7 @@ class Telemetry:
                     grad_norm: float, gamma: float, tokens_per_s: float, tokens_seen: int,
                     tokens_LE: torch.Tensor, bias_LE: torch.Tensor,
                     mean_score_LE: torch.Tensor) -> dict[str, Any]:
-        maxvio_L = max_violation(tokens_LE).tolist()
+        maxvio_L = max_violation(tokens_LE.cpu().numpy()).tolist()
         row: dict[str, Any] = {
             "step": step,
             "loss": lm_loss + sum(terms.values()),
