@@ -22,14 +22,13 @@ import json, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, yaml
 from moebalance.cli import main
-from moebalance.training.pretrain import deep_merge, variant_settings
+from moebalance.config import deep_merge, variant_settings
 
 out = Path(sys.argv[1])
 config = deep_merge(yaml.safe_load(open("config/config.yaml")),
                     yaml.safe_load(open(sys.argv[2] if len(sys.argv) > 2 else "config/gpu.yaml")))
 settings = variant_settings(config, "loss_free_seq_aux")
-settings["train"].update(steps=60, warmup_steps=10, eval_every=30, eval_batches=4,
-                         checkpoint_every=30, log_every=10)
+settings["train"].update(steps=60, warmup_steps=10, eval_every=30, eval_batches=4)
 vocab = 8192
 tokens = out / "tokens"
 tokens.mkdir(parents=True, exist_ok=True)

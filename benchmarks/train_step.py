@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import yaml
 
+from moebalance.config import ExecutionSettings, deep_merge, variant_settings
 from moebalance.model import build_model
 from moebalance.model.balancing import Balancing
 from moebalance.model.config import ModelSettings, build_hf_config
 from moebalance.training.batches import TokenWindows
-from moebalance.training.pretrain import deep_merge, variant_settings
 from moebalance.training.trainer import Trainer, TrainSettings, build_optimizer, lr_at
 
 VOCAB = 8192
@@ -121,15 +121,17 @@ def main() -> None:
         config = deep_merge(config, yaml.safe_load(open(path)) or {})
     resolved = variant_settings(config, args.variant)
     model_cfg, train_cfg, balancing_cfg = (resolved[k] for k in ("model", "train", "balancing"))
-    train_cfg.update(eval_every=0, checkpoint_every=0, compile=args.compile)
+    train_cfg.update(eval_every=0, compile=args.compile)
     s = TrainSettings.from_dict(train_cfg)
-    if s.threads:
-        torch.set_num_threads(s.threads)
+    quiet = ExecutionSettings(threads=config.get("pretrain", {}).get("threads", 0),
+                              checkpoint_every=0, progress=False)
+    if quiet.threads:
+        torch.set_num_threads(quiet.threads)
     tokens = np.random.default_rng(0).integers(2, VOCAB, size=2_000_000).astype(np.uint16)
     batches = TokenWindows(tokens, s.seq_len, s.micro_batch_size, seed=0)
 
     probe = Trainer(build_model(ModelSettings.from_dict(model_cfg), VOCAB, 0, 1, 0),
-                    Balancing(), s, batches, progress=False)
+                    Balancing(), s, batches, execution=quiet)
     device, autocast_dtype = probe.device, probe.autocast_dtype
     del probe
     peak = matmul_peak(device, autocast_dtype or torch.float32)
@@ -141,7 +143,7 @@ def main() -> None:
     for impl in args.experts:
         m = ModelSettings.from_dict({**model_cfg, "experts_implementation": impl})
         ours = Trainer(build_model(m, VOCAB, 0, 1, 0), Balancing.from_dict(
-            copy.deepcopy(balancing_cfg)), s, batches, progress=False)
+            copy.deepcopy(balancing_cfg)), s, batches, execution=quiet)
         from transformers import DeepseekV3ForCausalLM
 
         torch.manual_seed(0)

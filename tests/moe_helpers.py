@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moebalance.config import ExecutionSettings
 from moebalance.model import build_model
 from moebalance.model.config import ModelSettings
 from moebalance.training.trainer import TrainSettings
@@ -17,6 +18,9 @@ TINY = dict(hidden_size=32, layers=2, heads=2, routed_experts=8, top_k=2, expert
             max_seq_len=64)
 
 
+QUIET = ExecutionSettings(threads=1, checkpoint_every=0, progress=False)
+
+
 def tiny_model(seed: int = 0, **overrides):
     return build_model(ModelSettings(**{**TINY, **overrides}), VOCAB, eot_id=0, pad_id=1,
                        seed=seed)
@@ -24,7 +28,7 @@ def tiny_model(seed: int = 0, **overrides):
 
 def tiny_train(**overrides) -> TrainSettings:
     base = dict(steps=6, micro_batch_size=4, grad_accum=1, seq_len=16, lr=1e-2, warmup_steps=2,
-                eval_every=0, checkpoint_every=0, device="cpu", threads=1)
+                eval_every=0, device="cpu")
     return TrainSettings(**{**base, **overrides})
 
 

@@ -15,10 +15,10 @@ SETTINGS = {
     "model": {**TINY, "bias_init_skew": 0.05},
     "balancing": {"strategies": ["loss_free", "seq_aux_loss"], "loss_free": {"gamma": GAMMA}},
     "train": {"steps": 6, "micro_batch_size": 4, "grad_accum": 2, "seq_len": 16,
-              "warmup_steps": 2, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 2,
-              "snapshot_every": 2,
-              "log_every": 2, "device": "cpu", "threads": 1},
+              "warmup_steps": 2, "eval_every": 3, "eval_batches": 2, "snapshot_every": 2,
+              "device": "cpu"},
 }
+EXECUTION = {"checkpoint_every": 2, "log_every": 2}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def pretrained(tmp_path_factory):
     out = root / "runs" / "loss_free" / "seed0" / "pretrain"
     argv = ["pretrain", "--tokens-dir", str(tokens), "--out-dir", str(out),
             "--checkpoint-dir", str(root / "checkpoints"), "--settings", json.dumps(SETTINGS),
+            "--execution", json.dumps(EXECUTION), "--threads", "1",
             "--mlflow-store", str(root / "mlflow.db"), "--experiment", "moebalance",
             "--variant", "loss_free_test", "--seed", "0",
             "--no-progress"]
@@ -128,13 +129,13 @@ def test_killed_pretrain_process_resumes_to_the_same_final_weights(tmp_path):
     from safetensors.torch import load_file
 
     tokens = write_tokens_dir(tmp_path / "tokens")
-    settings = {**SETTINGS, "train": {**SETTINGS["train"], "steps": 120, "checkpoint_every": 10,
-                                      "eval_every": 100}}
+    settings = {**SETTINGS, "train": {**SETTINGS["train"], "steps": 120, "eval_every": 100}}
 
     def argv(name):
         return ["pretrain", "--tokens-dir", str(tokens), "--out-dir", str(tmp_path / name),
                 "--checkpoint-dir", str(tmp_path / f"ckpt-{name}"),
-                "--settings", json.dumps(settings), "--no-tracking", "--no-progress"]
+                "--settings", json.dumps(settings), "--execution", '{"checkpoint_every": 10}',
+                "--threads", "1", "--no-tracking", "--no-progress"]
 
     proc = subprocess.Popen([sys.executable, "-m", "moebalance.cli", *argv("killed")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

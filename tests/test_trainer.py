@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from moe_helpers import VOCAB, random_tokens, tiny_model, tiny_train
+from moe_helpers import QUIET, VOCAB, random_tokens, tiny_model, tiny_train
 
+from moebalance.config import ExecutionSettings
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import routers_of
 from moebalance.training.batches import IGNORE_INDEX, TokenWindows
@@ -35,7 +36,7 @@ def biases(model) -> torch.Tensor:
 
 def trainer(model=None, balancing=LOSS_FREE, batches=None, **train):
     return Trainer(model or tiny_model(), Balancing.from_dict(balancing), tiny_train(**train),
-                   batches or TokenWindows(random_tokens(3000), 16, 4, seed=0), progress=False)
+                   batches or TokenWindows(random_tokens(3000), 16, 4, seed=0), execution=QUIET)
 
 
 def test_lr_warms_up_then_decays_to_min_ratio():
@@ -122,12 +123,12 @@ def test_checkpoint_round_trips_bias_and_optimizer_state(tmp_path):
     t = Trainer(tiny_model(bias_init_skew=0.05), Balancing.from_dict(LOSS_FREE),
                 tiny_train(steps=4), TokenWindows(random_tokens(3000), 16, 4, seed=0),
                 checkpoint_dir=tmp_path,
-                progress=False)
+                execution=QUIET)
     t.train(stop_after=2)
     t.save_checkpoint()
     restored = Trainer(tiny_model(seed=1), Balancing.from_dict(LOSS_FREE), tiny_train(steps=4),
                        TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                       checkpoint_dir=tmp_path, progress=False)
+                       checkpoint_dir=tmp_path, execution=QUIET)
     assert restored.step == 2
     assert torch.equal(biases(restored.model), biases(t.model))
     assert biases(t.model).abs().sum() > 0
@@ -140,9 +141,9 @@ def test_checkpoint_round_trips_bias_and_optimizer_state(tmp_path):
 def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
     def run(checkpoint_dir, stop_after=None):
         t = Trainer(tiny_model(), Balancing.from_dict(LOSS_FREE),
-                    tiny_train(steps=6, checkpoint_every=2),
-                    TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                    checkpoint_dir=checkpoint_dir, progress=False)
+                    tiny_train(steps=6), TokenWindows(random_tokens(3000), 16, 4, seed=0),
+                    checkpoint_dir=checkpoint_dir,
+                    execution=ExecutionSettings(checkpoint_every=2, progress=False))
         t.train(stop_after=stop_after)
         return t
 
@@ -159,7 +160,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     def make(fingerprint):
         return Trainer(tiny_model(), Balancing.from_dict(LOSS_FREE), tiny_train(steps=4),
                        TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                       checkpoint_dir=tmp_path, fingerprint=fingerprint, progress=False)
+                       checkpoint_dir=tmp_path, fingerprint=fingerprint, execution=QUIET)
 
     first = make("a")
     first.train(stop_after=2)

@@ -74,17 +74,38 @@ def test_whole_dag_runs_end_to_end_on_smoke(workdir):
 
     # MLflow: one run per stage run, tagged.
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["moebalance"], output_format="list")
+    every = mlflow.search_runs(experiment_names=["moebalance"], output_format="list")
+    runs = [r for r in every if "stage" in r.data.tags]
     stages = Counter(r.data.tags["stage"] for r in runs)
     assert all(stages[s] == 1 for s in ("corpus", "sft_data", "tokenizer", "tokens", "compare"))
     assert all(stages[s] == 4 for s in ("pretrain", "sft", "generate", "score", "solution_nll"))
     assert all(r.data.tags["git_commit"] and r.data.tags["config_hash"] for r in runs)
     corpus_run = next(r for r in runs if r.data.tags["stage"] == "corpus")
     assert corpus_run.data.metrics["train_documents"] > 0
+    # ... nested: one study run, one run per (variant, seed) holding the headline metrics
+    parents = {r.info.run_id: r for r in every if "moebalance.level" in r.data.tags}
+    levels = Counter(r.data.tags["moebalance.level"] for r in parents.values())
+    assert levels == {"study": 1, "run": 4}
+    assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in runs)
 
     # A second run has nothing to do.
     proc = run_snakemake(workdir, *PROFILE, "--configfile", "config/smoke.yaml", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # Execution knobs are not science: changing them plans nothing.
+    (workdir / "knobs.yaml").write_text(yaml.safe_dump({
+        "pretrain": {"threads": 2, "log_every": 7, "checkpoint_every": 3},
+        "finetune": {"train": {"threads": 2, "log_every": 1, "checkpoint_every": 1}}}))
+    proc = run_snakemake(workdir, "-n", "--configfile", "config/smoke.yaml", "knobs.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # Every stage's code hash covered every project module it loaded.
+    logs = "".join(p.read_text(errors="replace") for p in (results / "logs").rglob("*.log"))
+    assert "misses modules it imported" not in logs
+
+    # Each training run records what produced it.
+    provenance = json.loads((results / "runs/none/seed0/pretrain/provenance.json").read_text())
+    assert provenance["threads"] == 1 and provenance["numerics_key"]
 
     # A new vocab size re-runs the tokenizer and what reads it, nothing upstream.
     (workdir / "vocab.yaml").write_text("tokenizer:\n  vocab_size: 600\n")
@@ -92,3 +113,45 @@ def test_whole_dag_runs_end_to_end_on_smoke(workdir):
     jobs = planned_jobs(proc.stdout)
     assert {"tokenizer", "tokens", "pretrain", "compare"} <= jobs
     assert not jobs & {"corpus", "sft_data", "mlflow_store"}
+
+    # The same study again, into another folder, gives the same outputs.
+    run_snakemake(workdir, *PROFILE, "--configfile", "config/smoke.yaml",
+                  "--config", "results=results/smoke_again")
+    assert_same_outputs(results, workdir / "results" / "smoke_again")
+
+
+# Fields that measure time or name the sandbox's per-run uid, not the study's results.
+VOLATILE = {"tokens_per_s", "seconds", "wall_seconds", "samples_per_s", "elapsed_s", "uid"}
+# Bookkeeping that differs by design: logs, timings, the MLflow store and its address.
+NOT_OUTPUTS = {"logs", "benchmarks", "mlartifacts", "mlflow.db", "mlflow.json", ".snakemake"}
+
+
+def _without_volatile(value):
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
+
+
+def assert_same_outputs(a, b):
+    """Every output file under ``a`` equals its twin under ``b``, volatile fields aside."""
+    import pandas as pd
+
+    files = sorted(p.relative_to(a) for p in a.rglob("*")
+                   if p.is_file() and not set(p.relative_to(a).parts) & NOT_OUTPUTS)
+    assert files and files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()
+                                     and not set(p.relative_to(b).parts) & NOT_OUTPUTS)
+    for rel in files:
+        x, y = a / rel, b / rel
+        if rel.suffix == ".parquet":
+            frames = [pd.read_parquet(p) for p in (x, y)]
+            frames = [f.drop(columns=[c for c in f.columns if c in VOLATILE]) for f in frames]
+            pd.testing.assert_frame_equal(*frames, obj=str(rel))
+        elif rel.suffix in (".json", ".jsonl"):
+            parse = (lambda t: [json.loads(line) for line in t.splitlines()]) \
+                if rel.suffix == ".jsonl" else json.loads
+            assert _without_volatile(parse(x.read_text())) == \
+                _without_volatile(parse(y.read_text())), rel
+        else:
+            assert x.read_bytes() == y.read_bytes(), rel

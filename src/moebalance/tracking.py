@@ -1,8 +1,14 @@
 """Create the MLflow store and experiment, once, before any stage logs to it.
 
-Every stage run is one MLflow run, tagged with stage, variant, seed, git commit and
-config hash. The store is an embedded SQLite file by default; the environment
-variable MLFLOW_TRACKING_URI points everything at another store or a server instead.
+Every stage run is one MLflow run, tagged with stage, variant, seed, git commit, config
+hash, code hash and the machine's provenance. Runs nest: a parent run per study (the
+Snakefile names the study by the hash of its science settings, in MOEBALANCE_STUDY), a
+child per (variant, seed) that carries the headline metrics, and the stage runs under
+it; stages without a variant (corpus, compare, ...) sit directly under the study.
+The experiment is marked as model development, so the MLflow UI opens on its runs table.
+
+The store is an embedded SQLite file by default; the environment variable
+MLFLOW_TRACKING_URI points everything at another store or a server instead.
 Concurrent first writers race while SQLite creates its schema, which is why one
 rule (this sub-command) creates it before the others run.
 """
@@ -15,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,9 @@ from moebalance.io import write_json
 HELP = "create the MLflow tracking store and experiment (run once, before any stage)"
 DEFAULT_STORE = "results/mlflow.db"
 DEFAULT_EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "moebalance")
+STUDY_ENV = "MOEBALANCE_STUDY"
+# MLflow 3 opens an experiment without this tag on its GenAI overview, not on the runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 log = logging.getLogger(__name__)
 
 
@@ -42,20 +51,16 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     group.add_argument("--variant", default=None, help="variant tag of this run, if any")
-    group.add_argument("--seed", type=int, default=None, help="seed tag of this run, if any")
+    group.add_argument("--seed", type=int, default=None,
+                       help="seed of this run: the training stages seed the model's "
+                       "initialisation and the data order with it; other stages record it "
+                       "as a tag")
     group.add_argument(
         "--no-tracking", action="store_true", help="do not log this run to MLflow at all"
     )
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+    group.add_argument("--source-hash", default="",
+                       help="hash of the stage's code (Snakemake passes it; recorded as a tag, "
+                       "and a training checkpoint of other code is not resumed)")
 
 
 def config_hash(params: Mapping[str, Any]) -> str:
@@ -78,10 +83,90 @@ def _setup(store: str | os.PathLike, experiment: str):
     if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
         artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         try:
-            mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
+            mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri(),
+                                     tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by another process
             pass
     return mlflow, mlflow.set_experiment(experiment)
+
+
+@contextlib.contextmanager
+def _parents_lock(store: str | os.PathLike) -> Iterator[None]:
+    """Serialises the find-or-create of parent runs between concurrent stage jobs."""
+    import fcntl
+
+    path = Path(store).resolve().with_suffix(".parents.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _find_or_create(client, experiment_id: str, name: str, tags: dict[str, str],
+                    parent: str | None) -> str:
+    """The id of the run carrying ``tags`` (the oldest, if several), created if missing."""
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    found = client.search_runs([experiment_id], query, max_results=1,
+                               order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    extra = {"mlflow.parentRunId": parent} if parent else {}
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, **extra})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def parent_run(args: argparse.Namespace, experiment_id: str) -> str | None:
+    """The run a stage run nests under: its (variant, seed) run, or the study run for stages
+    without a variant; None outside a study (no MOEBALANCE_STUDY)."""
+    from mlflow.tracking import MlflowClient
+
+    study = os.environ.get(STUDY_ENV)
+    if not study:
+        return None
+    client = MlflowClient()
+    with _parents_lock(args.mlflow_store):
+        parent = _find_or_create(client, experiment_id, f"study {study}",
+                                 {"moebalance.level": "study", "moebalance.study": study}, None)
+        if args.variant is None or args.seed is None:
+            return parent
+        return _find_or_create(
+            client, experiment_id, f"{args.variant}/seed{args.seed}",
+            {"moebalance.level": "run", "moebalance.study": study, "variant": args.variant,
+             "seed": str(args.seed)}, parent)
+
+
+def log_headline(mlflow, metrics: Mapping[str, float]) -> None:
+    """Copy a stage's headline metrics to its (variant, seed) parent run, where the UI's
+    table and charts compare them across runs (no-op without tracking or a parent)."""
+    if mlflow is None:
+        return
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.active_run()
+    parent = run.data.tags.get("mlflow.parentRunId") if run else None
+    if not parent:
+        return
+    client, now = MlflowClient(), int(time.time() * 1000)
+    client.log_batch(parent, metrics=[Metric(key, float(value), now, 0)
+                                      for key, value in metrics.items()
+                                      if value is not None and value == value])  # not NaN
+
+
+def log_study_artifacts(mlflow, paths: list[str | os.PathLike], folder: str) -> None:
+    """Attach files (comparison tables, figures) to the study's parent run."""
+    if mlflow is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.active_run()
+    parent = run.data.tags.get("mlflow.parentRunId") if run else None
+    for path in paths:
+        MlflowClient().log_artifact(parent or run.info.run_id, str(path), folder)
 
 
 @contextlib.contextmanager
@@ -94,16 +179,22 @@ def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any]) -
     if args.no_tracking:
         yield None
         return
-    mlflow, _ = _setup(args.mlflow_store, args.experiment)
+    mlflow, experiment = _setup(args.mlflow_store, args.experiment)
+    from moebalance import provenance
+
+    record = provenance.fingerprint()
     tags = {
         "stage": stage,
         "variant": args.variant if args.variant is not None else "",
         "seed": str(args.seed) if args.seed is not None else "",
-        "git_commit": git_commit(),
+        "git_commit": record["git_commit"],
         "config_hash": config_hash(params),
+        "source_hash": getattr(args, "source_hash", ""),
+        **provenance.as_tags(record),
     }
     name = "/".join(str(p) for p in (stage, args.variant, args.seed) if p is not None)
-    with mlflow.start_run(run_name=name, tags=tags):
+    parent = parent_run(args, experiment.experiment_id)
+    with mlflow.start_run(run_name=name, tags=tags, parent_run_id=parent):
         # MLflow caps a param value at a few thousand characters: long lists become JSON strings.
         mlflow.log_params({k: json.dumps(v) if not isinstance(v, str) else v
                            for k, v in params.items()})
@@ -119,8 +210,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from mlflow.tracking import MlflowClient
+
     Path(args.store).parent.mkdir(parents=True, exist_ok=True)
     _, experiment = _setup(args.store, args.experiment)
+    for key, value in EXPERIMENT_KIND.items():  # also on a server's existing experiment
+        MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     uri = tracking_uri(args.store)
     log.info("MLflow store %s, experiment %s (%s)", uri, args.experiment, experiment.experiment_id)
     write_json(

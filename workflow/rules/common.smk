@@ -1,13 +1,18 @@
-# Shared by every rules file: config validation, paths, and the code hash that makes
-# a change to a stage's code re-run that stage (and only the stages it affects).
-import hashlib
+# Shared by every rules file: config validation, paths, variants and seeds, and the code
+# hash that makes a change to a stage's code re-run that stage (and only the stages it
+# affects).
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
+
+from moebalance.cli import STAGES
+from moebalance.codehash import code_hash as module_code_hash
+from moebalance.config import execution_settings, sft_settings, study_hash, variant_settings
 
 min_version("9.0")
 
@@ -27,24 +32,50 @@ MLFLOW_READY = f"{RESULTS}/mlflow.json"
 # (a server) wins over the study's SQLite file, and neither is an output-changing param.
 # (Local and SLURM jobs inherit the environment, so no `envvars:` is needed.)
 _STORE_URI = f"sqlite:///{Path(MLFLOW_DB).resolve()}"
+# MOEBALANCE_STUDY names the MLflow parent run that every stage run of this study nests under.
 os.environ.update(
     PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     MLFLOW_TRACKING_URI=os.environ.get("MLFLOW_TRACKING_URI") or _STORE_URI,
     MLFLOW_EXPERIMENT_NAME=config["mlflow"]["experiment"],
+    MOEBALANCE_STUDY=study_hash(config),
 )
 PACKAGE = Path(workflow.basedir) / "src" / "moebalance"
 
 
-def code_hash(*modules):
-    """Hash of the given package modules (paths relative to src/moebalance). A rule takes
-    it as a param, so editing the code that computes a stage's output re-runs that stage
-    and what depends on it; plumbing shared by all stages (cli.py, io.py, tracking.py)
-    is left out so that adding a sub-command does not re-run the whole study."""
-    digest = hashlib.sha256()
-    for rel in sorted(modules):
-        digest.update(rel.encode())
-        digest.update((PACKAGE / rel).read_bytes())
-    return digest.hexdigest()[:16]
+def stage_code(stage):
+    """Hash of the code of `moebalance <stage>`: its module and every project module it
+    imports, transitively (moebalance.codehash reads the import graph). A rule takes it as a
+    param, so editing any code a stage runs re-runs that stage and what depends on it."""
+    return module_code_hash(STAGES[stage], PACKAGE.parent)
+
+
+# Variants and seeds, shared by the training, evaluation and analysis rules. A variant's
+# science settings are one JSON param; execution knobs (threads, log_every,
+# checkpoint_every) travel outside params, so changing one plans no job and a killed run
+# still resumes (see moebalance.config).
+VARIANTS = list(config["variants"])
+SETTINGS = {variant: variant_settings(config, variant) for variant in VARIANTS}
+SFT_SETTINGS = {variant: sft_settings(SETTINGS[variant], config["finetune"])
+                for variant in VARIANTS}
+_LOOPS = {"pretrain": config["pretrain"], "sft": config["finetune"]["train"]}
+# threads go through the `threads:` directive (Snakemake may scale them to --cores)
+EXECUTION = {stage: json.dumps({k: v for k, v in execution_settings(loop).items()
+                                if k != "threads"}, sort_keys=True)
+             for stage, loop in _LOOPS.items()}
+THREADS = {stage: max(1, loop.get("threads", 1)) for stage, loop in _LOOPS.items()}
+SEEDS = config["seeds"]
+RUNS = f"{RESULTS}/runs"
+RUN_DIR = f"{RUNS}/{{variant}}/seed{{seed}}"
+
+
+wildcard_constraints:
+    variant="|".join(map(re.escape, VARIANTS)) or "(?!)",
+    seed=r"\d+",
+
+
+def uses_gpu(settings):
+    """1 when a job's settings ask for CUDA (a `resources: gpu` count for SLURM)."""
+    return int(settings["train"].get("device", "auto").startswith("cuda"))
 
 
 def parent_of(kind, name):

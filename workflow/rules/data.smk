@@ -12,14 +12,14 @@ rule corpus:
     params:
         out_dir=parent_of("output", "train"),
         flags=corpus_flags(config["corpus"]),
-        code=code_hash("data/corpus.py"),
+        code=stage_code("corpus"),
     log:
         f"{LOGS}/corpus.log",
     benchmark:
         f"{BENCH}/corpus.tsv"
     shell:
         "moebalance corpus --out-dir {params.out_dir} --decontamination {output.decontamination}"
-        " {params.flags} > {log:q} 2>&1"
+        " {params.flags} --source-hash {params.code} > {log:q} 2>&1"
 
 
 rule tokenizer:
@@ -34,7 +34,7 @@ rule tokenizer:
         out_dir=parent_of("output", "tokenizer"),
         vocab_size=config["tokenizer"]["vocab_size"],
         min_frequency=config["tokenizer"]["min_frequency"],
-        code=code_hash("data/tokenizer.py"),
+        code=stage_code("tokenizer"),
     log:
         f"{LOGS}/tokenizer.log",
     benchmark:
@@ -42,6 +42,7 @@ rule tokenizer:
     shell:
         "moebalance tokenizer --train {input.train} --out-dir {params.out_dir}"
         " --vocab-size {params.vocab_size} --min-frequency {params.min_frequency}"
+        " --source-hash {params.code}"
         " > {log:q} 2>&1"
 
 
@@ -64,7 +65,7 @@ rule tokens:
         tokenizer_dir=parent_of("input", "tokenizer"),
         out_dir=parent_of("output", "meta"),
         batch_size=config["tokens"]["batch_size"],
-        code=code_hash("data/tokens.py"),
+        code=stage_code("tokens"),
     threads: 2
     log:
         f"{LOGS}/tokens.log",
@@ -73,7 +74,7 @@ rule tokens:
     shell:
         "RAYON_NUM_THREADS={threads} moebalance tokens --corpus-dir {params.corpus_dir}"
         " --tokenizer-dir {params.tokenizer_dir} --out-dir {params.out_dir}"
-        " --batch-size {params.batch_size} > {log:q} 2>&1"
+        " --batch-size {params.batch_size} --source-hash {params.code} > {log:q} 2>&1"
 
 
 rule sft_data:
@@ -88,14 +89,14 @@ rule sft_data:
         flags=cli_flags({key: config["sft"][key] for key in (
             "min_completion_lines", "max_completion_lines", "max_prompt_chars",
             "min_docstring_chars", "val_fraction")}),
-        code=code_hash("data/sft_pairs.py"),
+        code=stage_code("sft-data"),
     log:
         f"{LOGS}/sft_data.log",
     benchmark:
         f"{BENCH}/sft_data.tsv"
     shell:
         "moebalance sft-data --train {input.train} --out-dir {params.out_dir} {params.flags}"
-        " > {log:q} 2>&1"
+        " --source-hash {params.code} > {log:q} 2>&1"
 
 
 DATA_TARGETS = [

@@ -24,9 +24,6 @@ rule utilization:
         saturation=f"{RUN}/utilization/saturation.parquet",
         saturation_steps=f"{RUN}/utilization/saturation_steps.parquet",
         meta=f"{RUN}/utilization/meta.json",
-    wildcard_constraints:
-        variant="|".join(VARIANTS) or "(?!)",
-        seed=r"\d+",
     params:
         # the model folders sit beside metrics.parquet (same job), whatever their declaration
         pretrain_model=lambda wildcards, input: str(Path(input.pretrain).parent / "model"),
@@ -36,7 +33,7 @@ rule utilization:
         flags=cli_flags({key: ANALYSIS[key] for key in
                          ("max_tokens", "doc_tokens", "window", "vocab_min_count")
                          if key in ANALYSIS}),
-        code=code_hash("analysis/utilization.py", "model/router.py"),
+        code=stage_code("utilization"),
     threads: 1
     log:
         f"{LOGS}/utilization/{{variant}}/seed{{seed}}.log",
@@ -46,7 +43,8 @@ rule utilization:
         "moebalance utilization --pretrain-model {params.pretrain_model:q}"
         " --sft-model {params.sft_model:q} --snapshots {input.snapshots:q} --tokenizer {params.tokenizer_dir:q}"
         " --test {input.test:q} --out-dir {params.out_dir:q} --threads {threads} {params.flags}"
-        " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
+        " --source-hash {params.code} --variant {wildcards.variant} --seed {wildcards.seed}"
+        " > {log:q} 2>&1"
 
 
 # every file of every (variant, seed) that compare reads
@@ -89,7 +87,7 @@ rule compare:
         bootstrap=ANALYSIS.get("bootstrap", 2000),
         tables_dir=parent_of("output", "csv"),
         figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
-        code=code_hash("analysis/metrics.py", "analysis/compare.py", "analysis/figures.py"),
+        code=stage_code("compare"),
     log:
         f"{LOGS}/compare.log",
     benchmark:
@@ -98,6 +96,7 @@ rule compare:
         "moebalance compare --runs-dir {params.runs_dir:q} --variants {params.variants}"
         " --seeds {params.seeds} --pair {params.pair} --bootstrap {params.bootstrap}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
+        " --source-hash {params.code}"
         " > {log:q} 2>&1"
 
 

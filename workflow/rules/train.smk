@@ -1,35 +1,19 @@
-# Pretraining: one job per (variant, seed). A variant is the model/balancing/pretrain
-# sections of the config with its own overrides merged in; the whole resolved settings
-# object is one param, so changing any value re-runs exactly the variants it reaches.
-
-from moebalance.training.pretrain import variant_settings
-
-VARIANTS = list(config["variants"])
-SETTINGS = {variant: variant_settings(config, variant) for variant in VARIANTS}
-SEEDS = config["seeds"]
-RUNS = f"{RESULTS}/runs"
-PRETRAIN_CODE = code_hash(
-    "data/tokens.py",
-    "model/__init__.py",
-    "model/config.py",
-    "model/router.py",
-    "model/balancing.py",
-    "training/__init__.py",
-    "training/batches.py",
-    "training/checkpoint.py",
-    "training/telemetry.py",
-    "training/trainer.py",
-    "training/pretrain.py",
-    "training/stage.py",
-)
-
+# Training: pretraining and SFT, one job per (variant, seed). A variant's resolved science
+# settings are one param, so changing any value re-runs exactly the variants it reaches;
+# execution knobs come from EXECUTION and THREADS (common.smk), outside the params.
 
 PRETRAIN_TARGETS = expand(
-    f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/{{name}}",
+    f"{RUN_DIR}/pretrain/{{name}}",
     variant=VARIANTS,
     seed=SEEDS,
-    name=["model", "metrics.parquet", "routing.parquet", "snapshots"],
+    name=["model", "metrics.parquet", "routing.parquet", "snapshots", "provenance.json"],
 )
+
+
+def checkpoint_dir(stage):
+    """Checkpoints sit outside the declared outputs: Snakemake deletes those of a failed
+    job, and a rerun resumes from the checkpoint instead."""
+    return lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.variant}/seed{wildcards.seed}/{stage}"
 
 
 rule pretrain:
@@ -40,28 +24,21 @@ rule pretrain:
         val=f"{TOKENS_DIR}/val.bin",
         tokenizer=rules.tokenizer.output.tokenizer,
     output:
-        model=directory(f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/model"),
-        metrics=f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/metrics.parquet",
-        routing=f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/routing.parquet",
-        snapshots=directory(f"{RUNS}/{{variant}}/seed{{seed}}/pretrain/snapshots"),
-    wildcard_constraints:
-        variant="|".join(VARIANTS) or "(?!)",
-        seed=r"\d+",
+        model=directory(f"{RUN_DIR}/pretrain/model"),
+        metrics=f"{RUN_DIR}/pretrain/metrics.parquet",
+        routing=f"{RUN_DIR}/pretrain/routing.parquet",
+        snapshots=directory(f"{RUN_DIR}/pretrain/snapshots"),
+        provenance=f"{RUN_DIR}/pretrain/provenance.json",
     params:
         settings=lambda wildcards: json.dumps(SETTINGS[wildcards.variant], sort_keys=True),
         tokens_dir=parent_of("input", "meta"),
         tokenizer_dir=parent_of("input", "tokenizer"),
         out_dir=parent_of("output", "metrics"),
-        # outside the declared outputs: Snakemake deletes those of a failed job, a rerun resumes
-        checkpoint_dir=lambda wildcards: (
-            f"{RESULTS}/checkpoints/{wildcards.variant}/seed{wildcards.seed}/pretrain"
-        ),
-        code=PRETRAIN_CODE,
-    threads: lambda wildcards: max(1, SETTINGS[wildcards.variant]["train"].get("threads", 1))
+        checkpoint_dir=checkpoint_dir("pretrain"),
+        code=stage_code("pretrain"),
+    threads: THREADS["pretrain"]
     resources:
-        gpu=lambda wildcards: int(
-            SETTINGS[wildcards.variant]["train"].get("device", "auto").startswith("cuda")
-        ),
+        gpu=lambda wildcards: uses_gpu(SETTINGS[wildcards.variant]),
     log:
         f"{LOGS}/pretrain/{{variant}}/seed{{seed}}.log",
     benchmark:
@@ -69,5 +46,38 @@ rule pretrain:
     shell:
         "moebalance pretrain --tokens-dir {params.tokens_dir:q} --out-dir {params.out_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q} --tokenizer-dir {params.tokenizer_dir:q}"
-        " --settings {params.settings:q} --source-hash {params.code}"
+        " --settings {params.settings:q} --execution {EXECUTION[pretrain]:q}"
+        " --threads {threads} --source-hash {params.code}"
+        " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
+
+
+rule sft:
+    input:
+        MLFLOW_READY,
+        model=rules.pretrain.output.model,
+        train=rules.sft_data.output.train,
+        val=rules.sft_data.output.val,
+    output:
+        model=directory(f"{RUN_DIR}/sft/model"),
+        metrics=f"{RUN_DIR}/sft/metrics.parquet",
+        routing=f"{RUN_DIR}/sft/routing.parquet",
+        provenance=f"{RUN_DIR}/sft/provenance.json",
+    params:
+        settings=lambda wildcards: json.dumps(SFT_SETTINGS[wildcards.variant], sort_keys=True),
+        sft_dir=parent_of("input", "train"),
+        out_dir=parent_of("output", "metrics"),
+        checkpoint_dir=checkpoint_dir("sft"),
+        code=stage_code("sft"),
+    threads: THREADS["sft"]
+    resources:
+        gpu=lambda wildcards: uses_gpu(SFT_SETTINGS[wildcards.variant]),
+    log:
+        f"{LOGS}/sft/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/sft/{{variant}}/seed{{seed}}.tsv"
+    shell:
+        "moebalance sft --pretrained {input.model:q} --sft-dir {params.sft_dir:q}"
+        " --out-dir {params.out_dir:q} --checkpoint-dir {params.checkpoint_dir:q}"
+        " --settings {params.settings:q} --execution {EXECUTION[sft]:q}"
+        " --threads {threads} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"

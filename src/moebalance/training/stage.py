@@ -6,6 +6,7 @@ Outputs under --out-dir, written by rank 0 once training is complete:
     model/            Hugging Face model folder (with the tokenizer, so it loads on its own)
     metrics.parquet   one row per optimizer step
     routing.parquet   one row per (step, MoE layer, expert)
+    provenance.json   machine, kernels, library versions, threads and commit of the run
 
 The pretrain stage also writes ``snapshots/``: the model every ``snapshot_every`` steps.
 Checkpoints go to --checkpoint-dir, outside the declared outputs (Snakemake deletes
@@ -38,12 +39,35 @@ def add_training_arguments(parser: argparse.ArgumentParser, sections: str) -> No
     parser.add_argument("--checkpoint-dir", required=True,
                         help="training checkpoints (resumed from when present)")
     parser.add_argument("--settings", required=True,
-                        help=f"JSON object with {sections} sections, or @FILE holding it")
-    parser.add_argument("--source-hash", default="",
-                        help="hash of the package sources; checkpoints of other code are "
-                        "not resumed")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help=f"JSON object with {sections} sections, or @FILE holding it: "
+                        "the science, which a checkpoint must match to be resumed")
+    group = parser.add_argument_group(
+        "execution", "how the run executes; none of it changes the outputs' meaning or stops "
+        "a checkpoint from being resumed")
+    group.add_argument("--execution", default="{}",
+                       help="JSON object of execution knobs: log_every, checkpoint_every")
+    group.add_argument("--threads", type=int, default=None,
+                       help="torch intra-op threads on CPU (0: torch's default)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_tracking_arguments(parser)
+
+
+def execution_of(args: argparse.Namespace):
+    """The ExecutionSettings of --execution, --threads and --no-progress."""
+    from moebalance.config import ExecutionSettings
+    from moebalance.errors import UsageError
+
+    try:
+        values = json.loads(args.execution)
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object")
+        if args.threads is not None:
+            values["threads"] = args.threads
+        if args.no_progress:
+            values["progress"] = False
+        return ExecutionSettings.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--execution: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -58,7 +82,7 @@ class StageSettings:
     @classmethod
     def parse(cls, text: str, with_model: bool) -> StageSettings:
         """From inline JSON or @FILE; a bad value is a UsageError naming --settings."""
-        from moebalance.cli import UsageError
+        from moebalance.errors import UsageError
         from moebalance.model.balancing import Balancing
         from moebalance.model.config import ModelSettings
         from moebalance.training.trainer import TrainSettings
@@ -122,12 +146,16 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                    train_batches, val_batches, tokenizer_dir: str | None,
                    snapshots: bool = False) -> None:
     """Train (resuming from --checkpoint-dir) and write the stage's outputs; with
-    ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0)."""
+    ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0).
+
+    The checkpoint fingerprint is the hash of ``params``: the science settings, the data,
+    the seed and the code hash, never the execution knobs."""
     import torch.distributed as dist
 
+    from moebalance import provenance
     from moebalance.io import atomic_path, write_parquet
     from moebalance.model.balancing import Balancing
-    from moebalance.tracking import config_hash, stage_run
+    from moebalance.tracking import config_hash, log_headline, stage_run
     from moebalance.training.trainer import Trainer
 
     distributed = init_distributed()
@@ -137,7 +165,7 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
         with tracking as mlflow:
             trainer = Trainer(make_model(), Balancing.from_dict(balancing), train_settings,
                               train_batches, val_batches, checkpoint_dir=args.checkpoint_dir,
-                              fingerprint=config_hash(params), progress=not args.no_progress,
+                              fingerprint=config_hash(params), execution=execution_of(args),
                               on_log=mlflow_logger(mlflow) if mlflow is not None else None)
             telemetry = trainer.train()
             if rank != 0:
@@ -157,12 +185,17 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                         shutil.move(folder, tmp / folder.name)
             write_parquet(telemetry.metrics_table(), out / "metrics.parquet")
             write_parquet(telemetry.routing_table(), out / "routing.parquet")
+            record = provenance.write(out / "provenance.json")
             last = telemetry.metrics[-1]
             log.info("%s done: %d steps, lm_loss %.4f, val_loss %.4f, maxvio_batch %.3f", stage,
                      last["step"] + 1, last["lm_loss"], last["val_loss"], last["maxvio_batch"])
             if mlflow is not None:
                 mlflow.log_artifact(str(out / "metrics.parquet"))
                 mlflow.log_artifact(str(out / "routing.parquet"))
+                mlflow.log_artifact(str(out / "provenance.json"))
+                mlflow.set_tags(provenance.as_tags(record))  # threads as the run set them
+                log_headline(mlflow, {f"{stage}_val_loss": last["val_loss"],
+                                      f"{stage}_maxvio_batch": last["maxvio_batch"]})
             shutil.rmtree(args.checkpoint_dir, ignore_errors=True)  # outputs complete: not needed
     finally:
         if distributed:

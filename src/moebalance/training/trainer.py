@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from moebalance.config import EXECUTION_KEYS, ExecutionSettings
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import moe_layer_indices, routers_of
 from moebalance.training.batches import IGNORE_INDEX, BatchSource
@@ -30,6 +31,7 @@ from moebalance.training.checkpoint import Checkpoints
 from moebalance.training.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+DEFAULT_EXECUTION = ExecutionSettings()
 
 
 @dataclass(frozen=True)
@@ -47,18 +49,19 @@ class TrainSettings:
     grad_clip: float = 1.0
     eval_every: int = 50          # and at the last step; 0: never
     eval_batches: int = 4
-    checkpoint_every: int = 50    # 0: never
     snapshot_every: int = 0       # keep the model every N steps (router saturation); 0: never
-    log_every: int = 10           # steps between MLflow flushes
     device: str = "auto"          # auto: cuda if available, else cpu
     precision: str = "auto"       # auto: bf16 autocast on cuda, fp32 on cpu; or fp32 / bf16
     compile: bool = False
     activation_checkpointing: bool = False
-    threads: int = 0              # torch intra-op threads on CPU; 0: torch's default
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
         names = {f.name for f in dataclasses.fields(cls)}
+        knobs = sorted(set(values) & set(EXECUTION_KEYS))
+        if knobs:
+            raise ValueError(f"{', '.join(knobs)} in train: execution knobs go in the "
+                             "execution settings (--execution, --threads), not the science")
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown key(s) in train: {', '.join(unknown)}")
@@ -99,11 +102,11 @@ class Trainer:
     def __init__(self, model, balancing: Balancing, settings: TrainSettings,
                  train_batches: BatchSource, val_batches: BatchSource | None = None,
                  checkpoint_dir: str | None = None, fingerprint: str = "",
-                 progress: bool = True,
+                 execution: ExecutionSettings = DEFAULT_EXECUTION,
                  on_log: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
-        self.s = settings
-        if settings.threads and settings.device != "cuda":
-            torch.set_num_threads(settings.threads)
+        self.s, self.execution = settings, execution
+        if execution.threads and settings.device != "cuda":
+            torch.set_num_threads(execution.threads)
         self.device = resolve_device(settings.device)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -136,7 +139,7 @@ class Trainer:
         self.fingerprint = fingerprint  # a checkpoint of other settings or code is not resumed
         self.telemetry = Telemetry(self.layers)
         self.step = 0
-        self.progress, self.on_log = progress and self.rank == 0, on_log
+        self.progress, self.on_log = execution.progress and self.rank == 0, on_log
         self._logged = 0
         self.resume()
 
@@ -272,10 +275,10 @@ class Trainer:
             if self.checkpoints and s.snapshot_every and done % s.snapshot_every == 0 \
                     and done < s.steps and self.rank == 0:
                 self.checkpoints.save_snapshot(done, self.model)
-            if self.checkpoints and s.checkpoint_every and done % s.checkpoint_every == 0 \
-                    and done < s.steps:
+            every = self.execution.checkpoint_every
+            if self.checkpoints and every and done % every == 0 and done < s.steps:
                 self.save_checkpoint()
-            if self.on_log and (done % s.log_every == 0 or done == end):
+            if self.on_log and (done % self.execution.log_every == 0 or done == end):
                 self.flush_log()
             bar.update(1)
             bar.set_postfix(loss=f"{row['lm_loss']:.3f}", maxvio=f"{row['maxvio_batch']:.2f}",

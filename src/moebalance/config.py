@@ -1,0 +1,119 @@
+"""Study settings as the stages take them: variant resolution and the split between the
+science (what changes a result) and execution knobs (how fast or how visibly it runs).
+
+Torch-free: the Snakefile imports it at parse time.
+
+Execution knobs never enter a rule's params or a checkpoint's fingerprint, so changing one
+plans no job and a killed run still resumes:
+
+- ``threads``: torch's intra-op threads. The thread count can change the order of float
+  reductions, so it moves the last digits of a result (measured in the README's
+  Reproducibility section) the way another CPU model does; like the CPU model, it is
+  recorded in each run's provenance instead of re-running the study.
+- ``log_every``: how often step metrics reach MLflow (metrics.parquet holds every step).
+- ``checkpoint_every``: how often a resumable checkpoint is written; resuming is exact, so
+  it does not change the outputs.
+- ``progress``: the progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+EXECUTION_KEYS = ("threads", "log_every", "checkpoint_every", "progress")
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    threads: int = 0              # torch intra-op threads on CPU; 0: torch's default
+    log_every: int = 10           # steps between MLflow flushes
+    checkpoint_every: int = 50    # steps between resumable checkpoints; 0: never
+    progress: bool = True         # progress bar on stderr
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"execution.{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"execution.log_every must be >= 1, got {self.log_every}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExecutionSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown execution key(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, recursively for mappings (neither is modified)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def split_execution(loop: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A training-loop section split into (science settings, execution knobs)."""
+    science = {k: v for k, v in loop.items() if k not in EXECUTION_KEYS}
+    execution = {k: v for k, v in loop.items() if k in EXECUTION_KEYS}
+    return science, execution
+
+
+def _no_execution_overrides(variant: str, section: str, overrides: dict[str, Any]) -> None:
+    knobs = sorted(set(overrides) & set(EXECUTION_KEYS))
+    if knobs:
+        raise ValueError(f"variants.{variant}.{section}: {', '.join(knobs)} are execution "
+                         f"knobs, set once for the whole study in `{section}`")
+
+
+def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
+    """A variant's resolved pretraining settings, the science only: the `model`, `balancing`
+    and `pretrain` sections with the variant's overrides merged in, as ``--settings`` takes
+    them. Execution knobs are :func:`execution_settings`."""
+    overrides = config["variants"][variant]
+    _no_execution_overrides(variant, "pretrain", overrides.get("pretrain", {}))
+    train, _ = split_execution(deep_merge(config.get("pretrain", {}),
+                                          overrides.get("pretrain", {})))
+    return {
+        "model": deep_merge(config.get("model", {}), overrides.get("model", {})),
+        "balancing": deep_merge(config.get("balancing", {}), overrides.get("balancing", {})),
+        "train": train,
+    }
+
+
+def sft_settings(pretrain_settings: dict[str, Any], finetune: dict[str, Any]) -> dict[str, Any]:
+    """A variant's SFT settings (science only): its own balancing (with ``freeze_bias``, the
+    loss-free gamma is 0 from the first step) and the ``finetune.train`` loop settings."""
+    balancing = copy.deepcopy(pretrain_settings["balancing"])
+    if finetune.get("freeze_bias", False):
+        balancing.setdefault("loss_free", {})["stop_fraction"] = 0.0
+    train, _ = split_execution(dict(finetune.get("train", {})))
+    return {"balancing": balancing, "train": train}
+
+
+def execution_settings(loop: dict[str, Any]) -> dict[str, Any]:
+    """The execution knobs of a training-loop section (``pretrain`` or ``finetune.train``)."""
+    _, execution = split_execution(loop)
+    ExecutionSettings.from_dict(execution)  # validates
+    return execution
+
+
+def study_hash(config: dict[str, Any]) -> str:
+    """A short hash naming a study: its whole config, execution knobs left out."""
+    import hashlib
+    import json
+
+    science = copy.deepcopy(config)
+    for loop in (science.get("pretrain", {}), science.get("finetune", {}).get("train", {})):
+        for key in EXECUTION_KEYS:
+            loop.pop(key, None)
+    blob = json.dumps(science, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

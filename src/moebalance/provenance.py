@@ -1,0 +1,152 @@
+"""What produced a run's numbers: machine, kernels, library versions, threads and code.
+
+Floating-point results differ between CPU kinds (vector width, FMA, kernel choice), GPU
+models, library versions and thread counts (the order of reductions). None of these is a
+science setting, so none is in a stage's params; each run records them instead, in
+``provenance.json``, in its MLflow tags and in the corpus manifest. ``numerics_key`` hashes the
+fields that can change the digits, so a comparison can flag runs that mix machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import subprocess
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SOURCE_DIR = Path(__file__).resolve().parent
+LIBRARIES = ("torch", "transformers", "tokenizers", "numpy")
+# CPU features that decide which matmul/attention kernels run (x86 and Arm).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "asimd", "sve", "sve2",
+             "bf16", "i8mm")
+# The fields whose change can move the digits of a result.
+NUMERICS_FIELDS = ("cpu", "isa", "torch_cpu_capability", "gpu", "cuda", "python", "libraries",
+                   "threads")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu() -> dict[str, Any]:
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
+            "isa": sorted(flags & set(ISA_FLAGS))}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(SOURCE_DIR), *args], capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the source tree and whether it differs from it (None outside git)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit or "unknown",
+            "git_dirty": None if status is None else bool(status)}
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def accelerator(torch) -> dict[str, Any]:
+    """GPU name, driver and CUDA version when CUDA is in use, else Nones."""
+    if not torch.cuda.is_available():
+        return {"gpu": None, "gpu_driver": None, "cuda": None}
+    driver = None
+    version_file = Path("/proc/driver/nvidia/version")
+    if version_file.is_file():
+        match = re.search(r"Kernel Module\s+([\d.]+)", version_file.read_text())
+        driver = match.group(1) if match else None
+    return {"gpu": torch.cuda.get_device_name(), "gpu_driver": driver, "cuda": torch.version.cuda}
+
+
+def fingerprint() -> dict[str, Any]:
+    """This process's provenance (call it where the stage computes, after threads are set)."""
+    import torch
+
+    record = {
+        **cpu(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **accelerator(torch),
+        "python": platform.python_version(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "threads": torch.get_num_threads(),
+        **git_state(),
+    }
+    record["numerics_key"] = numerics_key(record)
+    return record
+
+
+def numerics_key(record: Mapping[str, Any]) -> str:
+    """A short hash of the fields that can change a result's digits."""
+    blob = json.dumps({k: record.get(k) for k in NUMERICS_FIELDS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def as_tags(record: Mapping[str, Any]) -> dict[str, str]:
+    """Flat ``provenance.*`` MLflow tags."""
+    tags = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            tags.update({f"provenance.{key}.{k}": str(v) for k, v in value.items()})
+        else:
+            tags[f"provenance.{key}"] = ",".join(value) if isinstance(value, list) else str(value)
+    return tags
+
+
+def describe(records: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[str], bool]:
+    """Markdown lines listing the fingerprints behind a study's runs (one row per distinct
+    fingerprint, with the runs it produced), and whether the runs mix fingerprints."""
+    groups: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for run, record in records:
+        key = record.get("numerics_key") or numerics_key(record)
+        groups.setdefault(key, []).append((run, record))
+    lines = ["| fingerprint | CPU / GPU | kernels | torch | transformers | threads | commit "
+             "| runs |", "|---|---|---|---|---|---|---|---|"]
+    for key, members in groups.items():
+        r = members[0][1]
+        libs = r.get("libraries", {})
+        commits = sorted({str(rec.get("git_commit", "?"))[:10]
+                          + (" (dirty)" if rec.get("git_dirty") else "") for _, rec in members})
+        runs = sorted(run for run, _ in members)
+        shown = ", ".join(runs[:4]) + (", ..." if len(runs) > 4 else "")
+        lines.append(f"| `{key}` | {r.get('gpu') or r.get('cpu')} | "
+                     f"{r.get('torch_cpu_capability')} | {libs.get('torch')} | "
+                     f"{libs.get('transformers')} | {r.get('threads')} | {', '.join(commits)} "
+                     f"| {len(runs)}: {shown} |")
+    return lines, len(groups) > 1
+
+
+def write(path: str | Path) -> dict[str, Any]:
+    """Write this process's fingerprint to ``path`` (atomically) and return it."""
+    from moebalance.io import write_json
+
+    record = fingerprint()
+    write_json(record, path)
+    return record

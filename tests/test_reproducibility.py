@@ -1,0 +1,162 @@
+"""Exact re-runs and provenance: code hashes follow the import graph, execution knobs stay
+out of the science, and every run says what produced it."""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import REPO, run_snakemake
+
+from moebalance import provenance
+from moebalance.cli import STAGES
+from moebalance.codehash import closure, code_hash, unhashed_imports
+from moebalance.config import ExecutionSettings, execution_settings, sft_settings, variant_settings
+
+
+@pytest.fixture
+def package(tmp_path):
+    """A fake `moebalance` package: a stage with a lazy import, a relative import, a
+    `from package import module` and an import of something outside the project."""
+    files = {
+        "moebalance/__init__.py": "",
+        "moebalance/stage.py": """
+            import json
+            from moebalance.helpers import util
+            def run():
+                from moebalance.deep import inner  # lazy, inside a function
+                return util, inner, json
+            """,
+        "moebalance/helpers/__init__.py": "",
+        "moebalance/helpers/util.py": "from . import maths\n",
+        "moebalance/helpers/maths.py": "X = 1\n",
+        "moebalance/deep/__init__.py": "",
+        "moebalance/deep/inner.py": "Y = 2\n",
+        "moebalance/unrelated.py": "Z = 3\n",
+    }
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def test_closure_follows_lazy_relative_and_submodule_imports(package):
+    assert closure("moebalance.stage", package) == {
+        "moebalance", "moebalance.stage", "moebalance.helpers", "moebalance.helpers.util",
+        "moebalance.helpers.maths", "moebalance.deep", "moebalance.deep.inner"}
+
+
+def test_editing_an_imported_module_changes_the_hash_and_an_unrelated_one_does_not(package):
+    before = code_hash("moebalance.stage", package)
+    (package / "moebalance/unrelated.py").write_text("Z = 4\n")
+    assert code_hash("moebalance.stage", package) == before
+    with (package / "moebalance/helpers/maths.py").open("a") as f:
+        f.write("# a comment re-runs the stage\n")
+    assert code_hash("moebalance.stage", package) != before
+
+
+def test_a_module_loaded_outside_the_hash_is_reported(package):
+    loaded = {"moebalance", "moebalance.cli", "moebalance.stage", "moebalance.unrelated"}
+    assert unhashed_imports("moebalance.stage", loaded, package) == {"moebalance.unrelated"}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_module_a_stage_loads_is_in_its_hash(stage):
+    """Imports the stage in a fresh interpreter, builds its parser and lists what it loaded."""
+    script = (f"import sys; from moebalance.cli import build_parser; "
+              f"build_parser(only={stage!r}); import {STAGES[stage]}; "
+              "print(' '.join(m for m in sys.modules if m.startswith('moebalance')))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert STAGES[stage] in loaded
+    assert unhashed_imports(STAGES[stage], set(loaded)) == set()
+
+
+def test_the_module_defining_maxvio_is_in_the_training_hashes():
+    for stage in ("pretrain", "sft"):
+        assert "moebalance.analysis.metrics" in closure(STAGES[stage])
+
+
+def test_every_rule_passes_its_stage_code_hash(workdir):
+    """The dry run's shell commands: each `moebalance <stage>` carries the hash of that
+    stage's import closure. (init-tracking only creates the MLflow store, which every rule
+    waits on: re-creating it for a code edit would re-run the whole study.)"""
+    proc = run_snakemake(workdir, "-n", "-p", "--configfile", "config/smoke.yaml")
+    commands = re.findall(r"(?:^|\s)moebalance ([\w-]+) (.*)$", proc.stdout, re.M)
+    assert {stage for stage, _ in commands} == set(STAGES)
+    for stage, rest in commands:
+        if stage == "init-tracking":
+            continue
+        passed = re.search(r"--source-hash (\w+)", rest)
+        assert passed, f"{stage}: no --source-hash"
+        assert passed.group(1) == code_hash(STAGES[stage], REPO / "src"), stage
+
+
+CONFIG = {
+    "model": {"layers": 2}, "balancing": {"loss_free": {"gamma": 0.01}},
+    "pretrain": {"steps": 5, "threads": 2, "log_every": 3, "checkpoint_every": 4},
+    "variants": {"lf": {"balancing": {"strategies": ["loss_free"]}}},
+}
+
+
+def test_execution_knobs_are_not_in_the_science_settings():
+    settings = variant_settings(CONFIG, "lf")
+    assert settings["train"] == {"steps": 5}
+    assert settings["balancing"]["strategies"] == ["loss_free"]
+    assert execution_settings(CONFIG["pretrain"]) == {"threads": 2, "log_every": 3,
+                                                      "checkpoint_every": 4}
+    finetune = {"train": {"steps": 2, "threads": 1, "log_every": 1}}
+    assert sft_settings(settings, finetune)["train"] == {"steps": 2}
+
+
+def test_an_execution_knob_set_per_variant_is_refused_naming_it():
+    config = {**CONFIG, "variants": {"lf": {"pretrain": {"log_every": 1}}}}
+    with pytest.raises(ValueError, match="variants.lf.pretrain: log_every"):
+        variant_settings(config, "lf")
+
+
+def test_an_execution_knob_in_the_science_settings_is_a_usage_error(tmp_path, capsys):
+    from moe_helpers import TINY, write_tokens_dir
+
+    from moebalance.cli import main
+
+    settings = {"model": TINY, "train": {"steps": 1, "threads": 2}}
+    argv = ["pretrain", "--tokens-dir", str(write_tokens_dir(tmp_path / "t")), "--out-dir",
+            str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path / "c"),
+            "--settings", json.dumps(settings), "--no-tracking"]
+    assert main(argv) == 2
+    assert "threads in train: execution knobs" in capsys.readouterr().err
+
+
+def test_bad_execution_settings_name_the_key():
+    with pytest.raises(ValueError, match="log_every"):
+        ExecutionSettings(log_every=0)
+    with pytest.raises(ValueError, match="unknown execution key"):
+        ExecutionSettings.from_dict({"log_evry": 3})
+
+
+def test_fingerprint_records_machine_versions_threads_and_commit():
+    import torch
+
+    record = provenance.fingerprint()
+    assert record["cpu"] and record["python"] and record["threads"] == torch.get_num_threads()
+    assert record["libraries"]["torch"] == torch.__version__.split("+")[0] or \
+        record["libraries"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert set(record["libraries"]) >= {"torch", "transformers", "tokenizers"}
+    assert len(record["git_commit"]) == 40 and isinstance(record["git_dirty"], bool)
+    assert record["numerics_key"] == provenance.numerics_key(record)
+    tags = provenance.as_tags(record)
+    assert tags["provenance.libraries.transformers"] == record["libraries"]["transformers"]
+
+
+def test_comparison_flags_runs_from_different_fingerprints():
+    a = provenance.fingerprint()
+    b = {**a, "threads": a["threads"] + 1}
+    b["numerics_key"] = provenance.numerics_key(b)
+    lines, mixed = provenance.describe([("none/seed0", a), ("aux_loss/seed0", a)])
+    assert not mixed and len(lines) == 3 and "2: aux_loss/seed0, none/seed0" in lines[2]
+    lines, mixed = provenance.describe([("none/seed0", a), ("aux_loss/seed0", b)])
+    assert mixed and len(lines) == 4
