@@ -16,9 +16,11 @@ rule utilization:
         sft=f"{RUN}/sft/metrics.parquet",
         snapshots=f"{RUN}/pretrain/snapshots",
         test=f"{DATA}/corpus/test.parquet",
+        train=f"{DATA}/corpus/train.parquet",
         tokenizer=f"{DATA}/tokenizer/tokenizer.json",
     output:
         counts=f"{RUN}/utilization/counts.parquet",
+        documents=f"{RUN}/utilization/documents.parquet",
         coactivation=f"{RUN}/utilization/coactivation.parquet",
         vocab=f"{RUN}/utilization/vocab.parquet",
         saturation=f"{RUN}/utilization/saturation.parquet",
@@ -45,7 +47,7 @@ rule utilization:
     shell:
         "moebalance utilization --pretrain-model {params.pretrain_model:q}"
         " --sft-model {params.sft_model:q} --snapshots {input.snapshots:q} --tokenizer {params.tokenizer_dir:q}"
-        " --test {input.test:q} --out-dir {params.out_dir:q} --threads {threads} {params.flags}"
+        " --test {input.test:q} --train {input.train:q} --out-dir {params.out_dir:q} --threads {threads} {params.flags}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
@@ -53,7 +55,8 @@ rule utilization:
 RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS, seed=SEEDS, name=[
     "pretrain/metrics.parquet", "pretrain/routing.parquet", "sft/metrics.parquet",
     "humaneval/summary.json", "humaneval/executions.parquet", "humaneval/solution_nll.parquet",
-    "utilization/counts.parquet", "utilization/coactivation.parquet", "utilization/vocab.parquet",
+    "utilization/counts.parquet", "utilization/documents.parquet",
+    "utilization/coactivation.parquet", "utilization/vocab.parquet",
     "utilization/saturation.parquet", "utilization/saturation_steps.parquet",
     "utilization/meta.json"])
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
