@@ -177,3 +177,9 @@ def test_counts_get_no_interval_and_max_statistics_only_the_seed_t():
     assert st.summarise("max", {0: 0.3, 1: 0.4, 2: 0.35}).method == "t over 3 seeds"
     with pytest.raises(ValueError, match="unknown metric kind 'median'"):
         st.summarise("median", {0: 1.0})
+
+
+def test_the_bootstrap_p_value_is_never_zero():
+    iv = st.hierarchical_bootstrap([np.full(5, 3.0), np.full(5, 4.0)], 99,
+                                   np.random.default_rng(0))
+    assert iv.p_value == pytest.approx(2 / 100)  # no replicate at or below 0: 2 (1 + 0) / 100

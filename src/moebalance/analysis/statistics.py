@@ -53,6 +53,11 @@ class Interval:
         return bool(self.low > 0 or self.high < 0)
 
 
+def _has_spread(x: np.ndarray) -> bool:
+    """Two or more values that differ beyond float rounding (a t statistic is defined)."""
+    return len(x) >= 2 and float(np.ptp(x)) > 1e-12 * max(1.0, float(np.abs(x).max()))
+
+
 def _t_half_width(sd: float, n: int, confidence: float) -> float:
     from scipy import stats
 
@@ -86,7 +91,7 @@ def paired_seed_difference(a_by_seed: dict[int, float], b_by_seed: dict[int, flo
     if len(d) < 2:
         return Interval(float(d[0]), math.nan, math.nan, NO_SEED_INTERVAL, n_seeds=1)
     iv = seed_interval(d, confidence)
-    p = float(stats.ttest_1samp(d, 0.0).pvalue) if d.std(ddof=1) > 0 else (
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if _has_spread(d) else (
         1.0 if d.mean() == 0 else 0.0)
     return Interval(iv.estimate, iv.low, iv.high, f"paired t over {len(d)} seeds", p, len(d))
 
@@ -99,8 +104,8 @@ def hierarchical_bootstrap(groups: list[np.ndarray], replicates: int, rng: np.ra
 
     ``groups[s]`` holds seed s's per-unit values (for a paired comparison: the per-problem
     differences A - B of that seed). With one group only stage 2 varies, and the method says
-    that the interval is evaluation noise of one run. The p-value is the two-sided share of
-    replicates on the far side of 0 (percentile bootstrap test)."""
+    that the interval is evaluation noise of one run. The p-value is twice the smaller share
+    of replicates on either side of 0 (percentile bootstrap test)."""
     groups = [np.asarray(g, dtype=np.float64)[np.isfinite(g)] for g in groups]
     groups = [g for g in groups if len(g)]
     if not groups:
@@ -115,7 +120,9 @@ def hierarchical_bootstrap(groups: list[np.ndarray], replicates: int, rng: np.ra
     slot = np.arange(replicates * S).reshape(replicates, S)
     stats_B = within[drawn, slot].mean(-1)
     lo, hi = np.quantile(stats_B, [0.5 - confidence / 2, 0.5 + confidence / 2])
-    p = min(1.0, 2 * min(float((stats_B <= 0).mean()), float((stats_B >= 0).mean())))
+    # two-sided bootstrap p-value, (1 + #)/(B + 1) so it is never 0 (Davison & Hinkley Eq. 4.11)
+    tail = min(int((stats_B <= 0).sum()), int((stats_B >= 0).sum()))
+    p = min(1.0, 2 * (1 + tail) / (replicates + 1))
     n_units = sum(len(g) for g in groups)
     method = (f"two-stage bootstrap: {S} seeds, then {n_units // S} {unit} within seed"
               if S > 1 else
@@ -209,7 +216,7 @@ def tost(differences, margin: float) -> float:
 
     d = np.asarray(differences, dtype=np.float64)
     d = d[np.isfinite(d)]
-    if len(d) < 2 or not d.std(ddof=1) > 0:
+    if not _has_spread(d):
         return math.nan
     return float(ttost_paired(d, np.zeros_like(d), -margin, margin)[0])
 
@@ -223,7 +230,7 @@ def minimum_detectable_difference(differences, alpha: float = 0.05,
 
     d = np.asarray(differences, dtype=np.float64)
     d = d[np.isfinite(d)]
-    if len(d) < 2 or not d.std(ddof=1) > 0:
+    if not _has_spread(d):
         return math.nan
     effect = TTestPower().solve_power(effect_size=None, nobs=len(d), alpha=alpha, power=power,
                                       alternative="two-sided")
