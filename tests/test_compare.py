@@ -288,3 +288,14 @@ def test_saturation_curve_weights_tokens_within_a_layer_and_averages_layers():
     curve = runs.saturation_curve(table)
     # layer 1 at step 50: 10/40; layer 2: 20/40; mean 0.375. The final model: 1.
     assert curve.to_dict() == {50: pytest.approx(0.375), 150: pytest.approx(1.0)}
+
+
+def test_the_committed_readme_answer_is_the_generated_one():
+    """results/README.md carries the markers; once a study wrote tables/answer.md, the text
+    between them is exactly that file (no hand-written claim can slip in)."""
+    results = runs.Path(__file__).resolve().parents[1] / "results"
+    readme = (results / "README.md").read_text()
+    assert readme.count(claims.ANSWER_BEGIN) == 1 and readme.count(claims.ANSWER_END) == 1
+    answer = results / "tables" / "answer.md"
+    if answer.is_file():
+        assert claims.fill_readme(readme, answer.read_text()) == readme

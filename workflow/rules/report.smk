@@ -2,8 +2,24 @@
 # its tables, figures and the HTML report (`snakemake --report report.html`).
 # Uses RUNS, VARIANTS and SEEDS from train.smk; include this file after it.
 
-ANALYSIS = config.get("analysis", {})  # optional: pair, bootstrap, utilization token caps
-PAIR = ANALYSIS.get("pair", ["loss_free", "aux_loss"])
+ANALYSIS = config["analysis"]  # the schema fills pair, primary, equivalence, bootstrap
+PAIR = ANALYSIS["pair"]
+
+
+def primary_flags(analysis):
+    """`--primary METRIC:BETTER:MARGIN` for each pre-registered primary endpoint."""
+    flags = []
+    for primary in analysis["primary"]:
+        if primary["metric"] not in analysis["equivalence"]:
+            raise ValueError(f"analysis.equivalence has no margin for primary "
+                             f"{primary['metric']!r}")
+        margin = analysis["equivalence"][primary["metric"]]
+        flags.append(f"{primary['metric']}:{primary['better']}:{margin}")
+    return cli_flags({"primary": flags})
+
+
+# results/README.md carries the study's answer between markers that compare fills in
+README = Path(RESULTS) / "README.md"
 TABLES = f"{RESULTS}/tables"
 FIGURES = f"{RESULTS}/figures"
 RUN = f"{RUNS}/{{variant}}/seed{{seed}}"
@@ -60,7 +76,7 @@ RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS
     "utilization/saturation.parquet", "utilization/saturation_steps.parquet",
     "utilization/meta.json"])
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
-                   "token_class_specialization", "saturation_steps"]
+                   "token_class_specialization", "saturation_steps", "bias_diagnostics"]
 
 
 rule compare:
@@ -70,6 +86,10 @@ rule compare:
     output:
         csv=report(f"{TABLES}/comparison.csv", caption="../report/comparison.rst",
                    category="Tables"),
+        answer=report(f"{TABLES}/answer.md", caption="../report/answer.rst", category="Tables"),
+        pass_at_1=f"{TABLES}/pass_at_1.csv",
+        domains=report(f"{TABLES}/domains.csv", caption="../report/domains.rst",
+                       category="Tables"),
         md=report(f"{TABLES}/comparison.md", caption="../report/comparison.rst",
                   category="Tables"),
         paired=report(f"{TABLES}/paired.csv", caption="../report/paired.rst",
@@ -89,17 +109,22 @@ rule compare:
         variants=" ".join(VARIANTS),
         seeds=" ".join(map(str, SEEDS)),
         pair=" ".join(PAIR),
-        bootstrap=ANALYSIS.get("bootstrap", 2000),
+        primaries=primary_flags(ANALYSIS),
+        readme=f"--readme {shlex.quote(str(README))}" if README.is_file() else "",
+        bootstrap=ANALYSIS["bootstrap"],
         tables_dir=parent_of("output", "csv"),
         figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
-        code=code_hash("analysis/metrics.py", "analysis/compare.py", "analysis/figures.py"),
+        code=code_hash(*(f"analysis/{name}.py" for name in (
+            "metrics", "statistics", "catalogue", "runs", "tables", "claims", "compare",
+            "figures"))),
     log:
         f"{LOGS}/compare.log",
     benchmark:
         f"{BENCH}/compare.tsv"
     shell:
         "moebalance compare --runs-dir {params.runs_dir:q} --variants {params.variants}"
-        " --seeds {params.seeds} --pair {params.pair} --bootstrap {params.bootstrap}"
+        " --seeds {params.seeds} --pair {params.pair} {params.primaries}"
+        " --bootstrap {params.bootstrap} {params.readme}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
         " > {log:q} 2>&1"
 
