@@ -299,3 +299,13 @@ def test_the_committed_readme_answer_is_the_generated_one():
     answer = results / "tables" / "answer.md"
     if answer.is_file():
         assert claims.fill_readme(readme, answer.read_text()) == readme
+
+
+def test_bias_layers_table_has_each_layers_spreads_and_override_rate(three_seeds):
+    bias = pd.read_csv(three_seeds["dir"] / "tables" / "bias_layers.csv")
+    assert len(bias) == 2 * 3 * len(LAYERS)  # variants x seeds x layers
+    assert (bias.bias_std > 0).all() and (bias.score_std > 0).all()
+    assert bias.bias_score_correlation.between(-1, 1).all()
+    # the synthetic override rate rises linearly to 0.3; the last 10 of 40 steps average
+    assert bias.override_rate_last.to_numpy() == pytest.approx(np.linspace(0, 0.3, STEPS)[-10:]
+                                                               .mean())

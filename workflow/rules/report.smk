@@ -88,6 +88,8 @@ rule compare:
                    category="Tables"),
         answer=report(f"{TABLES}/answer.md", caption="../report/answer.rst", category="Tables"),
         pass_at_1=f"{TABLES}/pass_at_1.csv",
+        bias_layers=report(f"{TABLES}/bias_layers.csv", caption="../report/bias_diagnostics.rst",
+                           category="Tables"),
         domains=report(f"{TABLES}/domains.csv", caption="../report/domains.rst",
                        category="Tables"),
         md=report(f"{TABLES}/comparison.md", caption="../report/comparison.rst",

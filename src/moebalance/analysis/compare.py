@@ -10,6 +10,8 @@ under TABLES_DIR:
                            the primaries also p_holm, tost_p, margin, mdd_80, verdict
     pass_at_1.csv          per seed: exact McNemar on greedy pass@1 of the pair
     domains.csv            per (variant, model, held-out domain): balance with t over seeds
+    bias_layers.csv        per (variant, seed, layer): bias spread against mean-score spread,
+                           their correlation, the last-quarter override rate
     utilization_layers.csv, relative_load.csv, specialization.csv
     comparison.md          the primaries and their Holm-adjusted verdicts first
     answer.md              the answer results/README.md carries (``--readme`` fills it in)
@@ -137,6 +139,7 @@ def run(args: argparse.Namespace) -> None:
     written = write_tables(Path(args.tables_dir), {
         "comparison.csv": pd.DataFrame(rows), "paired.csv": pd.DataFrame(paired),
         "pass_at_1.csv": pd.DataFrame(pass_rows), "domains.csv": pd.DataFrame(domains),
+        "bias_layers.csv": pd.DataFrame(tables.bias_layer_rows(runs)),
         "utilization_layers.csv": layer_df, "relative_load.csv": load_df,
         "specialization.csv": spec_df}, {
         "comparison.md": claims.comparison_markdown(rows, paired, pass_rows, pass_summary,

@@ -182,6 +182,33 @@ def domain_rows(runs: dict[str, list[RunData]], plan: Plan) -> list[dict]:
     return rows
 
 
+def bias_layer_rows(runs: dict[str, list[RunData]]) -> list[dict]:
+    """Per (variant, seed, layer) at the last pretraining step: the spread (std over experts)
+    of the bias and of the experts' mean affinity scores, their correlation over experts
+    (near -1: the bias cancels the score differences) and the override rate over the last
+    quarter of pretraining."""
+    from moebalance.analysis.runs import LAST_FRACTION
+
+    rows = []
+    for variant, rs in runs.items():
+        for r in rs:
+            routing = r.routing
+            if "mean_score" not in routing:
+                continue
+            bias_LE, score_LE = routing["bias"][-1], routing["mean_score"][-1]
+            tail = max(1, round(LAST_FRACTION * len(routing["steps"])))
+            for li, layer in enumerate(routing["layers"]):
+                varies = bias_LE[li].std() > 0 and score_LE[li].std() > 0
+                rows.append({
+                    "variant": variant, "seed": r.run.seed, "layer": layer,
+                    "bias_std": float(bias_LE[li].std()), "score_std": float(score_LE[li].std()),
+                    "bias_score_correlation": float(np.corrcoef(bias_LE[li], score_LE[li])[0, 1])
+                    if varies else math.nan,
+                    "override_rate_last": float(routing["override_rate"][-tail:, li, 0].mean())
+                    if "override_rate" in routing else math.nan})
+    return rows
+
+
 def utilization_tables(runs: dict[str, list[RunData]]):
     """Per-layer metrics, relative loads per domain and specialization per group (long)."""
     import pandas as pd

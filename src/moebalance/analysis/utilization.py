@@ -408,17 +408,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tracking_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> None:
-    import pyarrow as pa
-    import torch
-    from transformers import AutoTokenizer
-
+def check_arguments(args: argparse.Namespace) -> None:
     from moebalance.cli import UsageError
-    from moebalance.evaluation.generate import load_problems
-    from moebalance.io import atomic_path, write_json
-    from moebalance.model import load_model
-    from moebalance.model.router import moe_layer_indices, routers_of
-    from moebalance.tracking import stage_run
 
     for option, folder in (("--pretrain-model", args.pretrain_model),
                            ("--sft-model", args.sft_model)):
@@ -430,9 +421,60 @@ def run(args: argparse.Namespace) -> None:
     for option in ("max_tokens", "doc_tokens", "window", "batch_size", "vocab_min_count"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
+
+
+def route_model(name: str, model, windows: list[Window], tokenizer, args, tables: dict):
+    """Route the held-out windows through one model; append its rows to ``tables``.
+    Returns its top-K picks (T, L, K) and MoE layer indices."""
+    import torch
+
+    from moebalance.model.router import moe_layer_indices, routers_of
+
+    bias_before = [r.e_score_correction_bias.clone() for r in routers_of(model)]
+    layers, E = moe_layer_indices(model), model.config.n_routed_experts
+    picks, nll_T = route(model, windows, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                         args.batch_size)
+    for router, before in zip(routers_of(model), bias_before, strict=True):
+        if not torch.equal(router.e_score_correction_bias, before):
+            raise RuntimeError(f"{name}: a router bias changed in an eval forward")
+    tables["documents"].append(document_table(name, windows, nll_T))
+    tables["counts"].append(count_table(name, windows, picks, layers, E))
+    tables["coactivation"].append(coactivation_table(name, picks, layers, E))
+    tables["vocab"].append(vocab_table(name, windows, picks, layers, E, args.vocab_min_count))
+    log.info("%s: %d tokens routed through %d MoE layers", name, len(picks), len(layers))
+    return picks, layers
+
+
+def meta_of(config, layers: list[int], models: dict, windows: list[Window], args) -> dict:
+    tokens_per_domain: dict[str, int] = {}
+    docs_per_domain: dict[str, set] = {}
+    for w in windows:
+        tokens_per_domain[w.domain] = tokens_per_domain.get(w.domain, 0) + len(w.token_ids)
+        docs_per_domain.setdefault(w.domain, set()).add(w.document)
+    return {"top_k": int(config.num_experts_per_tok),
+            "routed_experts": int(config.n_routed_experts), "layers": layers,
+            "token_classes": list(TOKEN_CLASSES), "models": list(models),
+            "windows": len(windows), "tokens_per_domain": tokens_per_domain,
+            "documents_per_domain": {d: len(v) for d, v in docs_per_domain.items()},
+            "training_domain_shares": (training_domain_shares(Path(args.train))
+                                       if args.train else None)}
+
+
+def run(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoTokenizer
+
+    from moebalance.cli import UsageError
+    from moebalance.evaluation.generate import load_problems
+    from moebalance.io import atomic_path, write_json
+    from moebalance.model import load_model
+    from moebalance.tracking import stage_run
+
+    check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain_model)
     models = {"pretrain": args.pretrain_model}
     if args.sft_model:
@@ -445,42 +487,16 @@ def run(args: argparse.Namespace) -> None:
         windows = None
         for name, folder in models.items():
             model = load_model(folder)
-            config = model.config
             if windows is None:
-                window = min(args.window, config.max_position_embeddings - 1)
-                docs = documents(Path(args.test), load_problems(args.problems))
-                windows = make_windows(docs, tokenizer, max_tokens=args.max_tokens,
-                                       doc_tokens=args.doc_tokens, window=window)
+                windows = make_windows(
+                    documents(Path(args.test), load_problems(args.problems)), tokenizer,
+                    max_tokens=args.max_tokens, doc_tokens=args.doc_tokens,
+                    window=min(args.window, model.config.max_position_embeddings - 1))
                 if not windows:
                     raise UsageError(f"--test: no held-out text in {args.test}")
-            bias_before = [r.e_score_correction_bias.clone() for r in routers_of(model)]
-            layers, E = moe_layer_indices(model), config.n_routed_experts
-            picks[name], nll_T = route(model, windows, tokenizer.eos_token_id,
-                                       tokenizer.pad_token_id, args.batch_size)
-            tables["documents"].append(document_table(name, windows, nll_T))
-            for router, before in zip(routers_of(model), bias_before, strict=True):
-                if not torch.equal(router.e_score_correction_bias, before):
-                    raise RuntimeError(f"{name}: a router bias changed in an eval forward")
-            tables["counts"].append(count_table(name, windows, picks[name], layers, E))
-            tables["coactivation"].append(coactivation_table(name, picks[name], layers, E))
-            tables["vocab"].append(vocab_table(name, windows, picks[name], layers, E,
-                                               args.vocab_min_count))
-            log.info("%s: %d tokens routed through %d MoE layers", name, len(picks[name]),
-                     len(layers))
-        tokens_per_domain: dict[str, int] = {}
-        docs_per_domain: dict[str, set] = {}
-        for w in windows:
-            tokens_per_domain[w.domain] = tokens_per_domain.get(w.domain, 0) + len(w.token_ids)
-            docs_per_domain.setdefault(w.domain, set()).add(w.document)
-        meta = {"top_k": int(config.num_experts_per_tok), "routed_experts": int(E),
-                "layers": layers, "token_classes": list(TOKEN_CLASSES), "models": list(models),
-                "windows": len(windows), "tokens_per_domain": tokens_per_domain,
-                "documents_per_domain": {d: len(v) for d, v in docs_per_domain.items()},
-                "training_domain_shares": (training_domain_shares(Path(args.train))
-                                           if args.train else None)}
+            picks[name], layers = route_model(name, model, windows, tokenizer, args, tables)
+        meta = meta_of(model.config, layers, models, windows, args)
         with atomic_path(args.out_dir, directory=True) as tmp:
-            import pyarrow.parquet as pq
-
             for stem, parts in tables.items():
                 pq.write_table(pa.concat_tables(parts), tmp / f"{stem}.parquet")
             if "sft" in picks:
@@ -490,5 +506,5 @@ def run(args: argparse.Namespace) -> None:
                                                     layers), tmp / "saturation_steps.parquet")
             write_json(meta, tmp / "meta.json")
         if mlflow is not None:
-            mlflow.log_params({"tokens_per_domain": str(tokens_per_domain)})
+            mlflow.log_params({"tokens_per_domain": str(meta["tokens_per_domain"])})
             mlflow.log_artifacts(args.out_dir, artifact_path="utilization")
