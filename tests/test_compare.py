@@ -1,91 +1,42 @@
-"""The compare stage: its statistics on known distributions, and a run on synthetic run folders."""
+"""The compare stage on synthetic run folders (no training), with 1 and with 3 seeds."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy import stats
 
-from moebalance.analysis import compare as c
+from moebalance.analysis import claims, runs
 from moebalance.analysis import utilization as u
 from moebalance.cli import main
 
 LAYERS, E, K, STEPS, TASKS = [1, 2], 8, 2, 40, 30
+DOMAINS = ("library", "test", "docs", "humaneval")
+DOCS_PER_DOMAIN = {"library": 6, "test": 6, "docs": 2, "humaneval": 6}
 
 
-def test_t_interval_matches_scipy():
-    x = np.array([2.1, 2.5, 1.9, 2.8, 2.2])
-    mean, lo, hi = c.t_interval(x, 0.95)
-    expected = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
-    assert mean == pytest.approx(x.mean())
-    assert (lo, hi) == pytest.approx(expected)
-
-
-def test_t_interval_of_one_value_has_no_bounds():
-    mean, lo, hi = c.t_interval([3.0])
-    assert mean == 3.0 and math.isnan(lo) and math.isnan(hi)
-
-
-def test_bootstrap_ci_of_a_mean_covers_the_truth_at_about_the_nominal_rate():
-    rng = np.random.default_rng(0)
-    covered, trials = 0, 300
-    for _ in range(trials):
-        x = rng.normal(1.0, 2.0, size=60)
-        measure = c.Measure.mean_of(x, "units")
-        lo, hi = c.bootstrap_ci(measure.stat(c.bootstrap_weights(len(x), 400, rng)),
-                                measure.value)
-        covered += lo <= 1.0 <= hi
-    assert 0.89 <= covered / trials <= 0.99
-
-
-def test_percentile_ci_takes_the_quantiles_of_the_replicates():
-    replicates = np.linspace(-1, 1, 2001)
-    lo, hi = c.bootstrap_ci(replicates, 0.0, 0.9)
-    assert (lo, hi) == pytest.approx((-0.9, 0.9))
-
-
-def test_basic_ci_reflects_the_replicates_around_the_estimate():
-    replicates = np.linspace(1.0, 2.0, 2001)  # resampling bias: replicates sit above 0.9
-    lo, hi = c.bootstrap_ci(replicates, 0.9, 0.9, basic=True)
-    assert (lo, hi) == pytest.approx((2 * 0.9 - 1.95, 2 * 0.9 - 1.05))
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.integers(0, 3), min_size=2, max_size=30), st.integers(1, 20))
-def test_stratified_bootstrap_keeps_each_stratum_size(strata, replicates):
-    strata = np.array(strata)
-    w = c.bootstrap_weights(len(strata), replicates, np.random.default_rng(0), strata)
-    for label in np.unique(strata):
-        np.testing.assert_array_equal(w[:, strata == label].sum(1), (strata == label).sum())
-
-
-def test_exact_mcnemar_is_the_two_sided_binomial_test():
-    assert c.mcnemar_exact(0, 6) == pytest.approx(2 * 0.5 ** 6)
-    assert c.mcnemar_exact(4, 4) == pytest.approx(1.0)
-    assert c.mcnemar_exact(0, 0) == 1.0
-
-
-# ---------------------------------------------------------------- synthetic run folders
-
-def write_run(folder, rng, *, nll_shift=0.0, skew=0.0, passes=0):
-    """A fake run: metrics, routing, SFT metrics, HumanEval files and utilization files."""
+def write_training(folder, rng, *, val_shift, skew):
+    probs = np.exp(skew * np.arange(E)) / np.exp(skew * np.arange(E)).sum()
     for stage in ("pretrain", "sft"):
         (folder / stage).mkdir(parents=True)
         pd.DataFrame({"step": range(STEPS), "lm_loss": 3.0, "loss": 3.0,
                       "tokens_per_s": rng.normal(1000, 50, STEPS),
-                      "val_loss": [math.nan] * (STEPS - 1) + [2.5 + nll_shift / 10]}
+                      "bias_override_rate": np.linspace(0.0, 0.3, STEPS),
+                      "val_loss": [math.nan] * (STEPS - 1) + [2.5 + val_shift]}
                      ).to_parquet(folder / stage / "metrics.parquet")
     steps, layers, experts = np.meshgrid(range(STEPS), LAYERS, range(E), indexing="ij")
-    probs = np.exp(skew * np.arange(E)) / np.exp(skew * np.arange(E)).sum()
     tokens = rng.multinomial(64 * K, probs, size=(STEPS, len(LAYERS)))
     pd.DataFrame({"step": steps.ravel(), "layer": layers.ravel(), "expert": experts.ravel(),
                   "tokens": tokens.ravel(), "bias": rng.normal(0, 0.01, steps.size),
-                  "mean_score": 0.5}).to_parquet(folder / "pretrain" / "routing.parquet")
-    he = folder / "humaneval"
+                  "mean_score": rng.normal(0.5, 0.02, steps.size),
+                  "override_rate": np.repeat(np.linspace(0, 0.3, STEPS), len(LAYERS) * E)}
+                 ).to_parquet(folder / "pretrain" / "routing.parquet")
+    return probs
+
+
+def write_humaneval(he, rng, *, nll_shift, passes):
     he.mkdir()
     tasks = [f"HumanEval/{i}" for i in range(TASKS)]
     passed = np.zeros(TASKS, dtype=bool)
@@ -96,15 +47,19 @@ def write_run(folder, rng, *, nll_shift=0.0, skew=0.0, passes=0):
     nll = rng.gamma(5, 10, TASKS) + nll_shift
     pd.DataFrame({"task_id": tasks, "nll": nll, "n_tokens": 50,
                   "bits_per_byte": nll / 100}).to_parquet(he / "solution_nll.parquet")
-    write_utilization(folder / "utilization", rng, probs)
 
 
-def write_utilization(out, rng, probs):
+def write_utilization(out, rng, probs, nll_shift):
     out.mkdir()
-    windows = [u.Window(domain, rng.integers(0, 50, 32), rng.integers(0, 8, 32).astype(np.int8))
-               for domain in ("library", "test", "humaneval") for _ in range(4)]
+    windows, doc = [], 0
+    for domain in DOMAINS:
+        for _ in range(DOCS_PER_DOMAIN[domain]):
+            for _ in range(2):  # two windows per document
+                windows.append(u.Window(domain, rng.integers(0, 50, 32),
+                                        rng.integers(0, 8, 32).astype(np.int8), doc, 100))
+            doc += 1
     T = sum(len(w.token_ids) for w in windows)
-    tables = {"counts": [], "coactivation": [], "vocab": []}
+    tables = {"counts": [], "coactivation": [], "vocab": [], "documents": []}
     picks = {}
     for model in ("pretrain", "sft"):
         picks[model] = np.stack([np.stack([rng.choice(E, K, replace=False, p=probs)
@@ -112,77 +67,166 @@ def write_utilization(out, rng, probs):
         tables["counts"].append(u.count_table(model, windows, picks[model], LAYERS, E))
         tables["coactivation"].append(u.coactivation_table(model, picks[model], LAYERS, E))
         tables["vocab"].append(u.vocab_table(model, windows, picks[model], LAYERS, E, 2))
+        nll_T = rng.gamma(4, 0.5, T) + nll_shift / 100
+        tables["documents"].append(u.document_table(model, windows, nll_T))
     for name, parts in tables.items():
         pd.concat([p.to_pandas() for p in parts]).to_parquet(out / f"{name}.parquet")
     u.saturation_table(windows, picks["pretrain"], picks["sft"], LAYERS).to_pandas() \
         .to_parquet(out / "saturation.parquet")
     (out / "meta.json").write_text(json.dumps({
         "top_k": K, "routed_experts": E, "layers": LAYERS, "token_classes": list(u.TOKEN_CLASSES),
-        "models": ["pretrain", "sft"]}))
+        "models": ["pretrain", "sft"], "documents_per_domain": DOCS_PER_DOMAIN,
+        "training_domain_shares": {"library": 0.7, "test": 0.2, "docs": 0.1}}))
 
 
-@pytest.fixture
-def study(tmp_path):
-    def make(seeds, *, lf_shift=0.0, lf_passes=0, aux_passes=0):
-        rng = np.random.default_rng(0)
-        runs = tmp_path / "runs"
-        for seed in seeds:
-            write_run(runs / "loss_free" / f"seed{seed}", rng, nll_shift=lf_shift,
-                      passes=lf_passes)
-            write_run(runs / "aux_loss" / f"seed{seed}", rng, skew=0.3, passes=aux_passes)
-        return runs
-    return make
+def write_run(folder, rng, *, nll_shift=0.0, skew=0.0, passes=0):
+    """A fake run: metrics, routing, SFT metrics, HumanEval files and utilization files."""
+    probs = write_training(folder, rng, val_shift=nll_shift / 100, skew=skew)
+    write_humaneval(folder / "humaneval", rng, nll_shift=nll_shift, passes=passes)
+    write_utilization(folder / "utilization", rng, probs, nll_shift)
 
 
-def compare(tmp_path, runs, seeds):
-    assert main(["compare", "--runs-dir", str(runs), "--variants", "loss_free", "aux_loss",
-                 "--seeds", *map(str, seeds), "--tables-dir", str(tmp_path / "tables"),
-                 "--figures-dir", str(tmp_path / "figures"), "--bootstrap", "200",
-                 "--no-tracking"]) == 0
-    return (pd.read_csv(tmp_path / "tables" / "comparison.csv"),
-            (tmp_path / "tables" / "comparison.md").read_text())
+def make_runs(root, seeds, *, lf_shift=0.0, lf_passes=0, aux_passes=0, seed_sd=0.0):
+    rng = np.random.default_rng(0)
+    for seed in seeds:
+        seed_effect = rng.normal(0, seed_sd)  # training noise: shared by both variants' seed
+        write_run(root / "loss_free" / f"seed{seed}", rng, nll_shift=lf_shift + seed_effect,
+                  passes=lf_passes)
+        write_run(root / "aux_loss" / f"seed{seed}", rng, nll_shift=seed_effect, skew=0.6,
+                  passes=aux_passes)
+    return root
 
 
-def test_compare_with_one_seed_uses_bootstrap_cis_labelled_as_such(tmp_path, study):
-    table, md = compare(tmp_path, study([0]), [0])
-    nll = table[table.metric == "solution NLL (nats/problem)"].iloc[0]
-    assert nll.ci == "percentile bootstrap over problems (1 seed)"
-    assert nll.ci_low < nll["mean"] < nll.ci_high
-    maxvio = table[table.metric == "MaxVio_global (pretrain)"].set_index("variant")
-    assert maxvio.ci.iloc[0] == "basic bootstrap over windows (1 seed)"
-    assert maxvio.loc["aux_loss", "mean"] > maxvio.loc["loss_free", "mean"]
-    assert table[table.metric == "val loss (pretrain)"].ci.iloc[0] == "none (1 seed)"
-    assert {"pass@1", "MaxVio_batch (last 25%)", "I(expert; domain) bits (pretrain)",
-            "router saturation pretrain->SFT", "tokens/s (pretrain)"} <= set(table.metric)
-    assert "nothing passes" in md
-    for name in ("maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
+def compare(out, runs_dir, seeds, *extra):
+    assert main(["compare", "--runs-dir", str(runs_dir), "--variants", "loss_free", "aux_loss",
+                 "--seeds", *map(str, seeds), "--tables-dir", str(out / "tables"),
+                 "--figures-dir", str(out / "figures"), "--bootstrap", "200",
+                 "--no-tracking", *extra]) == 0
+    tables = out / "tables"
+    return {"table": pd.read_csv(tables / "comparison.csv"),
+            "paired": pd.read_csv(tables / "paired.csv"),
+            "md": (tables / "comparison.md").read_text(),
+            "answer": (tables / "answer.md").read_text(), "dir": out}
+
+
+@pytest.fixture(scope="module")
+def one_seed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_seed")
+    return compare(root, make_runs(root / "runs", [0]), [0])
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory):
+    """3 seeds with training noise; loss_free clearly better on solution bits per byte."""
+    root = tmp_path_factory.mktemp("three_seeds")
+    return compare(root, make_runs(root / "runs", [0, 1, 2], lf_shift=-20.0, seed_sd=3.0),
+                   [0, 1, 2])
+
+
+def row(table, key, variant):
+    return table[(table.metric == key) & (table.variant == variant)].iloc[0]
+
+
+def test_one_seed_gets_no_seed_interval_and_claims_nothing(one_seed):
+    table = one_seed["table"]
+    assert row(table, "val_loss_pretrain", "loss_free").ci == \
+        "none (1 seed: no seed-level interval)"
+    bpb = row(table, "solution_bpb", "loss_free")
+    assert bpb.ci == "bootstrap over 30 problems (1 seed: evaluation noise only)"
+    assert bpb.ci_low < bpb["mean"] < bpb.ci_high
+    assert "One seed" in one_seed["md"] and "One seed" in one_seed["answer"]
+    primaries = one_seed["paired"][one_seed["paired"].role == "primary"]
+    assert set(primaries.verdict) == {"no claim (1 seed)"}
+
+
+def test_one_seed_still_writes_every_table_and_figure(one_seed):
+    table = one_seed["table"]
+    assert {"pass_at_1", "maxvio_batch_last", "mi_domain_pretrain", "saturation_pretrain_sft",
+            "tokens_per_s_pretrain", "heldout_bpb_pretrain", "bias_override_rate_last",
+            "maxvio_global_humaneval"} <= set(table.metric)
+    for name in ("maxvio_batch", "bias_trajectories", "nll_vs_maxvio", "bias_diagnostics",
                  "token_class_specialization", "relative_load_loss_free",
                  "relative_load_aux_loss"):
-        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000
-    layers = pd.read_csv(tmp_path / "tables" / "utilization_layers.csv")
+        assert (one_seed["dir"] / "figures" / f"{name}.png").stat().st_size > 1000
+    layers = pd.read_csv(one_seed["dir"] / "tables" / "utilization_layers.csv")
     assert len(layers) == 2 * 2 * len(LAYERS)  # variants x models x layers
-    assert (tmp_path / "tables" / "relative_load.csv").is_file()
+    assert (one_seed["dir"] / "tables" / "relative_load.csv").is_file()
 
 
-def test_compare_with_several_seeds_uses_t_intervals(tmp_path, study):
-    table, _ = compare(tmp_path, study([0, 1, 2]), [0, 1, 2])
-    row = table[table.metric == "solution NLL (nats/problem)"].iloc[0]
-    assert row.ci == "t over 3 seeds" and row.n_seeds == 3
+def test_three_seeds_use_t_over_seeds_and_the_two_stage_bootstrap(three_seeds):
+    table = three_seeds["table"]
+    assert row(table, "val_loss_pretrain", "aux_loss").ci == "t over 3 seeds"
+    bpb = row(table, "heldout_bpb_pretrain", "aux_loss")
+    assert bpb.n_seeds == 3 and bpb.ci_low < bpb["mean"] < bpb.ci_high
+    assert bpb.ci in ("t over 3 seeds",
+                      "two-stage bootstrap: 3 seeds, then 18 documents within seed")
 
 
-def test_paired_comparison_says_no_significant_difference_when_there_is_none(tmp_path, study):
-    _, md = compare(tmp_path, study([0]), [0])
-    assert "no significant difference between loss_free and aux_loss" in md
+def test_maxvio_gets_the_seed_t_only_and_dead_experts_no_interval(three_seeds):
+    table = three_seeds["table"]
+    maxvio = row(table, "maxvio_global_pretrain", "aux_loss")
+    assert maxvio.ci == "t over 3 seeds" and maxvio.kind == "max"
+    assert maxvio["mean"] > row(table, "maxvio_global_pretrain", "loss_free")["mean"]
+    dead = row(table, "dead_experts_pretrain", "aux_loss")
+    assert dead.ci.startswith("none (a count") and math.isnan(dead.ci_low)
 
 
-def test_paired_comparison_detects_a_clear_nll_gain(tmp_path, study):
-    _, md = compare(tmp_path, study([0], lf_shift=-20.0), [0])
-    assert "loss_free is significantly BETTER than aux_loss" in md
+def test_primaries_lead_comparison_md_with_holm_adjusted_verdicts(three_seeds):
+    md = three_seeds["md"]
+    assert md.index("## Primary endpoints") < md.index("## Every metric per variant")
+    paired = three_seeds["paired"]
+    primaries = paired[paired.role == "primary"].set_index("metric")
+    assert list(primaries.index) == ["heldout_bpb_pretrain", "solution_bpb",
+                                     "maxvio_global_pretrain"]
+    assert (primaries.p_holm >= primaries.p_value).all()
+    assert primaries.loc["solution_bpb", "verdict"] == "better"
+    assert primaries.loc["maxvio_global_pretrain", "verdict"] == "better"
+    assert np.isfinite(primaries.mdd_80).all()
+    assert (paired[paired.role == "exploratory"].metric == "val_loss_pretrain").any()
+    assert "Verdict: **better**" in md and "Holm-adjusted p" in md
 
 
-def test_mcnemar_runs_when_anything_passes(tmp_path, study):
-    _, md = compare(tmp_path, study([0], lf_passes=10, aux_passes=0), [0])
-    assert "exact McNemar p = 0.00195" in md and "(significant)" in md
+def test_the_solution_bpb_difference_names_its_test_and_interval(three_seeds):
+    bpb = three_seeds["paired"].set_index("metric").loc["solution_bpb"]
+    assert bpb.seed_t_method == "paired t over 3 seeds"
+    assert bpb.bootstrap_method == "two-stage bootstrap: 3 seeds, then 30 problems within seed"
+    widths = {"seed_t": bpb.seed_t_high - bpb.seed_t_low,
+              "bootstrap": bpb.bootstrap_high - bpb.bootstrap_low}
+    assert bpb.ci_high - bpb.ci_low == pytest.approx(max(widths.values()))
+    assert bpb.ci_high < 0
+
+
+def numbers(text):
+    return [float(x) for x in re.findall(r"[-+−]?\d+\.\d+(?:e[-+]?\d+)?", text.replace("−", "-"))]
+
+
+def test_every_decimal_the_answer_quotes_is_in_the_tables(three_seeds):
+    values = pd.concat([three_seeds["paired"].select_dtypes("number").stack(),
+                        three_seeds["table"].select_dtypes("number").stack()]).to_numpy()
+    quoted = numbers(three_seeds["answer"])
+    assert quoted
+    for x in quoted:
+        assert np.isclose(values, x, rtol=5e-4, atol=5e-5).any(), f"{x} not in the tables"
+
+
+def test_small_domains_are_flagged_without_an_interval(three_seeds):
+    domains = pd.read_csv(three_seeds["dir"] / "tables" / "domains.csv")
+    docs = domains[(domains.domain == "docs")]
+    assert docs.flag.str.contains("fewer than 5 documents").all()
+    assert docs.maxvio_global_low.isna().all()
+    library = domains[domains.domain == "library"]
+    assert library.maxvio_global_low.notna().all() and (library.flag.isna()).all()
+
+
+def test_mcnemar_runs_per_seed_when_anything_passes(tmp_path):
+    out = compare(tmp_path, make_runs(tmp_path / "runs", [0], lf_passes=10), [0])
+    assert "exact McNemar p = 0.001953" in out["md"]
+    per_seed = pd.read_csv(tmp_path / "tables" / "pass_at_1.csv")
+    assert per_seed.a_only.tolist() == [10] and per_seed.b_only.tolist() == [0]
+
+
+def test_nothing_passing_is_said_plainly(one_seed):
+    assert "**nothing passes** for either variant" in one_seed["md"]
 
 
 def test_a_missing_pretrain_run_is_a_usage_error(tmp_path, capsys):
@@ -192,15 +236,45 @@ def test_a_missing_pretrain_run_is_a_usage_error(tmp_path, capsys):
     assert "metrics.parquet not found" in capsys.readouterr().err
 
 
-def test_missing_optional_inputs_are_listed_and_their_rows_left_out(tmp_path, study):
+def test_an_unknown_primary_metric_is_named_in_the_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--runs-dir", str(tmp_path), "--variants", "x", "--seeds", "0",
+              "--tables-dir", str(tmp_path), "--figures-dir", str(tmp_path),
+              "--primary", "perplexity:lower:0.1", "--no-tracking"])
+    assert "unknown metric 'perplexity'" in capsys.readouterr().err
+
+
+def test_missing_optional_inputs_are_listed_and_their_rows_left_out(tmp_path):
     import shutil
 
-    runs = study([0])
-    shutil.rmtree(runs / "aux_loss" / "seed0" / "humaneval")
-    table, md = compare(tmp_path, runs, [0])
-    assert "Missing inputs" in md and "aux_loss/seed0/humaneval/summary.json" in md
-    nll = table[table.metric == "solution NLL (nats/problem)"].set_index("variant")
-    assert nll.loc["aux_loss", "ci"] == "missing" and np.isfinite(nll.loc["loss_free", "mean"])
+    runs_dir = make_runs(tmp_path / "runs", [0])
+    shutil.rmtree(runs_dir / "aux_loss" / "seed0" / "humaneval")
+    out = compare(tmp_path, runs_dir, [0])
+    assert "Missing inputs" in out["md"]
+    assert "aux_loss/seed0/humaneval/solution_nll.parquet" in out["md"]
+    nll = out["table"][out["table"].metric == "solution_nll"].set_index("variant")
+    assert nll.loc["aux_loss", "ci"] == "missing"
+    assert np.isfinite(nll.loc["loss_free", "mean"])
+
+
+def test_the_readme_answer_region_is_filled_from_answer_md(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Study\n{claims.ANSWER_BEGIN}\nold\n{claims.ANSWER_END}\ntail\n")
+    out = compare(tmp_path, make_runs(tmp_path / "runs", [0]), [0], "--readme", str(readme))
+    text = readme.read_text()
+    assert out["answer"] in text and "old" not in text and text.endswith("tail\n")
+
+
+def test_training_mix_weights_domains_by_their_training_share():
+    # layer loads: library all on expert 0, test all on expert 1; shares 0.75 / 0.25
+    util = runs.Utilization(
+        loads_LDE=np.array([[[10.0, 0, 0, 0], [0, 30.0, 0, 0]]]), classes_LCE=np.ones((1, 1, 4)),
+        domains=["library", "test"], classes=["x"], layers=[1], top_k=1, documents={},
+        shares={"library": 0.75, "test": 0.25}, pairs_LEE=np.ones((1, 4, 4)),
+        vocab_concentration_L=np.ones(1), saturation_L=None)
+    np.testing.assert_allclose(util.mix_loads(), [[0.75, 0.25, 0, 0]])
+    # MaxVio (Wang et al. Eq. 4) of (0.75, 0.25, 0, 0): (0.75 - 0.25) / 0.25 = 2
+    assert util.values()["maxvio_global"] == pytest.approx(2.0)
 
 
 def test_saturation_curve_weights_tokens_within_a_layer_and_averages_layers():
@@ -211,6 +285,27 @@ def test_saturation_curve_weights_tokens_within_a_layer_and_averages_layers():
         "tokens": [10, 30, 40, 40, 40],
         "overlap": [10, 0, 20, 40, 40],
     })
-    curve = c.saturation_curve(table)
+    curve = runs.saturation_curve(table)
     # layer 1 at step 50: 10/40; layer 2: 20/40; mean 0.375. The final model: 1.
     assert curve.to_dict() == {50: pytest.approx(0.375), 150: pytest.approx(1.0)}
+
+
+def test_the_committed_readme_answer_is_the_generated_one():
+    """results/README.md carries the markers; once a study wrote tables/answer.md, the text
+    between them is exactly that file (no hand-written claim can slip in)."""
+    results = runs.Path(__file__).resolve().parents[1] / "results"
+    readme = (results / "README.md").read_text()
+    assert readme.count(claims.ANSWER_BEGIN) == 1 and readme.count(claims.ANSWER_END) == 1
+    answer = results / "tables" / "answer.md"
+    if answer.is_file():
+        assert claims.fill_readme(readme, answer.read_text()) == readme
+
+
+def test_bias_layers_table_has_each_layers_spreads_and_override_rate(three_seeds):
+    bias = pd.read_csv(three_seeds["dir"] / "tables" / "bias_layers.csv")
+    assert len(bias) == 2 * 3 * len(LAYERS)  # variants x seeds x layers
+    assert (bias.bias_std > 0).all() and (bias.score_std > 0).all()
+    assert bias.bias_score_correlation.between(-1, 1).all()
+    # the synthetic override rate rises linearly to 0.3; the last 10 of 40 steps average
+    assert bias.override_rate_last.to_numpy() == pytest.approx(np.linspace(0, 0.3, STEPS)[-10:]
+                                                               .mean())

@@ -70,6 +70,18 @@ def test_routing_parquet_bias_follows_the_sign_rule(pretrained):
         assert (tokens.sum(1) == 2 * 4 * 16 * 2).all()  # micro-batches x B x S x K
 
 
+def test_bias_override_rate_is_recorded_per_layer_and_as_a_mean(pretrained):
+    _, out = pretrained
+    routing = pd.read_parquet(out / "routing.parquet")
+    per_layer = routing.groupby(["step", "layer"]).override_rate
+    assert (per_layer.nunique() == 1).all()  # one value per (step, layer), on every expert row
+    rate = per_layer.first().groupby("step").mean()
+    # bias_init_skew = 0.05 starts with a bias ramp that already overrides some choices
+    assert ((rate > 0) & (rate <= 1)).all()
+    metrics = pd.read_parquet(out / "metrics.parquet").set_index("step")
+    np.testing.assert_allclose(metrics.bias_override_rate, rate, rtol=1e-6)
+
+
 def test_saved_model_loads_with_stock_transformers_and_generates(pretrained):
     from transformers import AutoModelForCausalLM
 

@@ -92,3 +92,22 @@ def test_softmax_router_probabilities_sum_to_one():
     model(input_ids=torch.randint(0, VOCAB, (2, 6)))
     probs = routers_of(model)[0].record.probs_BSE
     assert torch.allclose(probs.sum(-1), torch.ones(2, 6))
+
+
+def test_override_counter_counts_tokens_whose_top_k_the_bias_changed():
+    model = tiny_model()
+    gate = model.model.layers[1].mlp.gate
+    gate.train()
+    x = torch.randn(4, 6, 32, requires_grad=True)
+    with torch.no_grad():
+        scores = torch.sigmoid(x.reshape(-1, 32) @ gate.weight.T)
+    gate(x)
+    assert gate.overridden_tokens.item() == 0  # zero bias: TopK(s + b) = TopK(s)
+    # a bias that lifts expert 0 far above the rest: every token not already choosing it flips
+    gate.reset_counts()
+    with torch.no_grad():
+        gate.e_score_correction_bias.copy_(torch.tensor([10.0] + [0.0] * 7))
+    gate(x)
+    already = (scores.topk(2, dim=-1).indices == 0).any(-1)
+    assert gate.overridden_tokens.item() == float((~already).sum())
+    assert gate.tokens_seen.item() == 24

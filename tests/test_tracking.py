@@ -3,8 +3,13 @@ import argparse
 import mlflow
 
 from moebalance.cli import main
-from moebalance.tracking import (add_tracking_arguments, config_hash, log_headline, stage_run,
-                                 tracking_uri)
+from moebalance.tracking import (
+    add_tracking_arguments,
+    config_hash,
+    log_headline,
+    stage_run,
+    tracking_uri,
+)
 
 
 def tracking_args(store, *extra):

@@ -123,7 +123,7 @@ def test_routing_capture_leaves_router_bias_and_counters_untouched(tiny):
     enc = tokenizer(SOURCE, add_special_tokens=False, return_offsets_mapping=True)
     windows = [u.Window("library", np.array(enc["input_ids"]),
                         u.bpe_token_classes(SOURCE, np.array(enc["offset_mapping"])))]
-    picks = u.route(model, windows, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    picks, _ = u.route(model, windows, tokenizer.eos_token_id, tokenizer.pad_token_id)
     assert picks.shape == (len(enc["input_ids"]), 2, 2)
     for router, b in zip(routers_of(model), before, strict=True):
         assert torch.equal(router.e_score_correction_bias, b)
@@ -135,9 +135,36 @@ def test_routing_a_window_alone_equals_routing_it_in_a_padded_batch(tiny):
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     ids = np.array(tokenizer(SOURCE * 3, add_special_tokens=False)["input_ids"])
     short, long = u.Window("a", ids[:7], ids[:7] * 0), u.Window("a", ids, ids * 0)
-    alone = u.route(model, [short], 0, 1)
-    batched = u.route(model, [long, short], 0, 1)
+    alone, nll_alone = u.route(model, [short], 0, 1)
+    batched, nll_batched = u.route(model, [long, short], 0, 1)
     np.testing.assert_array_equal(np.sort(batched[len(ids):], -1), np.sort(alone, -1))
+    np.testing.assert_allclose(nll_batched[len(ids):], nll_alone, rtol=1e-4, atol=1e-5)
+
+
+def test_routed_nll_is_the_models_own_next_token_loss(tiny):
+    model = load_model(tiny / "pretrain")
+    ids = np.arange(5, 25)
+    _, nll = u.route(model, [u.Window("a", ids, ids * 0)], 0, 1)
+    with torch.inference_mode():
+        full = torch.tensor([[0, *ids]])
+        loss = model(input_ids=full, labels=full, use_cache=False).loss  # mean over 20 targets
+    assert nll.sum() == pytest.approx(float(loss) * len(ids), rel=1e-4)
+
+
+def test_documents_table_and_training_shares(tiny, tmp_path):
+    out = tmp_path / "utilization"
+    assert run_stage(tiny, out, "--train", str(tiny / "test.parquet")) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    docs = pq.read_table(out / "documents.parquet").to_pandas()
+    per_domain = docs[docs.model == "pretrain"].groupby("domain")
+    assert per_domain.tokens.sum().to_dict() == meta["tokens_per_domain"]
+    assert per_domain.size().to_dict() == meta["documents_per_domain"]
+    assert (docs.bytes >= docs.tokens).all() and (docs.nll > 0).all()
+    texts = pq.read_table(tiny / "test.parquet").to_pandas()
+    sizes = texts.text.str.encode("utf-8").str.len().groupby(texts.domain).sum()
+    assert meta["training_domain_shares"] == pytest.approx((sizes / sizes.sum()).to_dict())
+    counts = pq.read_table(out / "counts.parquet").to_pandas()
+    assert counts.groupby("document").domain.nunique().max() == 1
 
 
 def test_a_missing_model_folder_is_a_usage_error(tiny, tmp_path, capsys):

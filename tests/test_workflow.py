@@ -39,6 +39,13 @@ def test_negative_vocab_size_fails_naming_the_key(workdir):
     assert "-5 is less than the minimum" in proc.stdout + proc.stderr
 
 
+def test_a_primary_without_an_equivalence_margin_fails_naming_it(workdir):
+    proc = bad_config(workdir, {"analysis": {
+        "primary": [{"metric": "val_loss_pretrain", "better": "lower"}]}})
+    assert proc.returncode != 0
+    assert "no margin for primary 'val_loss_pretrain'" in proc.stdout + proc.stderr
+
+
 def test_misspelt_key_fails_naming_it(workdir):
     proc = bad_config(workdir, {"tokenizer": {"vocab_sise": 1000}})
     assert proc.returncode != 0

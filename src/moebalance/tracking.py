@@ -157,6 +157,26 @@ def log_headline(mlflow, metrics: Mapping[str, float]) -> None:
                                       if value is not None and value == value])  # not NaN
 
 
+def log_run_headline(mlflow, variant: str, seed: int, metrics: Mapping[str, float]) -> None:
+    """Headline metrics that a study-level stage (compare) computes for one (variant, seed),
+    logged on that (variant, seed) run of the current study."""
+    study = os.environ.get(STUDY_ENV)
+    if mlflow is None or not study:
+        return
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    query = (f"tags.`moebalance.level` = 'run' and tags.`moebalance.study` = '{study}' and "
+             f"tags.variant = '{variant}' and tags.seed = '{seed}'")
+    found = client.search_runs([mlflow.active_run().info.experiment_id], query, max_results=1)
+    if found:
+        now = int(time.time() * 1000)
+        client.log_batch(found[0].info.run_id, metrics=[
+            Metric(key, float(value), now, 0) for key, value in metrics.items()
+            if value is not None and value == value])
+
+
 def log_study_artifacts(mlflow, paths: list[str | os.PathLike], folder: str) -> None:
     """Attach files (comparison tables, figures) to the study's parent run."""
     if mlflow is None:

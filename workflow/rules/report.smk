@@ -1,29 +1,47 @@
 # Analysis: held-out routing per (variant, seed), then one comparison of all variants with
 # its tables, figures and the HTML report (`snakemake --report report.html`).
-# Uses RUNS, VARIANTS and SEEDS from train.smk; include this file after it.
+# Uses RUN_DIR, VARIANTS and SEEDS from common.smk.
 
-ANALYSIS = config.get("analysis", {})  # optional: pair, bootstrap, utilization token caps
-PAIR = ANALYSIS.get("pair", ["loss_free", "aux_loss"])
+ANALYSIS = config["analysis"]  # the schema fills pair, primary, equivalence, bootstrap
+PAIR = ANALYSIS["pair"]
+
+
+def primary_flags(analysis):
+    """`--primary METRIC:BETTER:MARGIN` for each pre-registered primary endpoint."""
+    flags = []
+    for primary in analysis["primary"]:
+        if primary["metric"] not in analysis["equivalence"]:
+            raise ValueError(f"analysis.equivalence has no margin for primary "
+                             f"{primary['metric']!r}")
+        margin = analysis["equivalence"][primary["metric"]]
+        flags.append(f"{primary['metric']}:{primary['better']}:{margin}")
+    return cli_flags({"primary": flags})
+
+
+# results/README.md carries the study's answer between markers that compare fills in
+README = Path(RESULTS) / "README.md"
 TABLES = f"{RESULTS}/tables"
 FIGURES = f"{RESULTS}/figures"
-RUN = f"{RUNS}/{{variant}}/seed{{seed}}"
+
 
 
 rule utilization:
     input:
         MLFLOW_READY,
-        pretrain=f"{RUN}/pretrain/metrics.parquet",
-        sft=f"{RUN}/sft/metrics.parquet",
-        snapshots=f"{RUN}/pretrain/snapshots",
+        pretrain=f"{RUN_DIR}/pretrain/metrics.parquet",
+        sft=f"{RUN_DIR}/sft/metrics.parquet",
+        snapshots=f"{RUN_DIR}/pretrain/snapshots",
         test=f"{DATA}/corpus/test.parquet",
+        train=f"{DATA}/corpus/train.parquet",
         tokenizer=f"{DATA}/tokenizer/tokenizer.json",
     output:
-        counts=f"{RUN}/utilization/counts.parquet",
-        coactivation=f"{RUN}/utilization/coactivation.parquet",
-        vocab=f"{RUN}/utilization/vocab.parquet",
-        saturation=f"{RUN}/utilization/saturation.parquet",
-        saturation_steps=f"{RUN}/utilization/saturation_steps.parquet",
-        meta=f"{RUN}/utilization/meta.json",
+        counts=f"{RUN_DIR}/utilization/counts.parquet",
+        documents=f"{RUN_DIR}/utilization/documents.parquet",
+        coactivation=f"{RUN_DIR}/utilization/coactivation.parquet",
+        vocab=f"{RUN_DIR}/utilization/vocab.parquet",
+        saturation=f"{RUN_DIR}/utilization/saturation.parquet",
+        saturation_steps=f"{RUN_DIR}/utilization/saturation_steps.parquet",
+        meta=f"{RUN_DIR}/utilization/meta.json",
     params:
         # the model folders sit beside metrics.parquet (same job), whatever their declaration
         pretrain_model=lambda wildcards, input: str(Path(input.pretrain).parent / "model"),
@@ -42,20 +60,22 @@ rule utilization:
     shell:
         "moebalance utilization --pretrain-model {params.pretrain_model:q}"
         " --sft-model {params.sft_model:q} --snapshots {input.snapshots:q} --tokenizer {params.tokenizer_dir:q}"
-        " --test {input.test:q} --out-dir {params.out_dir:q} --threads {threads} {params.flags}"
-        " --source-hash {params.code} --variant {wildcards.variant} --seed {wildcards.seed}"
-        " > {log:q} 2>&1"
+        " --test {input.test:q} --train {input.train:q} --out-dir {params.out_dir:q}"
+        " --threads {threads} {params.flags} --source-hash {params.code}"
+        " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
 # every file of every (variant, seed) that compare reads
 RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS, seed=SEEDS, name=[
-    "pretrain/metrics.parquet", "pretrain/routing.parquet", "sft/metrics.parquet",
+    "pretrain/metrics.parquet", "pretrain/routing.parquet", "pretrain/provenance.json",
+    "sft/metrics.parquet", "sft/provenance.json",
     "humaneval/summary.json", "humaneval/executions.parquet", "humaneval/solution_nll.parquet",
-    "utilization/counts.parquet", "utilization/coactivation.parquet", "utilization/vocab.parquet",
+    "utilization/counts.parquet", "utilization/documents.parquet",
+    "utilization/coactivation.parquet", "utilization/vocab.parquet",
     "utilization/saturation.parquet", "utilization/saturation_steps.parquet",
     "utilization/meta.json"])
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
-                   "token_class_specialization", "saturation_steps"]
+                   "token_class_specialization", "saturation_steps", "bias_diagnostics"]
 
 
 rule compare:
@@ -65,6 +85,12 @@ rule compare:
     output:
         csv=report(f"{TABLES}/comparison.csv", caption="../report/comparison.rst",
                    category="Tables"),
+        answer=report(f"{TABLES}/answer.md", caption="../report/answer.rst", category="Tables"),
+        pass_at_1=f"{TABLES}/pass_at_1.csv",
+        bias_layers=report(f"{TABLES}/bias_layers.csv", caption="../report/bias_diagnostics.rst",
+                           category="Tables"),
+        domains=report(f"{TABLES}/domains.csv", caption="../report/domains.rst",
+                       category="Tables"),
         md=report(f"{TABLES}/comparison.md", caption="../report/comparison.rst",
                   category="Tables"),
         paired=report(f"{TABLES}/paired.csv", caption="../report/paired.rst",
@@ -84,7 +110,9 @@ rule compare:
         variants=" ".join(VARIANTS),
         seeds=" ".join(map(str, SEEDS)),
         pair=" ".join(PAIR),
-        bootstrap=ANALYSIS.get("bootstrap", 2000),
+        primaries=primary_flags(ANALYSIS),
+        readme=f"--readme {shlex.quote(str(README))}" if README.is_file() else "",
+        bootstrap=ANALYSIS["bootstrap"],
         tables_dir=parent_of("output", "csv"),
         figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
         code=stage_code("compare"),
@@ -94,7 +122,8 @@ rule compare:
         f"{BENCH}/compare.tsv"
     shell:
         "moebalance compare --runs-dir {params.runs_dir:q} --variants {params.variants}"
-        " --seeds {params.seeds} --pair {params.pair} --bootstrap {params.bootstrap}"
+        " --seeds {params.seeds} --pair {params.pair} {params.primaries}"
+        " --bootstrap {params.bootstrap} {params.readme}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
         " --source-hash {params.code}"
         " > {log:q} 2>&1"

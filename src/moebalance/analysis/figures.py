@@ -10,6 +10,11 @@ declare them:
     token_class_specialization.png  token-class specialization per class and variant
     saturation_steps.png            router saturation over pretraining (OLMoE Eq. 5), per
                                     variant (first seed)
+    bias_diagnostics.png            bias override rate over pretraining per layer, and each
+                                    layer's bias spread against the spread of its experts'
+                                    mean affinity scores (every seed, last step)
+
+Metrics are looked up by catalogue identifier; axis labels take the catalogue's display.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moebalance.analysis.catalogue import metric
 from moebalance.io import atomic_path
 
 
@@ -43,7 +49,7 @@ def maxvio_curves(runs, path: Path) -> Path:
         n = min(len(r.maxvio_S) for r in rs)
         mean_S = np.mean([r.maxvio_S[:n] for r in rs], axis=0)
         y = _smooth(mean_S)
-        ax.plot(rs[0].steps[:n][len(mean_S) - len(y):], y, label=variant)
+        ax.plot(rs[0].routing["steps"][:n][len(mean_S) - len(y):], y, label=variant)
     ax.set(xlabel="optimizer step", ylabel="MaxVio_batch (mean over layers)", ylim=(0, None),
            title="Load imbalance during pretraining")
     ax.legend()
@@ -77,8 +83,8 @@ def bias_trajectories(runs, path: Path) -> Path:
                              sharey=True)
     for ax, (variant, rs) in zip(axes[0], runs.items(), strict=True):
         r = rs[0]
-        ax.plot(r.steps, r.bias_SLE[:, -1, :], linewidth=0.8)
-        ax.set(title=f"{variant} (layer {r.routing_layers[-1]}, seed {r.run.seed})",
+        ax.plot(r.routing["steps"], r.routing["bias"][:, -1, :], linewidth=0.8)
+        ax.set(title=f"{variant} (layer {r.routing['layers'][-1]}, seed {r.run.seed})",
                xlabel="optimizer step")
     axes[0][0].set_ylabel("router bias b_i")
     return _save(fig, path)
@@ -88,17 +94,13 @@ def nll_vs_maxvio(runs, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    x_key, left_key, right_key = "maxvio_global_pretrain", "solution_nll", "pass_at_1"
     for variant, rs in runs.items():
-        x = [r.measures["MaxVio_global (pretrain)"].value if "MaxVio_global (pretrain)"
-             in r.measures else np.nan for r in rs]
-        nll = [r.measures["solution NLL (nats/problem)"].value
-               if "solution NLL (nats/problem)" in r.measures else np.nan for r in rs]
-        p1 = [r.measures["pass@1"].value if "pass@1" in r.measures else np.nan for r in rs]
-        left.scatter(x, nll, label=variant)
-        right.scatter(x, p1, label=variant)
-    left.set(xlabel="MaxVio_global (held-out, pretrained)",
-             ylabel="canonical-solution NLL (nats/problem)")
-    right.set(xlabel="MaxVio_global (held-out, pretrained)", ylabel="pass@1")
+        x = [r.values.get(x_key, np.nan) for r in rs]
+        left.scatter(x, [r.values.get(left_key, np.nan) for r in rs], label=variant)
+        right.scatter(x, [r.values.get(right_key, np.nan) for r in rs], label=variant)
+    left.set(xlabel=metric(x_key).display, ylabel=metric(left_key).display)
+    right.set(xlabel=metric(x_key).display, ylabel=metric(right_key).display)
     left.legend()
     return _save(fig, path)
 
@@ -142,7 +144,40 @@ def saturation_steps(runs, path: Path) -> Path:
     return _save(fig, path)
 
 
-def draw_all(runs, layer_df, load_df, spec_df, folder: Path) -> list[Path]:
+def bias_diagnostics(runs, path: Path) -> Path:
+    """Left: share of tokens whose biased top-K differs from TopK(s), per layer over
+    pretraining (first seed). Right: per run and layer at the last step, the spread (std over
+    experts) of the bias against that of the experts' mean affinity score: on the diagonal
+    the bias can override the router's own preference (REFERENCE.md §2)."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (variant, rs) in enumerate(runs.items()):
+        color = f"C{i}"
+        first = rs[0].routing
+        if "override_rate" in first:
+            for li, layer in enumerate(first["layers"]):
+                left.plot(first["steps"], first["override_rate"][:, li, 0], color=color,
+                          alpha=0.4 + 0.6 * li / max(1, len(first["layers"]) - 1),
+                          label=f"{variant} L{layer}", linewidth=0.8)
+        for r in rs:
+            if "mean_score" in r.routing:
+                right.scatter(r.routing["mean_score"][-1].std(-1), r.routing["bias"][-1].std(-1),
+                              color=color, label=variant if r is rs[0] else None)
+    left.set(xlabel="optimizer step", ylabel="bias override rate", ylim=(0, None),
+             title="Tokens whose top-K the bias changed")
+    lim = max([*right.get_xlim(), *right.get_ylim()])
+    right.plot([0, lim], [0, lim], color="grey", linestyle="--", linewidth=0.8)
+    right.set(xlabel="spread of mean affinity s_i (std over experts)",
+              ylabel="spread of bias b_i (std over experts)",
+              title="Bias against score spread per layer (last step)")
+    for ax in (left, right):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def draw_all(runs, load_df, spec_df, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,6 +186,7 @@ def draw_all(runs, layer_df, load_df, spec_df, folder: Path) -> list[Path]:
              bias_trajectories(runs, folder / "bias_trajectories.png"),
              nll_vs_maxvio(runs, folder / "nll_vs_maxvio.png"),
              token_class_specialization(spec_df, folder / "token_class_specialization.png"),
-             saturation_steps(runs, folder / "saturation_steps.png")]
+             saturation_steps(runs, folder / "saturation_steps.png"),
+             bias_diagnostics(runs, folder / "bias_diagnostics.png")]
     paths += [relative_load_heatmap(v, load_df, folder / f"relative_load_{v}.png") for v in runs]
     return paths

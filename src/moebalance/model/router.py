@@ -6,9 +6,10 @@ Face checkpoint. What it adds:
 
 - ``scoring_func`` from the config: sigmoid (DeepSeek-V3) or softmax (classic baselines);
 - in training forwards only, per-expert token counts accumulated over micro-batches
-  (``tokens_per_expert_E``, fp32) and a :class:`RoutingRecord` of the last forward
-  for the auxiliary losses. It never changes the bias: the trainer does
-  (see :mod:`moebalance.model.balancing`).
+  (``tokens_per_expert_E``, fp32), the number of tokens whose top-K set the bias changed
+  (``overridden_tokens``: biased top-K differs from TopK(s), the bias override rate's
+  numerator) and a :class:`RoutingRecord` of the last forward for the auxiliary losses.
+  It never changes the bias: the trainer does (see :mod:`moebalance.model.balancing`).
 
 Routing and gating are fp32 even under bf16 autocast.
 """
@@ -40,6 +41,8 @@ class BalancingRouter(DeepseekV3TopkRouter):
                                                    persistent=False)
         self.score_sum_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32), persistent=False)
         self.tokens_seen = torch.nn.Buffer(torch.zeros((), dtype=torch.float32), persistent=False)
+        self.overridden_tokens = torch.nn.Buffer(torch.zeros((), dtype=torch.float32),
+                                                 persistent=False)
         self.record: RoutingRecord | None = None
 
     def is_training_forward(self) -> bool:
@@ -54,6 +57,7 @@ class BalancingRouter(DeepseekV3TopkRouter):
         self.tokens_per_expert_E.zero_()
         self.score_sum_E.zero_()
         self.tokens_seen.zero_()
+        self.overridden_tokens.zero_()
         self.record = None
 
     def _group_mask(self, choice_TE: torch.Tensor) -> torch.Tensor:
@@ -96,11 +100,20 @@ class BalancingRouter(DeepseekV3TopkRouter):
                     self._record(lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK)
         return logits_TE, weights_TK, topk_idx_TK
 
+    def _overridden(self, scores_TE: torch.Tensor, selected_TE: torch.Tensor) -> torch.Tensor:
+        """(T,) 1.0 where the selected top-K set differs from TopK(s) without the bias
+        (REFERENCE.md §2, the bias override rate); tensor ops only, no host sync."""
+        choice_TE = self._group_mask(scores_TE) if self.num_group > 1 else scores_TE
+        unbiased_TK = choice_TE.topk(self.top_k, dim=-1, sorted=False)[1]
+        unbiased_TE = torch.zeros_like(selected_TE).scatter_(1, unbiased_TK, 1.0)
+        return (unbiased_TE != selected_TE).any(-1).float()
+
     def _record(self, lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK) -> None:
         selected_TE = torch.zeros_like(scores_TE, dtype=torch.float32).scatter_(1, topk_idx_TK, 1.0)
         self.tokens_per_expert_E += selected_TE.sum(0)
         self.score_sum_E += scores_TE.detach().sum(0)
         self.tokens_seen += scores_TE.shape[0]
+        self.overridden_tokens += self._overridden(scores_TE.detach(), selected_TE).sum()
         # (B, S) from the model; a flat (T,) input is one sequence
         B, S = (1, lead_shape[0]) if len(lead_shape) == 1 else (-1, lead_shape[-1])
         B_S_E = (B, S, self.num_experts)

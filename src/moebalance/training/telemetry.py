@@ -3,10 +3,13 @@
 routing.parquet: one row per (optimizer step, MoE layer, routed expert):
     step, layer, expert, tokens (the loads the bias update used: all micro-batches
     and ranks), bias (the bias that routed this step), mean_score (mean unbiased
-    affinity s_{i,t} over the step's tokens), load_share (tokens / sum over experts).
+    affinity s_{i,t} over the step's tokens), load_share (tokens / sum over experts),
+    override_rate (the layer's share of tokens whose top-K set the bias changed, the same
+    on every expert row of the layer).
 metrics.parquet: one row per optimizer step:
     step, loss, lm_loss, one column per balancing loss term, lr, grad_norm, gamma,
-    tokens_per_s, tokens_seen, maxvio_batch (mean over layers), maxvio_layer{L}, val_loss.
+    tokens_per_s, tokens_seen, maxvio_batch (mean over layers), maxvio_layer{L},
+    bias_override_rate (mean over layers), val_loss.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ class Telemetry:
     def __init__(self, layers: list[int]) -> None:
         self.layers = list(layers)
         self.metrics: list[dict[str, Any]] = []
-        self.routing: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.routing: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def record_step(self, step: int, *, lm_loss: float, terms: dict[str, float], lr: float,
                     grad_norm: float, gamma: float, tokens_per_s: float, tokens_seen: int,
                     tokens_LE: torch.Tensor, bias_LE: torch.Tensor,
-                    mean_score_LE: torch.Tensor) -> dict[str, Any]:
+                    mean_score_LE: torch.Tensor,
+                    override_rate_L: torch.Tensor) -> dict[str, Any]:
         maxvio_L = max_violation(tokens_LE.cpu().numpy()).tolist()
+        override_L = override_rate_L.cpu().numpy().astype(np.float32)
         row: dict[str, Any] = {
             "step": step,
             "loss": lm_loss + sum(terms.values()),
@@ -48,12 +53,13 @@ class Telemetry:
             "tokens_seen": tokens_seen,
             "maxvio_batch": float(np.mean(maxvio_L)),
             **{f"maxvio_layer{layer}": v for layer, v in zip(self.layers, maxvio_L, strict=True)},
+            "bias_override_rate": float(override_L.mean()),
             "val_loss": math.nan,
         }
         self.metrics.append(row)
         self.routing.append((step, tokens_LE.cpu().numpy().astype(np.int64),
                              bias_LE.cpu().numpy().astype(np.float32),
-                             mean_score_LE.cpu().numpy().astype(np.float32)))
+                             mean_score_LE.cpu().numpy().astype(np.float32), override_L))
         return row
 
     def record_val(self, step: int, val_loss: float) -> None:
@@ -69,7 +75,7 @@ class Telemetry:
     def routing_table(self) -> pa.Table:
         if not self.routing:
             return pa.table({c: [] for c in ("step", "layer", "expert", "tokens", "bias",
-                                             "mean_score", "load_share")})
+                                             "mean_score", "load_share", "override_rate")})
         L, E = self.routing[0][1].shape
         steps = np.array([r[0] for r in self.routing], dtype=np.int64)
         tokens_NLE = np.stack([r[1] for r in self.routing])
@@ -82,6 +88,8 @@ class Telemetry:
             "bias": np.stack([r[2] for r in self.routing]).reshape(-1),
             "mean_score": np.stack([r[3] for r in self.routing]).reshape(-1),
             "load_share": share_NLE.reshape(-1).astype(np.float32),
+            "override_rate": np.repeat(np.stack([r[4] for r in self.routing]), E, axis=-1
+                                       ).reshape(-1),
         })
 
     def state_dict(self) -> dict[str, Any]:

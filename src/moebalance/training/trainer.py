@@ -230,6 +230,8 @@ class Trainer:
             tokens_LE = self._all_reduce(torch.stack([r.tokens_per_expert_E for r in self.routers]))
             score_LE = self._all_reduce(torch.stack([r.score_sum_E for r in self.routers]))
             seen_L1 = self._all_reduce(torch.stack([r.tokens_seen for r in self.routers]))[:, None]
+            overridden_L = self._all_reduce(torch.stack([r.overridden_tokens
+                                                         for r in self.routers]))
             bias_LE = torch.stack([r.e_score_correction_bias for r in self.routers]).clone()
             self.balancing.after_step(self.routers, tokens_LE, step, s.steps)
             lm_loss = float(self._all_reduce(ce_total) / n_valid)
@@ -243,7 +245,8 @@ class Trainer:
             step, lm_loss=lm_loss, terms=terms, lr=lr, grad_norm=float(grad_norm),
             gamma=self.balancing.gamma_at(step, s.steps), tokens_per_s=n_tokens / seconds,
             tokens_seen=previous + n_tokens, tokens_LE=tokens_LE, bias_LE=bias_LE,
-            mean_score_LE=score_LE / seen_L1.clamp_min(1))
+            mean_score_LE=score_LE / seen_L1.clamp_min(1),
+            override_rate_L=overridden_L / seen_L1[:, 0].clamp_min(1))
         self.step += 1
         return row
 

