@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "solution-nll": "moebalance.evaluation.solution_nll",
     "utilization": "moebalance.analysis.utilization",
     "compare": "moebalance.analysis.compare",
+    "sweep-select": "moebalance.sweep",
 }
 
 

@@ -15,6 +15,11 @@ min_version("9.0")
 # in the schema's defaults; an invalid value stops Snakemake before any job starts.
 validate(config, "../schemas/config.schema.yaml")
 
+# Sweep grids become ordinary variants (tune phase) or their chosen values (report phase).
+from moebalance.sweep import apply_sweep, read_choice
+
+config.update(apply_sweep(config, read_choice(config)))
+
 RESULTS = config["results"]
 DATA = f"{RESULTS}/data"
 LOGS = f"{RESULTS}/logs"
