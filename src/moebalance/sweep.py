@@ -12,12 +12,13 @@ The `sweep` section of the config (see workflow/schemas/config.schema.yaml):
 
 A study with grids runs in two phases, each resumable on its own:
 
-1. ``--config sweep='{phase: tune}'``: :func:`apply_sweep` replaces the variants with
+1. ``--config 'sweep={phase: tune}'``: :func:`apply_sweep` replaces the variants with
    one variant per grid point (named ``{grid}@{leaf}={value}``, e.g.
-   ``aux_loss@alpha=1e-3``: the base variant with ``key`` set to the value), the seeds
-   with the tuning seeds and ``results`` with ``{results}/tuning``. Only pretraining is
-   needed: ``snakemake sweep_select`` trains the grid and writes
-   ``{results}/tuning/tables/sweep.csv`` and ``sweep_choice.json``.
+   ``aux_loss@alpha=1e-3``: the base variant with ``key`` set to the value) and the
+   seeds with the tuning seeds; data stages and results folder are shared with the
+   report phase (run folders differ by name and seed). Only pretraining is needed:
+   ``snakemake sweep_select`` trains the grid and writes ``{results}/tables/sweep.csv``
+   and ``sweep_choice.json``.
 2. ``phase: report`` (the default): when ``sweep_choice.json`` exists, each grid's base
    variant gets its chosen value; the reporting seeds, the test split and HumanEval
    then compare the chosen settings. Without it the configured values stay (and a
@@ -119,8 +120,7 @@ def apply_sweep(config: dict[str, Any], choice: dict[str, Any] | None = None) ->
     if sweep.get("phase", "report") == "tune":
         if not seeds:
             raise ValueError("sweep.seeds: the tuning phase needs its own seeds")
-        return {**config, "variants": grid_variants(config), "seeds": list(seeds),
-                "results": f"{config['results']}/tuning"}
+        return {**config, "variants": grid_variants(config), "seeds": list(seeds)}
     variants = dict(config["variants"])
     for name, chosen in (choice or {}).items():
         if name not in grids:
@@ -134,7 +134,7 @@ def apply_sweep(config: dict[str, Any], choice: dict[str, Any] | None = None) ->
 
 def choice_path(config: dict[str, Any]) -> Path:
     """Where the tuning phase writes its choice (for the config of the report phase)."""
-    return Path(config["results"]) / "tuning" / "tables" / "sweep_choice.json"
+    return Path(config["results"]) / "tables" / "sweep_choice.json"
 
 
 def read_choice(config: dict[str, Any]) -> dict[str, Any] | None:
