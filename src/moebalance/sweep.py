@@ -56,8 +56,10 @@ TABLE_COLUMNS = ["grid", "variant", "key", "value", "runs", "val_loss", "val_los
 
 def format_value(value: Any) -> str:
     """A short, path-safe spelling of a grid value: 0.001 -> 1e-3, 0.025 -> 2.5e-2, 3 -> 3."""
-    if isinstance(value, bool) or not isinstance(value, float):
-        return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if not isinstance(value, float):
+        return str(value)
     mantissa, exponent = f"{value:.6e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"

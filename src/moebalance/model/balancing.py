@@ -254,18 +254,20 @@ class Smebu(Strategy):
     gamma: float = 1e-2           # bias step; as loss_free's, sized for short runs
     beta: float = 0.9             # momentum of the clamped deviation
     kappa: float = 2.0            # tanh sharpness: |deviation| >~ 1/kappa saturates
+    stop_fraction: float = 1.0    # gamma = 0 from this fraction of the run on (as loss_free)
     velocity_LE: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def gamma_at(self, step, total_steps):
-        return self.gamma
+        return self.gamma if step < self.stop_fraction * total_steps else 0.0
 
     def after_step(self, routers, tokens_LE, step, total_steps):
+        gamma = self.gamma_at(step, total_steps)
         with torch.no_grad():
             bias_LE = torch.stack([r.e_score_correction_bias for r in routers]).float()
             if self.velocity_LE is None:
                 self.velocity_LE = torch.zeros_like(bias_LE)
             bias_LE, self.velocity_LE = smebu_step(tokens_LE.to(bias_LE), bias_LE,
-                                                   self.velocity_LE.to(bias_LE), self.gamma,
+                                                   self.velocity_LE.to(bias_LE), gamma,
                                                    self.beta, self.kappa)
             for router, bias_E in zip(routers, bias_LE, strict=True):
                 router.e_score_correction_bias.copy_(bias_E)  # in place (torchtitan #1222)

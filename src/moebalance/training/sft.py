@@ -20,11 +20,13 @@ HELP = "fine-tune one pretrained variant on the SFT pairs (loss on completions o
 
 
 def sft_settings(pretrain_settings: dict[str, Any], finetune: dict[str, Any]) -> dict[str, Any]:
-    """A variant's SFT settings: its own balancing (with ``freeze_bias``, the loss-free
+    """A variant's SFT settings: its own balancing (with ``freeze_bias``, the bias updates'
     gamma is 0 from the first step) and the ``finetune.train`` loop settings."""
     balancing = copy.deepcopy(pretrain_settings["balancing"])
     if finetune.get("freeze_bias", False):
-        balancing.setdefault("loss_free", {})["stop_fraction"] = 0.0
+        for name in ("loss_free", "smebu"):  # the strategies that move the bias
+            if name in balancing.get("strategies", []):
+                balancing.setdefault(name, {})["stop_fraction"] = 0.0
     return {"balancing": balancing, "train": dict(finetune.get("train", {}))}
 
 
