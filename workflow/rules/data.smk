@@ -111,11 +111,13 @@ rule baselines:
     params:
         tokens_dir=parent_of("input", "meta"),
         tokenizer_dir=parent_of("input", "tokenizer"),
-        # the validation windows the models are scored on (moebalance.training.stage)
-        # (keys left out take the pretrain defaults there too)
+        # the validation windows the models are scored on (moebalance.training.stage); keys
+        # left out take the TrainSettings defaults, as in pretraining. A variant overriding
+        # one of these keys is scored on other windows than the baselines.
         flags=cli_flags({key: config["pretrain"][key] for key in (
             "seq_len", "micro_batch_size", "eval_batches") if key in config["pretrain"]}),
-        code=code_hash("evaluation/baselines.py", "training/batches.py", "training/stage.py"),
+        code=code_hash("evaluation/baselines.py", "training/batches.py", "training/stage.py",
+                       "training/trainer.py"),
     log:
         f"{LOGS}/baselines.log",
     benchmark:
