@@ -15,6 +15,7 @@ from moebalance.model.balancing import (
     global_balance_loss,
     router_z_loss,
     sequence_balance_loss,
+    smebu_step,
 )
 from moebalance.model.router import RoutingRecord
 
@@ -58,6 +59,14 @@ def test_sequence_wise_loss_differs_from_micro_batch_loss_on_crafted_batch():
     assert sequence_balance_loss(r, top_k=1).item() == pytest.approx(1.8)
 
 
+def test_sequence_wise_f_counts_the_unbiased_top_k_not_the_biased_selection():
+    # one sequence of 2 tokens, s' = [0.9, 0.1]; the bias routed both tokens to expert 1.
+    # DeepSeek-V3 Eq. 18 counts TopK(s) = expert 0: f = 2/(1*2) * [2, 0] = [2, 0],
+    # P = [0.9, 0.1] -> 1.8 (the biased selection would give f = [0, 2] -> 0.2)
+    r = record([[[0.9, 0.1]] * 2], [[[1], [1]]])
+    assert sequence_balance_loss(r, top_k=1).item() == pytest.approx(1.8)
+
+
 def test_global_loss_takes_frequencies_from_global_counts():
     # locally collapsed on expert 0, but over the global batch each of 2 experts got 10 tokens:
     # f = 2/(1*20) * [10,10] = [1,1]; P = [0.9,0.1] -> 1.0
@@ -95,6 +104,43 @@ def test_gamma_is_zero_after_stop_fraction():
     assert [strategy.gamma_at(step, 4) for step in range(4)] == [0.1, 0.1, 0.0, 0.0]
 
 
+def test_smebu_step_soft_clamps_smooths_and_centres():
+    # loads [1, 3], mean 2: deviation (2 - c)/2 = [0.5, -0.5]; kappa 2 -> tanh(1) = 0.7615942
+    # beta 0.5, v0 = 0 -> v = [0.3807971, -0.3807971]; gamma 0.1 -> b = [1, 0] + [0.0380797,
+    # -0.0380797] = [1.0380797, -0.0380797], mean 0.5 -> centred [0.5380797, -0.5380797]
+    loads = torch.tensor([[1.0, 3.0]])
+    bias, v = smebu_step(loads, torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), gamma=0.1,
+                         beta=0.5, kappa=2.0)
+    assert v[0].tolist() == pytest.approx([0.3807971, -0.3807971])
+    assert bias[0].tolist() == pytest.approx([0.5380797, -0.5380797])
+    # second step, same loads: v = 0.5 * 0.3807971 + 0.5 * 0.7615942 = 0.5711957
+    bias, v = smebu_step(loads, bias, v, gamma=0.1, beta=0.5, kappa=2.0)
+    assert v[0].tolist() == pytest.approx([0.5711957, -0.5711957])
+    assert bias[0].tolist() == pytest.approx([0.5951993, -0.5951993])
+
+
+def test_smebu_step_saturates_however_large_the_imbalance():
+    # deviation [-3, 1, 1, 1] * kappa 100 -> tanh = [-1, 1, 1, 1]; beta 0 -> v = that;
+    # b = 0.1 v = [-0.1, 0.1, 0.1, 0.1], mean 0.05 -> [-0.15, 0.05, 0.05, 0.05]
+    bias, _ = smebu_step(torch.tensor([[1e6, 0.0, 0.0, 0.0]]), torch.zeros(1, 4),
+                         torch.zeros(1, 4), gamma=0.1, beta=0.0, kappa=100.0)
+    assert bias[0].tolist() == pytest.approx([-0.15, 0.05, 0.05, 0.05])
+
+
+def test_smebu_state_round_trips_through_the_plan():
+    plan = Balancing.from_dict({"strategies": ["smebu"], "smebu": {"gamma": 0.1}})
+    assert plan.gamma_at(0, 10) == 0.1
+    plan.strategies[0].velocity_LE = torch.tensor([[0.25, -0.25]])
+    fresh = Balancing.from_dict({"strategies": ["smebu"], "smebu": {"gamma": 0.1}})
+    fresh.load_state_dict(plan.state_dict())
+    assert torch.equal(fresh.strategies[0].velocity_LE, torch.tensor([[0.25, -0.25]]))
+
+
+def test_smebu_velocity_is_not_a_config_option():
+    with pytest.raises(ValueError, match="velocity_LE"):
+        Balancing.from_dict({"strategies": ["smebu"], "smebu": {"velocity_LE": 1}})
+
+
 def test_strategies_combine_into_one_plan():
     plan = Balancing.from_dict({"strategies": ["loss_free", "seq_aux_loss"],
                                 "seq_aux_loss": {"alpha": 1e-4}, "loss_free": {"gamma": 0.01}})
@@ -115,3 +161,10 @@ def test_config_with_unknown_strategy_fails_schema_validation_naming_the_key():
         jsonschema.validate(config, schema)
     assert "bogus" in err.value.message
     assert list(err.value.absolute_path) == ["variants", "mine", "balancing", "strategies", 1]
+
+
+def test_config_with_smebu_options_passes_schema_validation():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = {"balancing": {"smebu": {"gamma": 0.01, "beta": 0.9, "kappa": 2.0}},
+              "variants": {"smebu": {"balancing": {"strategies": ["smebu"]}}}}
+    jsonschema.validate(config, schema)

@@ -85,7 +85,10 @@ def test_every_rule_passes_its_stage_code_hash(workdir):
     stage's import closure. (init-tracking only creates the MLflow store, which every rule
     waits on: re-creating it for a code edit would re-run the whole study.)"""
     proc = run_snakemake(workdir, "-n", "-p", "--configfile", "config/smoke.yaml")
-    commands = re.findall(r"(?:^|\s)moebalance ([\w-]+) (.*)$", proc.stdout, re.M)
+    tune = run_snakemake(workdir, "-n", "-p", "sweep_select", "--configfile",
+                         "config/long.yaml", "--config", "sweep={phase: tune}")
+    commands = re.findall(r"(?:^|\s)moebalance ([\w-]+) (.*)$", proc.stdout + tune.stdout,
+                          re.M)
     assert {stage for stage, _ in commands} == set(STAGES)
     for stage, rest in commands:
         if stage == "init-tracking":

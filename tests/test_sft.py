@@ -72,6 +72,15 @@ def test_freeze_bias_stops_the_loss_free_updates():
     assert sft_settings(settings, {})["balancing"] == settings["balancing"]
 
 
+def test_freeze_bias_stops_the_smebu_updates_too():
+    from moebalance.model.balancing import Balancing
+
+    settings = {"balancing": {"strategies": ["smebu"], "smebu": {"gamma": 0.01}}}
+    frozen = sft_settings(settings, {"freeze_bias": True})
+    assert Balancing.from_dict(frozen["balancing"]).gamma_at(0, 10) == 0.0
+    assert Balancing.from_dict(settings["balancing"]).gamma_at(0, 10) == 0.01
+
+
 def sft_inputs(tokenizer, root):
     """A tiny pretrained model folder and SFT pairs from HumanEval under ``root``."""
     pretrained = root / "pretrain" / "model"

@@ -14,9 +14,10 @@ from moebalance.config import ExecutionSettings
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import routers_of
 from moebalance.training.batches import IGNORE_INDEX, TokenWindows
-from moebalance.training.trainer import Trainer, lr_at
+from moebalance.training.trainer import Trainer, build_optimizer, lr_at
 
 LOSS_FREE = {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}}
+SMEBU = {"strategies": ["smebu"], "smebu": {"gamma": 0.01, "beta": 0.9}}
 
 
 class FixedBatch:
@@ -52,6 +53,17 @@ def test_router_bias_is_a_buffer_outside_the_optimizer():
     optimized = {id(p) for group in t.optimizer.param_groups for p in group["params"]}
     assert all(id(r.e_score_correction_bias) not in optimized for r in t.routers)
     assert torch.equal(biases(t.model), before)
+
+
+@pytest.mark.parametrize("router_decay", [True, False])
+def test_router_weight_decay_follows_the_setting(router_decay):
+    model = tiny_model()
+    optimizer = build_optimizer(model, tiny_train(router_weight_decay=router_decay), fused=False)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    gate_weights = [r.weight for r in routers_of(model)]
+    assert all((id(w) in decayed) is router_decay for w in gate_weights)
+    expert = model.model.layers[1].mlp.experts.gate_up_proj
+    assert id(expert) in decayed
 
 
 def test_loss_mask_excludes_masked_targets():
@@ -138,9 +150,11 @@ def test_checkpoint_round_trips_bias_and_optimizer_state(tmp_path):
         assert torch.equal(saved[key]["exp_avg_sq"], loaded[key]["exp_avg_sq"])
 
 
-def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
+@pytest.mark.parametrize("balancing", [LOSS_FREE, SMEBU], ids=["loss_free", "smebu"])
+def test_killed_run_resumes_to_the_same_final_weights(tmp_path, balancing):
+    # SMEBU carries a momentum between steps: resuming must restore it too
     def run(checkpoint_dir, stop_after=None):
-        t = Trainer(tiny_model(), Balancing.from_dict(LOSS_FREE),
+        t = Trainer(tiny_model(), Balancing.from_dict(balancing),
                     tiny_train(steps=6), TokenWindows(random_tokens(3000), 16, 4, seed=0),
                     checkpoint_dir=checkpoint_dir,
                     execution=ExecutionSettings(checkpoint_every=2, progress=False))

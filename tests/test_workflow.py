@@ -25,11 +25,21 @@ def bad_config(workdir, overlay: dict):
                          check=False)
 
 
-@pytest.mark.parametrize("config", ["config/config.yaml", "config/smoke.yaml"])
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/smoke.yaml",
+                                    "config/long.yaml"])
 def test_dag_dry_runs(workdir, config):
     proc = run_snakemake(workdir, "-n", "--configfile", config)
-    assert {"corpus", "tokenizer", "tokens", "sft_data", "mlflow_store"} <= planned_jobs(
-        proc.stdout)
+    assert {"corpus", "tokenizer", "tokens", "sft_data", "mlflow_store",
+            "baselines"} <= planned_jobs(proc.stdout)
+
+
+def test_long_study_tune_phase_plans_the_grid_on_the_tuning_seeds(workdir):
+    proc = run_snakemake(workdir, "sweep_select", "-n", "--configfile", "config/long.yaml",
+                         "--config", "sweep={phase: tune}")
+    assert {"pretrain", "sweep_select"} <= planned_jobs(proc.stdout)
+    assert "runs/aux_loss@alpha=1e-3/seed100/pretrain/metrics.parquet" in proc.stdout
+    assert "runs/loss_free@gamma=3e-2/seed101/pretrain/metrics.parquet" in proc.stdout
+    assert "seed0/" not in proc.stdout  # the reporting seeds are not trained for tuning
 
 
 def test_negative_vocab_size_fails_naming_the_key(workdir):

@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "tokenizer": "moebalance.data.tokenizer",
     "tokens": "moebalance.data.tokens",
     "sft-data": "moebalance.data.sft_pairs",
+    "baselines": "moebalance.evaluation.baselines",
     "pretrain": "moebalance.training.pretrain",
     "sft": "moebalance.training.sft",
     "generate": "moebalance.evaluation.generate",
@@ -29,6 +30,7 @@ STAGES: dict[str, str] = {
     "solution-nll": "moebalance.evaluation.solution_nll",
     "utilization": "moebalance.analysis.utilization",
     "compare": "moebalance.analysis.compare",
+    "sweep-select": "moebalance.sweep",
 }
 log = logging.getLogger("moebalance")
 

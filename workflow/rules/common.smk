@@ -13,12 +13,16 @@ from snakemake.utils import min_version, validate
 from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
 from moebalance.config import execution_settings, sft_settings, study_hash, variant_settings
+from moebalance.sweep import apply_sweep, read_choice
 
 min_version("9.0")
 
 # Validates the merged config (config.yaml plus any --configfile overlay) and fills
 # in the schema's defaults; an invalid value stops Snakemake before any job starts.
 validate(config, "../schemas/config.schema.yaml")
+
+# Sweep grids become ordinary variants (tune phase) or their chosen values (report phase).
+config.update(apply_sweep(config, read_choice(config)))
 
 RESULTS = config["results"]
 DATA = f"{RESULTS}/data"

@@ -99,8 +99,38 @@ rule sft_data:
         " --source-hash {params.code} > {log:q} 2>&1"
 
 
+rule baselines:
+    # the positive control: unigram and interpolated bigram on the pretrain validation targets
+    input:
+        MLFLOW_READY,
+        meta=TOKENS_META,
+        train=f"{TOKENS_DIR}/train.bin",
+        val=f"{TOKENS_DIR}/val.bin",
+        tokenizer=rules.tokenizer.output.tokenizer,
+    output:
+        f"{DATA}/baselines.json",
+    params:
+        tokens_dir=parent_of("input", "meta"),
+        tokenizer_dir=parent_of("input", "tokenizer"),
+        # the validation windows the models are scored on (moebalance.training.stage); keys
+        # left out take the TrainSettings defaults, as in pretraining. A variant overriding
+        # one of these keys is scored on other windows than the baselines.
+        flags=cli_flags({key: config["pretrain"][key] for key in (
+            "seq_len", "micro_batch_size", "eval_batches") if key in config["pretrain"]}),
+        code=stage_code("baselines"),
+    log:
+        f"{LOGS}/baselines.log",
+    benchmark:
+        f"{BENCH}/baselines.tsv"
+    shell:
+        "moebalance baselines --tokens-dir {params.tokens_dir:q}"
+        " --tokenizer-dir {params.tokenizer_dir:q} --out {output:q} {params.flags}"
+        " --source-hash {params.code} > {log:q} 2>&1"
+
+
 DATA_TARGETS = [
     rules.corpus.output.decontamination,
     TOKENS_META,
     rules.sft_data.output.train,
+    rules.baselines.output[0],
 ]

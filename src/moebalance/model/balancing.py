@@ -38,11 +38,24 @@ def expert_balance_loss(record: RoutingRecord, top_k: int) -> torch.Tensor:
     return (f_E * P_E).sum()
 
 
+def unbiased_top_k(probs_BSE: torch.Tensor, top_k: int) -> torch.Tensor:
+    """1.0 where the expert is in the token's top-K of the UNBIASED scores (no grad).
+
+    s'_{i,t} = s_{i,t} / sum_j s_{j,t} keeps each token's order of s, so TopK(s') = TopK(s).
+    """
+    selected_BSE = torch.zeros_like(probs_BSE, dtype=torch.float32)
+    return selected_BSE.scatter_(-1, probs_BSE.detach().topk(top_k, dim=-1).indices, 1.0)
+
+
 def sequence_balance_loss(record: RoutingRecord, top_k: int) -> torch.Tensor:
-    """The same with T = the tokens of ONE sequence, averaged over the B sequences."""
+    """The same with T = the tokens of ONE sequence, averaged over the B sequences.
+
+    f_i counts the top-K of the unbiased affinities, not the bias-adjusted selection that
+    routed the tokens (``record.selected_BSE``), as Eq. 18 writes it and Megatron does.
+    """
     _, S, E = record.probs_BSE.shape
-    # DeepSeek-V3 Eq. 18: f_i = N_r/(K_r T) sum_t 1(s_{i,t} in TopK), T = sequence length
-    f_BE = record.selected_BSE.sum(1) * E / (top_k * S)
+    # DeepSeek-V3 Eq. 18: f_i = N_r/(K_r T) sum_t 1(s_{i,t} in TopK({s_{j,t}}, K_r)), T = seq len
+    f_BE = unbiased_top_k(record.probs_BSE, top_k).sum(1) * E / (top_k * S)
     # DeepSeek-V3 Eq. 20: P_i = 1/T sum_t s'_{i,t}
     P_BE = record.probs_BSE.mean(1)
     # DeepSeek-V3 Eq. 17: L_Bal = alpha sum_i f_i P_i (per sequence), here averaged over sequences
@@ -82,6 +95,28 @@ def bias_delta(tokens_LE: torch.Tensor, gamma: float, rule: str = "sign",
         delta_LE = delta_LE - delta_LE.mean(-1, keepdim=True)  # torchtitan #1506: no drift
     return delta_LE
 
+
+def smebu_step(tokens_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torch.Tensor,
+               gamma: float, beta: float, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SMEBU step: the new (bias, velocity) from this step's loads c.
+
+    SMEBU is from the Trinity Large report (Singh et al. 2026, arXiv 2602.17004, §MoE load
+    balancing). Its exact equations were not found with the sources at hand, so this is
+    OUR READING of its description (tanh soft clamp of the normalised load deviation,
+    momentum, mean-centred bias):
+        v <- beta v + (1 - beta) tanh(kappa (mean(c) - c) / mean(c))
+        b <- b + gamma v
+        b <- b - mean(b)
+    """
+    mean_L1 = tokens_LE.mean(-1, keepdim=True)
+    # our reading of arXiv 2602.17004 (SMEBU): normalised deviation, soft-clamped by tanh
+    clamped_LE = torch.tanh(kappa * (mean_L1 - tokens_LE) / mean_L1.clamp_min(1e-12))
+    # our reading of arXiv 2602.17004 (SMEBU): momentum on the clamped deviation
+    velocity_LE = beta * velocity_LE + (1 - beta) * clamped_LE
+    # our reading of arXiv 2602.17004 (SMEBU): step, then mean-centre the bias
+    bias_LE = bias_LE + gamma * velocity_LE
+    return bias_LE - bias_LE.mean(-1, keepdim=True), velocity_LE
+
 # ---------------------------------------------------------------------------- the strategies
 
 
@@ -96,6 +131,17 @@ class Strategy:
 
     def after_step(self, routers: Sequence[BalancingRouter], tokens_LE: torch.Tensor,
                    step: int, total_steps: int) -> None:
+        return None
+
+    def gamma_at(self, step: int, total_steps: int) -> float:
+        """The bias update speed in force at ``step`` (0 for strategies that keep the bias)."""
+        return 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried between steps (saved in training checkpoints); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
 
 
@@ -200,8 +246,41 @@ class LossFree(Strategy):
                 router.e_score_correction_bias.add_(delta_E)  # in place (torchtitan #1222)
 
 
+@dataclass
+class Smebu(Strategy):
+    """Soft-clamped momentum expert bias updates (Trinity Large; our reading, see smebu_step)."""
+
+    name: ClassVar[str] = "smebu"
+    gamma: float = 1e-2           # bias step; as loss_free's, sized for short runs
+    beta: float = 0.9             # momentum of the clamped deviation
+    kappa: float = 2.0            # tanh sharpness: |deviation| >~ 1/kappa saturates
+    stop_fraction: float = 1.0    # gamma = 0 from this fraction of the run on (as loss_free)
+    velocity_LE: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def gamma_at(self, step, total_steps):
+        return self.gamma if step < self.stop_fraction * total_steps else 0.0
+
+    def after_step(self, routers, tokens_LE, step, total_steps):
+        gamma = self.gamma_at(step, total_steps)
+        with torch.no_grad():
+            bias_LE = torch.stack([r.e_score_correction_bias for r in routers]).float()
+            if self.velocity_LE is None:
+                self.velocity_LE = torch.zeros_like(bias_LE)
+            bias_LE, self.velocity_LE = smebu_step(tokens_LE.to(bias_LE), bias_LE,
+                                                   self.velocity_LE.to(bias_LE), gamma,
+                                                   self.beta, self.kappa)
+            for router, bias_E in zip(routers, bias_LE, strict=True):
+                router.e_score_correction_bias.copy_(bias_E)  # in place (torchtitan #1222)
+
+    def state_dict(self):
+        return {} if self.velocity_LE is None else {"velocity_LE": self.velocity_LE.cpu()}
+
+    def load_state_dict(self, state):
+        self.velocity_LE = state.get("velocity_LE")
+
+
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (AuxLoss, SeqAuxLoss, GlobalAuxLoss, LossFree, ZLoss)
+    cls.name: cls for cls in (AuxLoss, SeqAuxLoss, GlobalAuxLoss, LossFree, Smebu, ZLoss)
 }
 
 
@@ -226,7 +305,7 @@ class Balancing:
         strategies = []
         for name in names:
             options = values.get(name) or {}
-            known = {f.name for f in dataclasses.fields(STRATEGIES[name])}
+            known = {f.name for f in dataclasses.fields(STRATEGIES[name]) if f.init}
             bad = sorted(set(options) - known)
             if bad:
                 raise ValueError(f"unknown key(s) in balancing.{name}: {', '.join(bad)}")
@@ -251,6 +330,13 @@ class Balancing:
             strategy.after_step(routers, tokens_LE, step, total_steps)
 
     def gamma_at(self, step: int, total_steps: int) -> float:
-        """The bias update speed in force at ``step`` (0 without loss_free)."""
-        return sum(s.gamma_at(step, total_steps) for s in self.strategies
-                   if isinstance(s, LossFree))
+        """The bias update speed in force at ``step`` (0 without a bias-updating strategy)."""
+        return sum(s.gamma_at(step, total_steps) for s in self.strategies)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-strategy state between steps (e.g. SMEBU's momentum), keyed by name."""
+        return {s.name: state for s in self.strategies if (state := s.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for strategy in self.strategies:
+            strategy.load_state_dict(state.get(strategy.name, {}))

@@ -35,7 +35,7 @@ class ModelSettings:
     n_group: int = 1               # group-limited routing (n_group > 1) is off by default
     topk_group: int = 1
     score_function: str = "sigmoid"
-    routed_scaling_factor: float = 1.0
+    routed_scaling_factor: float = 1.0  # multiplies the routed gates g (DeepSeek-V3 uses 2.5)
     init_std: float = 0.02
     bias_init_skew: float = 0.0    # >0: initial bias b_i = skew*(1 - i/(E-1)): imbalanced start
     experts_implementation: str = "grouped_mm"  # or "eager", "batched_mm"

@@ -44,6 +44,7 @@ class TrainSettings:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.1
+    router_weight_decay: bool = True  # decay the router weights (mlp.gate.weight) too
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -77,12 +78,14 @@ def lr_at(step: int, s: TrainSettings) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, s: TrainSettings, fused: bool) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms, embeddings and biases (the router bias is a buffer)."""
+    """AdamW; no weight decay on norms, embeddings and biases (the router bias is a buffer),
+    nor on the router weights when ``router_weight_decay`` is false."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        exempt = param.ndim < 2 or "embed_tokens" in name or "norm" in name
+        exempt = param.ndim < 2 or "embed_tokens" in name or "norm" in name or (
+            not s.router_weight_decay and name.endswith("mlp.gate.weight"))
         (no_decay if exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": s.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
@@ -148,12 +151,14 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "fingerprint": self.fingerprint,
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "telemetry": self.telemetry.state_dict()}
+                "optimizer": self.optimizer.state_dict(), "telemetry": self.telemetry.state_dict(),
+                "balancing": self.balancing.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.telemetry.load_state_dict(state["telemetry"])
+        self.balancing.load_state_dict(state.get("balancing", {}))
         self.step = state["step"]
 
     def resume(self) -> None:

@@ -1,0 +1,153 @@
+"""Sweep grids as ordinary variants, and the stated selection rule on synthetic results."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from moebalance.cli import main
+from moebalance.sweep import (
+    apply_sweep,
+    choice_of,
+    format_value,
+    grid_variants,
+    run_summary,
+    sweep_table,
+)
+
+CONFIG = {
+    "results": "results/long",
+    "seeds": [0, 1, 2],
+    "variants": {"none": {"balancing": {"strategies": []}},
+                 "aux_loss": {"balancing": {"strategies": ["aux_loss"]}},
+                 "loss_free": {"balancing": {"strategies": ["loss_free"],
+                                             "loss_free": {"rule": "sign"}}}},
+    "sweep": {"phase": "report", "seeds": [100, 101],
+              "grids": {"aux_loss": {"base": "aux_loss", "key": "balancing.aux_loss.alpha",
+                                     "values": [1e-3, 1e-2, 1e-1]},
+                        "loss_free": {"base": "loss_free", "key": "balancing.loss_free.gamma",
+                                      "values": [1e-3, 2.5e-2]}},
+              "selection": {"max_maxvio": 0.5, "late_fraction": 0.5}},
+}
+
+
+def tune(config=CONFIG):
+    return {**config, "sweep": {**config["sweep"], "phase": "tune"}}
+
+
+@pytest.mark.parametrize(("value", "spelled"), [(0.001, "1e-3"), (0.025, "2.5e-2"),
+                                                (0.1, "1e-1"), (3, "3"), (True, "true")])
+def test_values_are_spelled_short_and_path_safe(value, spelled):
+    assert format_value(value) == spelled
+
+
+def test_each_grid_point_is_its_base_variant_with_the_key_set():
+    variants = grid_variants(CONFIG)
+    assert list(variants) == ["aux_loss@alpha=1e-3", "aux_loss@alpha=1e-2", "aux_loss@alpha=1e-1",
+                              "loss_free@gamma=1e-3", "loss_free@gamma=2.5e-2"]
+    assert variants["loss_free@gamma=2.5e-2"] == {"balancing": {
+        "strategies": ["loss_free"], "loss_free": {"rule": "sign", "gamma": 0.025}}}
+
+
+def test_tune_phase_runs_only_the_grid_on_the_tuning_seeds():
+    study = apply_sweep(tune())
+    assert set(study["variants"]) == set(grid_variants(CONFIG))
+    assert study["seeds"] == [100, 101]
+    assert study["results"] == "results/long"  # data stages are shared with the report phase
+    assert CONFIG["seeds"] == [0, 1, 2]  # the input is not modified
+
+
+def test_report_phase_applies_the_chosen_value_to_the_base_variant():
+    choice = {"aux_loss": {"variant": "aux_loss@alpha=1e-2", "key": "balancing.aux_loss.alpha",
+                           "value": 0.01}}
+    study = apply_sweep(CONFIG, choice)
+    assert study["variants"]["aux_loss"]["balancing"]["aux_loss"] == {"alpha": 0.01}
+    assert study["variants"]["loss_free"] == CONFIG["variants"]["loss_free"]
+    assert study["seeds"] == [0, 1, 2] and study["results"] == "results/long"
+
+
+def test_report_phase_without_a_choice_keeps_the_configured_variants():
+    assert apply_sweep(CONFIG, None)["variants"] == CONFIG["variants"]
+
+
+def test_tuning_seeds_must_be_disjoint_from_reporting_seeds():
+    config = {**CONFIG, "sweep": {**CONFIG["sweep"], "seeds": [2, 100]}}
+    with pytest.raises(ValueError, match=r"disjoint.*\[2\]"):
+        apply_sweep(config)
+
+
+def test_grid_over_an_unknown_variant_is_an_error_naming_it():
+    config = {**CONFIG, "sweep": {**CONFIG["sweep"], "grids": {
+        "x": {"base": "bogus", "key": "balancing.aux_loss.alpha", "values": [1]}}}}
+    with pytest.raises(ValueError, match="sweep.grids.x.base.*bogus"):
+        grid_variants(config)
+
+
+def synthetic_runs():
+    """aux_loss: 1e-3 best loss but unbalanced (0.9), 1e-2 balanced at 3.05, 1e-1 balanced at
+    3.20; loss_free: neither point balanced enough, 2.5e-2 the more balanced (0.6 < 0.8)."""
+    truth = {"aux_loss@alpha=1e-3": (3.00, 0.9), "aux_loss@alpha=1e-2": (3.05, 0.4),
+             "aux_loss@alpha=1e-1": (3.20, 0.1), "loss_free@gamma=1e-3": (3.0, 0.8),
+             "loss_free@gamma=2.5e-2": (3.1, 0.6)}
+    return {(variant, seed): {"val_loss": loss + (seed - 100.5) * 0.02,
+                              "maxvio": vio + (seed - 100.5) * 0.1}
+            for variant, (loss, vio) in truth.items() for seed in (100, 101)}
+
+
+def test_rule_picks_lowest_val_loss_among_points_within_the_maxvio_target():
+    table = sweep_table(CONFIG["sweep"], synthetic_runs())
+    row = table.set_index("variant").loc["aux_loss@alpha=1e-2"]
+    assert row["val_loss"] == pytest.approx(3.05) and row["maxvio"] == pytest.approx(0.4)
+    # two seeds 0.02 apart in loss: SD = 0.02 / sqrt(2)
+    assert row["val_loss_sd"] == pytest.approx(0.02 / math.sqrt(2))
+    assert table[table["chosen"]]["variant"].tolist() == ["aux_loss@alpha=1e-2",
+                                                          "loss_free@gamma=2.5e-2"]
+
+
+def test_choice_says_when_no_point_met_the_target():
+    choice = choice_of(sweep_table(CONFIG["sweep"], synthetic_runs()))
+    assert choice["aux_loss"]["met_target"] is True
+    assert choice["loss_free"] == pytest.approx({
+        "variant": "loss_free@gamma=2.5e-2", "key": "balancing.loss_free.gamma", "value": 0.025,
+        "val_loss": 3.1, "maxvio": 0.6, "met_target": False})
+
+
+def test_a_missing_tuning_run_is_an_error_naming_the_point():
+    runs = synthetic_runs()
+    del runs[("aux_loss@alpha=1e-1", 101)]
+    with pytest.raises(ValueError, match="aux_loss@alpha=1e-1: 1 of 2"):
+        sweep_table(CONFIG["sweep"], runs)
+
+
+def routing_rows(loads_by_step):
+    return pd.DataFrame([{"step": step, "layer": layer, "expert": e, "tokens": n}
+                         for step, loads in enumerate(loads_by_step)
+                         for layer, loads_E in enumerate(loads) for e, n in enumerate(loads_E)])
+
+
+def test_run_summary_takes_last_val_loss_and_maxvio_of_the_late_steps():
+    metrics = pd.DataFrame({"step": [0, 1, 2, 3], "val_loss": [math.nan, 5.0, math.nan, 4.0]})
+    # 4 steps, late half = steps 2-3. layer 0: [3+1, 1+3] = [4, 4] -> 0;
+    # layer 1: [6+2, 2+2] = [8, 4], mean 6 -> (8 - 6)/6 = 1/3; mean over layers 1/6
+    routing = routing_rows([[[9, 0], [9, 0]], [[9, 0], [9, 0]],
+                            [[3, 1], [6, 2]], [[1, 3], [2, 2]]])
+    summary = run_summary(metrics, routing, late_fraction=0.5)
+    assert summary == pytest.approx({"val_loss": 4.0, "maxvio": 1 / 6})
+
+
+def test_stage_writes_table_and_choice_from_run_files(tmp_path):
+    sweep = {"seeds": [100], "grids": {"aux_loss": {
+        "base": "aux_loss", "key": "balancing.aux_loss.alpha", "values": [0.001, 0.01]}},
+        "selection": {"max_maxvio": 0.5, "late_fraction": 1.0}}
+    for variant, loss, loads in (("aux_loss@alpha=1e-3", 3.0, [[9, 1]]),
+                                 ("aux_loss@alpha=1e-2", 3.1, [[5, 5]])):
+        folder = tmp_path / "runs" / variant / "seed100" / "pretrain"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"step": [0], "val_loss": [loss]}).to_parquet(folder / "metrics.parquet")
+        routing_rows([loads]).to_parquet(folder / "routing.parquet")
+    table, choice = tmp_path / "sweep.csv", tmp_path / "choice.json"
+    assert main(["sweep-select", "--sweep", json.dumps(sweep), "--runs", str(tmp_path / "runs"),
+                 "--table", str(table), "--choice", str(choice)]) == 0
+    assert pd.read_csv(table)["chosen"].tolist() == [False, True]  # 1e-3: MaxVio 0.8 > 0.5
+    assert json.loads(choice.read_text())["aux_loss"]["value"] == 0.01
