@@ -107,7 +107,7 @@ def decode(data: bytes) -> object:
     """The plain value a document of :func:`encode` stands for; ProtocolError if malformed."""
     try:
         return _from_json(json.loads(data), 0)
-    except (ValueError, TypeError, RecursionError) as err:  # bad JSON, tag or set member
+    except (ValueError, TypeError, KeyError, RecursionError) as err:  # bad JSON, tag, member
         raise ProtocolError(f"malformed data ({type(err).__name__})") from None
 
 
