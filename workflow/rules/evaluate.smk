@@ -115,8 +115,9 @@ rule score:
     params:
         out_dir=parent_of("output", "summary"),
         timeout=HUMANEVAL["timeout"],
+        isolation=HUMANEVAL["isolation"],
         code=code_hash("evaluation/scoring.py", "evaluation/sandbox.py",
-                       "evaluation/_harness.py"),
+                       "evaluation/_harness.py", "evaluation/_pair.py"),
     threads: 2
     log:
         f"{LOGS}/score/{{variant}}/seed{{seed}}.log",
@@ -124,7 +125,7 @@ rule score:
         f"{BENCH}/score/{{variant}}/seed{{seed}}.tsv"
     shell:
         "moebalance score {input.samples:q} --out {params.out_dir:q} --workers {threads}"
-        " --timeout {params.timeout} --nll {input.nll:q}"
+        " --timeout {params.timeout} --isolation {params.isolation} --nll {input.nll:q}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
