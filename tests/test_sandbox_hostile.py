@@ -260,6 +260,30 @@ def test_candidate_failures_are_each_a_clear_failure():
     assert runs["hangs"].status == "timed_out"
 
 
+REACH_OTHER_PROCESSES = """
+    import os
+    me = os.readlink("/proc/self")  # our pid as /proc (the host's) numbers it
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if pid != me and os.stat("/proc/" + pid).st_uid == os.getuid():
+                fds = os.listdir(f"/proc/{pid}/fd")  # the checker runs as our uid
+                raise ValueError(f"reached the fds of {pid}: {fds}")
+        except OSError:
+            pass
+    return None
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as the scorer's own uid, it is reachable")
+def test_the_candidate_cannot_open_the_checkers_fds_or_memory():
+    with SandboxPool(1, Limits(timeout=3.0), reliability_guard=False) as pool:
+        run = pool.run(pair(REACH_OTHER_PROCESSES.lstrip("\n")))
+        assert run.result == "failed: AssertionError"  # found none: returned None
+        mem = REACH_OTHER_PROCESSES.replace('os.listdir(f"/proc/{pid}/fd")',
+                                            'open(f"/proc/{pid}/mem", "rb")')
+        assert pool.run(pair(mem.lstrip("\n"))).result == "failed: AssertionError"
+
+
 def test_plain_subclasses_cross_as_their_base_values():
     # An honest solution may return a Counter where the test compares with a dict.
     solution = read_problems()["HumanEval/111"]["canonical_solution"]

@@ -580,6 +580,8 @@ def _checker_child(job: dict, nonce_r: int, marker_w: int, workdir: str, zygote:
 
     def run() -> None:
         _pin_to_this_cpu()  # the candidate inherits it
+        # Inherited from the zygote, but setuid sets it from fs.suid_dumpable: be sure.
+        _libc_call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
         if fork() == 0:
             _candidate(job)  # never returns
         os.close(CANDIDATE_FD)
