@@ -109,10 +109,10 @@ def _libc_call(name: str, *args: int | bytes | None) -> None:
 
 def read_frame(fd: int) -> dict | None:
     """One length-prefixed JSON frame from ``fd``; None at end of file."""
-    header = _read_exactly(fd, 4)
+    header = pair.read_exactly(fd, 4)
     if header is None:
         return None
-    body = _read_exactly(fd, struct.unpack(">I", header)[0])
+    body = pair.read_exactly(fd, struct.unpack(">I", header)[0])
     if body is None:
         return None
     return json.loads(body)
@@ -123,17 +123,6 @@ def write_frame(fd: int, obj: dict) -> None:
     data = struct.pack(">I", len(body)) + body
     while data:
         data = data[os.write(fd, data):]
-
-
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    chunks, remaining = [], n
-    while remaining:
-        chunk = os.read(fd, remaining)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------- per-worker setup
@@ -575,8 +564,8 @@ def _checker_child(job: dict, nonce_r: int, marker_w: int, workdir: str, zygote:
     """The trusted half of a process pair: prompt + test, the entry point a forwarding stub.
 
     Once jailed it forks the candidate (:func:`_candidate`), then reads the nonce. It is
-    not dumpable (inherited from the zygote): the candidate, though the same uid, can
-    neither ptrace it nor open its /proc fds or memory.
+    not dumpable: the candidate, though the same uid, can neither ptrace it nor open its
+    /proc fds or memory.
     """
     write, exit_now, fork = os.write, os._exit, os.fork  # before the guard removes fork
     checker_end, candidate_end = (end.detach() for end in socket.socketpair())
@@ -598,7 +587,7 @@ def _checker_child(job: dict, nonce_r: int, marker_w: int, workdir: str, zygote:
 
     def nonce() -> bytes:  # only ever called after the candidate's fork (or instead of it)
         if not read:
-            read.append(pair._read_exactly(NONCE_FD, NONCE_BYTES) or b"")
+            read.append(pair.read_exactly(NONCE_FD, NONCE_BYTES) or b"")
         return read[0]
 
     _judged(run, nonce, [marker_w, checker_end, nonce_r, candidate_end], workdir, zygote,
@@ -610,8 +599,9 @@ def _pin_to_this_cpu() -> None:
 
     Checker and candidate take turns (each call is a round trip), never run at once; on
     one CPU each wakes where the other just blocked, instead of queueing for another CPU
-    behind whatever runs there: +20-25 % samples/s on a loaded 2-core machine (measured
-    with benchmarks/score.py). Best effort: a failure changes only speed.
+    behind whatever runs there. Two trials with benchmarks/score.py on a loaded 2-core
+    machine: +10 % and +27 % samples/s, about that machine's noise. Best effort: a
+    failure changes only speed.
     """
     cpu = libc.sched_getcpu()
     if cpu >= 0:

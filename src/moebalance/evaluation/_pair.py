@@ -1,13 +1,14 @@
 """Process-pair execution: the untrusted completion and the trusted test never share a process.
 
-The zygote (``_harness.py``) forks two jailed processes per program:
+The zygote (``_harness.py``) forks a jailed **checker** per program, which forks the
+**candidate** (inheriting the jail) before it has the nonce:
 
-- the **candidate** runs prompt + completion, then serves calls of the entry point
+- the candidate runs prompt + completion, then serves calls of the entry point
   (:func:`serve_candidate`);
-- the **checker** runs the trusted text, the prompt's own code (helpers such as ``poly``
-  in HumanEval/32) and the test; there the entry point is a stub that forwards each call
-  to the candidate (:func:`run_checker`). Only the checker holds the marker fd and, at
-  the very end, the nonce.
+- the checker runs the trusted text, the prompt's own code (helpers such as ``poly`` in
+  HumanEval/32) and the test; there the entry point is a stub that forwards each call
+  to the candidate (:func:`run_checker`). Only the checker holds the marker fd and the
+  nonce.
 
 Between them travel length-prefixed frames over a socketpair, and inside the frames
 only plain data: None, bool, int, float, str, bytes and list/tuple/dict/set/frozenset of
@@ -22,7 +23,9 @@ round-trips floats exactly (repr), NaN and infinities included; the tags add wha
 lacks (tuple, set, frozenset, bytes, non-string dict keys, ints beyond the 4300-digit
 str limit). Not pickle: loading a pickle runs code the sender chose. Not marshal: its
 documentation says it is not secure against maliciously constructed data, and it can
-carry code objects. The checker treats every byte from the candidate as hostile: frames
+carry code objects. Not msgpack or CBOR: the zygote imports only the standard library
+(it starts as ``python -I``), and they too would need our own tags for tuple against
+list, sets and exact types. The checker treats every byte from the candidate as hostile: frames
 are bounded in size, nesting is bounded, and anything malformed fails the program.
 
 Only the standard library is imported: the zygote loads this module before it forks.
@@ -189,13 +192,13 @@ def send(fd: int, kind: str, payload: str = "") -> None:
 
 def receive(fd: int) -> tuple[str, str] | None:
     """(kind, payload) of the next frame; None at end of file; ProtocolError if oversized."""
-    header = _read_exactly(fd, 4)
+    header = read_exactly(fd, 4)
     if header is None:
         return None
     size = struct.unpack(">I", header)[0]
     if not 1 <= size <= MAX_FRAME + 64:
         raise ProtocolError(f"a frame of {size} bytes")
-    body = _read_exactly(fd, size)
+    body = read_exactly(fd, size)
     if body is None:
         return None
     try:
@@ -205,7 +208,8 @@ def receive(fd: int) -> tuple[str, str] | None:
     return text[0], text[1:]
 
 
-def _read_exactly(fd: int, n: int) -> bytes | None:
+def read_exactly(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``; None if it ends first."""
     chunks, remaining = [], n
     while remaining:
         chunk = os.read(fd, min(remaining, 1 << 20))
