@@ -109,6 +109,17 @@ def compare(out, runs_dir, seeds, *extra):
             "answer": (tables / "answer.md").read_text(), "dir": out}
 
 
+BASELINES = {"split": "val", "tokens": 4096, "bytes": 12000,
+             "unigram": {"nats_per_token": 6.5, "bits_per_byte": 3.2},
+             "bigram": {"nats_per_token": 4.6, "bits_per_byte": 2.3, "lambda": 0.9}}
+
+
+def write_baselines(folder, **bigram):
+    path = folder / "baselines.json"
+    path.write_text(json.dumps({**BASELINES, "bigram": {**BASELINES["bigram"], **bigram}}))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def one_seed(tmp_path_factory):
     root = tmp_path_factory.mktemp("one_seed")
@@ -120,7 +131,7 @@ def three_seeds(tmp_path_factory):
     """3 seeds with training noise; loss_free clearly better on solution bits per byte."""
     root = tmp_path_factory.mktemp("three_seeds")
     return compare(root, make_runs(root / "runs", [0, 1, 2], lf_shift=-20.0, seed_sd=3.0),
-                   [0, 1, 2])
+                   [0, 1, 2], "--baselines", write_baselines(root, nats_per_token=50.0))
 
 
 def row(table, key, variant):
@@ -201,8 +212,10 @@ def numbers(text):
 
 
 def test_every_decimal_the_answer_quotes_is_in_the_tables(three_seeds):
+    baselines = pd.read_csv(three_seeds["dir"] / "tables" / "baselines.csv")
     values = pd.concat([three_seeds["paired"].select_dtypes("number").stack(),
-                        three_seeds["table"].select_dtypes("number").stack()]).to_numpy()
+                        three_seeds["table"].select_dtypes("number").stack(),
+                        baselines.select_dtypes("number").stack()]).to_numpy()
     quoted = numbers(three_seeds["answer"])
     assert quoted
     for x in quoted:
@@ -309,3 +322,35 @@ def test_bias_layers_table_has_each_layers_spreads_and_override_rate(three_seeds
     # the synthetic override rate rises linearly to 0.3; the last 10 of 40 steps average
     assert bias.override_rate_last.to_numpy() == pytest.approx(np.linspace(0, 0.3, STEPS)[-10:]
                                                                .mean())
+
+
+def test_the_answer_leads_with_the_positive_control(three_seeds):
+    baselines = pd.read_csv(three_seeds["dir"] / "tables" / "baselines.csv")
+    assert list(baselines.model) == ["unigram", "bigram", "loss_free", "aux_loss"]
+    assert (baselines[baselines.kind == "variant"].worst_margin > 0).all()
+    assert three_seeds["answer"].index("Positive control") < three_seeds["answer"].index(
+        "Primary endpoints")
+    assert "Every variant beats the bigram in every seed" in three_seeds["md"]
+
+
+def test_a_variant_worse_than_the_bigram_fails_the_positive_control():
+    rows = [{"model": "unigram", "kind": "baseline", "nats_per_token": 6.5, "margin": -1.9,
+             "worst_margin": np.nan},
+            {"model": "bigram", "kind": "baseline", "nats_per_token": 4.6, "margin": 0.0,
+             "worst_margin": np.nan},
+            {"model": "none", "kind": "variant", "nats_per_token": 4.5, "margin": 0.1,
+             "worst_margin": -0.05},
+            {"model": "aux_loss", "kind": "variant", "nats_per_token": 4.0, "margin": 0.6,
+             "worst_margin": 0.5}]
+    text = "\n".join(claims.control_lines(rows))
+    assert "The positive control fails:** none do(es) not beat" in text
+    assert "aux_loss" not in text.split("fails")[1]
+
+
+def test_a_baselines_file_without_the_bigram_is_a_usage_error(tmp_path, capsys):
+    bad = tmp_path / "baselines.json"
+    bad.write_text(json.dumps({"unigram": {"nats_per_token": 6.0}}))
+    assert main(["compare", "--runs-dir", str(tmp_path), "--variants", "a", "--seeds", "0",
+                 "--tables-dir", str(tmp_path / "t"), "--figures-dir", str(tmp_path / "f"),
+                 "--baselines", str(bad), "--no-tracking"]) == 2
+    assert "--baselines" in capsys.readouterr().err

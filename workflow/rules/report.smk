@@ -82,11 +82,14 @@ rule compare:
     input:
         MLFLOW_READY,
         runs=RUN_FILES,
+        baselines=rules.baselines.output[0],
     output:
         csv=report(f"{TABLES}/comparison.csv", caption="../report/comparison.rst",
                    category="Tables"),
         answer=report(f"{TABLES}/answer.md", caption="../report/answer.rst", category="Tables"),
         pass_at_1=f"{TABLES}/pass_at_1.csv",
+        baselines=report(f"{TABLES}/baselines.csv", caption="../report/baselines.rst",
+                         category="Tables"),
         bias_layers=report(f"{TABLES}/bias_layers.csv", caption="../report/bias_diagnostics.rst",
                            category="Tables"),
         domains=report(f"{TABLES}/domains.csv", caption="../report/domains.rst",
@@ -123,6 +126,7 @@ rule compare:
     shell:
         "moebalance compare --runs-dir {params.runs_dir:q} --variants {params.variants}"
         " --seeds {params.seeds} --pair {params.pair} {params.primaries}"
+        " --baselines {input.baselines:q}"
         " --bootstrap {params.bootstrap} {params.readme}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
         " --source-hash {params.code}"

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures-dir", required=True, help="where the PNG figures go")
     parser.add_argument("--readme", default=None,
                         help="a README whose <!-- answer:begin/end --> region gets answer.md")
+    parser.add_argument("--baselines", default=None,
+                        help="baselines.json of the baselines stage: the n-gram positive "
+                        "control that comparison.md and the answer lead with")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="interval level; the tests run at alpha = 1 - confidence")
@@ -110,6 +113,21 @@ def write_tables(tables_dir: Path, frames: dict, texts: dict) -> list[Path]:
             tmp.write_text(text)
         written.append(tables_dir / name)
     return written
+
+
+def read_baselines(path: str) -> dict:
+    """baselines.json, checked for the two models the positive control needs."""
+    import json
+
+    from moebalance.errors import UsageError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        for name in ("unigram", "bigram"):
+            float(data[name]["nats_per_token"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--baselines {path}: not a baselines stage output ({err!r})") from err
+    return data
 
 
 def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int]) -> tuple[str, str]:
@@ -151,6 +169,7 @@ def run(args: argparse.Namespace) -> None:
     plan = plan_of(args)
     if args.readme is not None and not Path(args.readme).is_file():
         raise UsageError(f"--readme: {args.readme} not found")
+    baselines = read_baselines(args.baselines) if args.baselines else None  # fail fast
     rng = np.random.default_rng(args.bootstrap_seed)
     runs = {v: [load_run(Run(v, s, Path(args.runs_dir) / v / f"seed{s}")) for s in args.seeds]
             for v in args.variants}
@@ -162,16 +181,21 @@ def run(args: argparse.Namespace) -> None:
     pass_rows, pass_summary = tables.pass_at_1_rows(runs, plan)
     domains = tables.domain_rows(runs, plan)
     layer_df, load_df, spec_df = tables.utilization_tables(runs)
-    answer = claims.answer_markdown(paired, pass_rows, pass_summary, plan)
+    baseline_rows = tables.baseline_rows(runs, baselines) if baselines else []
+    control = claims.control_lines(baseline_rows)
+    answer = claims.answer_markdown(paired, pass_rows, pass_summary, plan, control)
     warning, provenance = provenance_section(Path(args.runs_dir), args.variants, args.seeds)
     written = write_tables(Path(args.tables_dir), {
         "comparison.csv": pd.DataFrame(rows), "paired.csv": pd.DataFrame(paired),
         "pass_at_1.csv": pd.DataFrame(pass_rows), "domains.csv": pd.DataFrame(domains),
         "bias_layers.csv": pd.DataFrame(tables.bias_layer_rows(runs)),
+        "baselines.csv": pd.DataFrame(baseline_rows, columns=[
+            "model", "kind", "n_seeds", "nats_per_token", "bits_per_byte", "margin",
+            "worst_margin"]),
         "utilization_layers.csv": layer_df, "relative_load.csv": load_df,
         "specialization.csv": spec_df}, {
         "comparison.md": warning + claims.comparison_markdown(
-            rows, paired, pass_rows, pass_summary, domains, list(runs), plan, missing)
+            rows, paired, pass_rows, pass_summary, domains, list(runs), plan, missing, control)
         + provenance,
         "answer.md": answer})
     written += figures.draw_all(runs, load_df, spec_df, Path(args.figures_dir))

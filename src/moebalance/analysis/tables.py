@@ -234,3 +234,25 @@ def utilization_tables(runs: dict[str, list[RunData]]):
                             loads.append({**row, "domain": groups[gi],
                                           "relative_load": rel_LDE[li, gi, e]})
     return pd.DataFrame(layers), pd.DataFrame(loads), pd.DataFrame(spec)
+
+
+def baseline_rows(runs: dict[str, list[RunData]], baselines: dict) -> list[dict]:
+    """The positive control: the n-gram baselines of the baselines stage and every variant's
+    pretraining val loss, all in nats/token on the same validation windows. ``margin`` is
+    the bigram's loss minus the model's (positive: the model beats the bigram), and for a
+    variant ``worst_margin`` is that of its worst seed."""
+    bigram = baselines["bigram"]["nats_per_token"]
+    rows = [{"model": name, "kind": "baseline", "n_seeds": 0,
+             "nats_per_token": baselines[name]["nats_per_token"],
+             "bits_per_byte": baselines[name].get("bits_per_byte", math.nan),
+             "margin": bigram - baselines[name]["nats_per_token"], "worst_margin": math.nan}
+            for name in ("unigram", "bigram")]
+    for variant, rs in runs.items():
+        values = by_seed(rs, "val_loss_pretrain")
+        if not values:
+            continue
+        mean = float(np.mean(list(values.values())))
+        rows.append({"model": variant, "kind": "variant", "n_seeds": len(values),
+                     "nats_per_token": mean, "bits_per_byte": math.nan,
+                     "margin": bigram - mean, "worst_margin": bigram - max(values.values())})
+    return rows
