@@ -6,6 +6,10 @@
 configfile: "config/config.yaml"
 
 
+# The front page of `snakemake --report`: what the study is and how to read its answer.
+report: "workflow/report/study.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/data.smk"
