@@ -12,7 +12,7 @@ rule corpus:
     params:
         out_dir=parent_of("output", "train"),
         flags=corpus_flags(config["corpus"]),
-        code=code_hash("data/corpus.py"),
+        code=code_hash("data/corpus.py", "data/site_packages.py"),
     log:
         f"{LOGS}/corpus.log",
     benchmark:
@@ -26,6 +26,7 @@ rule tokenizer:
     input:
         MLFLOW_READY,
         train=rules.corpus.output.train,
+        val=rules.corpus.output.val,
     output:
         config=f"{DATA}/tokenizer/tokenizer_config.json",
         tokenizer=f"{DATA}/tokenizer/tokenizer.json",
@@ -34,14 +35,16 @@ rule tokenizer:
         out_dir=parent_of("output", "tokenizer"),
         vocab_size=config["tokenizer"]["vocab_size"],
         min_frequency=config["tokenizer"]["min_frequency"],
+        sample_bytes=config["tokenizer"]["sample_bytes_per_domain"],
         code=code_hash("data/tokenizer.py"),
     log:
         f"{LOGS}/tokenizer.log",
     benchmark:
         f"{BENCH}/tokenizer.tsv"
     shell:
-        "moebalance tokenizer --train {input.train} --out-dir {params.out_dir}"
+        "moebalance tokenizer --train {input.train} --val {input.val} --out-dir {params.out_dir}"
         " --vocab-size {params.vocab_size} --min-frequency {params.min_frequency}"
+        " --sample-bytes-per-domain {params.sample_bytes}"
         " > {log:q} 2>&1"
 
 
@@ -54,6 +57,7 @@ rule tokens:
         MLFLOW_READY,
         train=rules.corpus.output.train,
         val=rules.corpus.output.val,
+        test=rules.corpus.output.test,
         tokenizer=rules.tokenizer.output.tokenizer,
     output:
         meta=TOKENS_META,
