@@ -66,8 +66,8 @@ def make_dist(root, name, files, headers=MIT, description="", version="1.0"):
 
 
 def small_settings(root, **kw):
-    return CorpusSettings(site_packages_path=[str(root)], stdlib=False, min_bytes=1,
-                          heldout_min_documents=2, heldout_min_bytes=0, **kw)
+    return CorpusSettings(site_packages_path=[str(root)], site_packages_root=None, stdlib=False,
+                          min_bytes=1, heldout_min_documents=2, heldout_min_bytes=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,24 @@ def test_a_domain_too_small_for_the_minimum_is_reported(tree):
         ("test", "c-cpp"), ("val", "prose")}
 
 
+def test_root_reads_its_dependency_closure_without_extras(tmp_path):
+    make_dist(tmp_path, "app", {"app/a.py": python(1)}, headers={
+        "License-Expression": "MIT",
+        "Requires-Dist": ["Lib_B>=1", "devtool; extra == 'dev'", "winonly; sys_platform == 'x'"]})
+    make_dist(tmp_path, "lib-b", {"lib_b/b.py": python(2)}, headers={
+        "License-Expression": "MIT", "Requires-Dist": ["libc"]})
+    make_dist(tmp_path, "libc", {"libc/c.py": python(3)})
+    for other in ("devtool", "winonly", "unrelated"):
+        make_dist(tmp_path, other, {f"{other}/x.py": python(len(other))})
+    settings = small_settings(tmp_path)
+    settings.site_packages_root = "app"
+    rows, _, manifest = build_corpus(settings)
+    assert sorted(manifest["distributions"]) == ["app", "lib-b", "libc"]
+    settings.site_packages_root = "missing"
+    with pytest.raises(ValueError, match="'missing'"):
+        build_corpus(settings)
+
+
 def test_near_duplicates_are_removed_and_distinct_files_kept(tmp_path):
     original = python(1, lines=60)
     lines = original.splitlines(keepends=True)
@@ -247,7 +265,8 @@ def test_split_key_depends_only_on_the_hash(sha):
 
 
 def run_stage(out, tree, *extra):
-    return main(["corpus", "--no-stdlib", "--site-packages-path", str(tree), "--min-bytes", "1",
+    return main(["corpus", "--no-stdlib", "--site-packages-path", str(tree),
+                 "--site-packages-root", "all", "--min-bytes", "1",
                  "--heldout-min-documents", "2", "--heldout-min-bytes", "0",
                  "--out-dir", str(out), "--decontamination", str(out) + ".decon.parquet",
                  "--no-tracking", *extra])

@@ -68,6 +68,7 @@ def corpus_flags(corpus):
     """The corpus settings as `moebalance corpus` flags."""
     return cli_flags({
         "no_site_packages": not corpus["site_packages"],
+        "site_packages_root": corpus["site_packages_root"] or "all",
         "no_stdlib": not corpus["stdlib"],
         "include": corpus["include"],
         "file": corpus["files"],

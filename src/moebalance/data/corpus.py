@@ -92,6 +92,7 @@ class Document:
 class CorpusSettings:
     site_packages: bool = True
     site_packages_path: list[str] | None = None   # None: the running interpreter's sys.path
+    site_packages_root: str | None = "moebalance"  # its dependency closure; None: everything
     stdlib: bool = True
     include: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -220,7 +221,8 @@ def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
     """Every candidate document of every configured source, licence filter applied."""
     found: list[Candidate] = []
     if settings.site_packages:
-        for dist in site_packages.distributions(settings.site_packages_path):
+        for dist in site_packages.distributions(settings.site_packages_path,
+                                                settings.site_packages_root):
             license = site_packages.parse_license(dist.metadata)
             files = list(site_packages.candidates(dist, license))
             entry = {"distribution": dist.metadata["Name"],
@@ -232,7 +234,8 @@ def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
             distributions.append(entry)
             found += files
         sources.append({"source": "site-packages", "path": settings.site_packages_path
-                        or sys.path, "distributions": len(distributions),
+                        or sys.path, "root": settings.site_packages_root,
+                        "distributions": len(distributions),
                         "skipped_distributions": len(skipped)})
     trees: list[tuple[str, Path, list[Path], str, str]] = []
     if settings.stdlib:
@@ -571,6 +574,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out the installed distributions (importlib.metadata)")
     parser.add_argument("--site-packages-path", action="append", default=None, metavar="DIR",
                         help="look for distributions in DIR instead of sys.path (repeatable)")
+    parser.add_argument("--site-packages-root", default=defaults.site_packages_root,
+                        metavar="DIST",
+                        help="read only DIST and its dependencies, recursively (default: "
+                             "%(default)s); 'all' reads every installed distribution")
     parser.add_argument("--no-stdlib", dest="stdlib", action="store_false",
                         help="leave out the running Python's standard-library source")
     parser.add_argument("--include", action="append", default=[], metavar="DIR_OR_GLOB",
@@ -616,6 +623,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
     return CorpusSettings(
         site_packages=args.site_packages, site_packages_path=args.site_packages_path,
+        site_packages_root=None if args.site_packages_root == "all" else args.site_packages_root,
         stdlib=args.stdlib, include=args.include, files=args.files,
         hf_datasets=args.hf_datasets, extensions=args.extensions or [".py"],
         min_bytes=args.min_bytes, max_bytes=args.max_bytes, max_documents=args.max_documents,

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from packaging.requirements import Requirement
+
 SOURCE = "site-packages"
 DOMAINS = ("python-library", "python-test", "c-cpp", "prose")
 KIND_OF_SUFFIX = {
@@ -166,16 +168,40 @@ def looks_like_prose(text: str, min_share: float = 0.75) -> bool:
     return letters >= min_share * max(1, len(text))
 
 
-def distributions(path: Iterable[str] | None = None) -> list[metadata.Distribution]:
+def normalise(name: str) -> str:
+    """The PEP 503 normalised form of a distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def distributions(path: Iterable[str] | None = None,
+                  root: str | None = None) -> list[metadata.Distribution]:
     """Installed distributions (of ``path`` if given, else of sys.path), one per name,
-    sorted by normalised name: the first found on the path wins, as for imports."""
+    sorted by normalised name: the first found on the path wins, as for imports.
+
+    With ``root``, only ``root`` and what it requires, recursively (extras left out): the
+    same set on every machine that installs ``root`` from constraints.txt, whatever else
+    (dev tools, other projects) shares the environment."""
     found = (metadata.distributions(path=list(path)) if path is not None
              else metadata.distributions())
     chosen: dict[str, metadata.Distribution] = {}
     for dist in found:
         name = (dist.metadata.get("Name") or "").strip()
         if name:
-            chosen.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist)
+            chosen.setdefault(normalise(name), dist)
+    if root is not None:
+        if normalise(root) not in chosen:
+            raise ValueError(f"corpus.site_packages_root {root!r} is not installed")
+        closure, todo = set(), [normalise(root)]
+        while todo:
+            name = todo.pop()
+            if name in closure or name not in chosen:
+                continue
+            closure.add(name)
+            for line in chosen[name].requires or []:
+                requirement = Requirement(line)
+                if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                    todo.append(normalise(requirement.name))
+        chosen = {name: dist for name, dist in chosen.items() if name in closure}
     return [chosen[key] for key in sorted(chosen)]
 
 
