@@ -665,6 +665,9 @@ def run(args: argparse.Namespace) -> None:
                  json.dumps(manifest["removed"]), json.dumps(manifest["sizes"]))
         if mlflow is not None:
             mlflow.log_metrics({f"removed_{k}": float(v) for k, v in manifest["removed"].items()})
+            mlflow.log_metrics({f"{split}_{key}": float(sum(e[key] for e in domains.values()))
+                                for split, domains in manifest["sizes"].items()
+                                for key in ("documents", "bytes")})
             mlflow.log_metrics({f"{split}_{domain}_{key}": float(value)
                                 for split, domains in manifest["sizes"].items()
                                 for domain, entry in domains.items()
