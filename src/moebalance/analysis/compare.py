@@ -147,10 +147,16 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int]) ->
     if not records:
         return "", ""
     lines, mixed = provenance.describe(records)
+    corpora = sorted({str(r["corpus_hash"]) for _, r in records if r.get("corpus_hash")})
     warning = ("> **Mixed provenance:** these runs come from different machines, kernels, "
                "library versions or thread counts (see Provenance below); their digits are "
                "not comparable run by run, only through seed-level statistics.\n\n"
                if mixed else "")
+    if len(corpora) > 1:
+        warning += (f"> **Different corpora:** the runs were trained on {len(corpora)} "
+                    f"corpora (corpus_hash {', '.join(corpora)}); they do not compare.\n\n")
+    lines.append("")
+    lines.append(f"Corpus: `corpus_hash` {', '.join(corpora) or 'not recorded'}.")
     section = ("\n## Provenance\n\nThe machine and software behind each training run "
                "(provenance.json); `fingerprint` hashes the fields that can change the digits.\n\n"
                + "\n".join(lines) + "\n")

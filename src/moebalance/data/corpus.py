@@ -1,65 +1,71 @@
-"""Build the code corpus: gather sources, label domains, de-duplicate, decontaminate, split.
+"""Build the corpus: gather sources, label domains, de-duplicate, decontaminate, split.
 
-The default source is the running Python's own standard-library source, which every
-machine has and which needs no network. Extra local directories or globs, local
-.parquet/.jsonl files and (for users who are online) Hugging Face Hub datasets can be
-added.
+Sources, all offline by default:
 
-Outputs (the stage contract in ARCHITECTURE.md):
+    site-packages   the installed distributions' files and METADATA descriptions, with
+                    their licences (moebalance.data.site_packages); distributions whose
+                    licence is missing or not open are skipped and listed
+    stdlib          the running Python's standard-library source (PSF-2.0)
+    include/files   extra local source trees, or .parquet/.jsonl tables
+    hf_datasets     `datasets.load_dataset` specs: a Hub name for users who are online, or a
+                    local folder of Parquet/JSON files or a `save_to_disk` folder
 
-    OUT_DIR/{train,val,test}.parquet   doc_id, source, path, domain, text, sha256
-    OUT_DIR/manifest.json              sources with hashes, Python version, counts
-    DECONTAMINATION                    doc_id, task_id, overlap (+ path, source)
+Steps, each counted in the manifest's ``removed`` table:
 
-Domains (one label per document, first rule that matches wins):
+    license         files of distributions (or rows) whose licence is missing or not open
+    subset          beyond ``max_documents`` per domain (a hash-chosen, order-free subset)
+    format          not UTF-8, or a .txt/.md file that is not prose
+    size            outside [min_bytes, max_bytes]
+    exact           the same bytes as an earlier document
+    near_duplicate  MinHash LSH near-duplicate of an earlier document
+    decontamination shares a word 13-gram with a HumanEval prompt or canonical solution
 
-    test      test code: a path component ``test``/``tests``/``idle_test`` or a file
-              named ``test_*``/``*_test``. Tests are assert-heavy, call-heavy code whose
-              routing we expect to differ from library code.
-    docs      documentation-heavy modules: at least DOCS_SHARE of the bytes are
-              docstrings and comments. Natural language inside code is the closest this
-              corpus has to a prose domain.
-    library   everything else: ordinary implementation code.
+Outputs (the stage contract in ARCHITECTURE.md, plus provenance columns):
 
-Three domains, because the research question needs a contrast between kinds of input
-whose routing can specialise, and these three are large in the stdlib (see the
-manifest's counts) and decided from the file alone, without heuristics on content
-semantics.
+    OUT_DIR/{train,val,test}.parquet   doc_id, source, path, domain, text, sha256,
+                                       distribution, version, license, kind
+    OUT_DIR/manifest.json              sources, per-distribution table, removal counts,
+                                       per-split/domain sizes, corpus_hash
+    DECONTAMINATION                    doc_id, task_id, overlap (+ source, path)
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import glob
 import hashlib
-import io
 import json
 import logging
+import math
 import os
 import platform
 import re
 import sys
 import sysconfig
-import tokenize
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from moebalance.data import site_packages
+from moebalance.data.site_packages import DOMAINS, Candidate
 from moebalance.io import atomic_path, write_json, write_parquet
 
-HELP = "gather, label, de-duplicate, decontaminate and split the code corpus"
+HELP = "gather, label, de-duplicate, decontaminate and split the corpus"
 SPLITS = ("train", "val", "test")
-DOCS_SHARE = 0.35
-TEST_DIRS = frozenset({"test", "tests", "idle_test"})
+REMOVAL_STEPS = ("license", "subset", "format", "size", "exact", "near_duplicate",
+                 "decontamination")
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 WORD_RE = re.compile(r"\w+")
+STDLIB = "python-stdlib"
 CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()),
                            ("path", pa.string()), ("domain", pa.string()),
-                           ("text", pa.large_string()), ("sha256", pa.string())])
+                           ("text", pa.large_string()), ("sha256", pa.string()),
+                           ("distribution", pa.string()), ("version", pa.string()),
+                           ("license", pa.string()), ("kind", pa.string())])
 DECONTAMINATION_SCHEMA = pa.schema([("doc_id", pa.string()), ("task_id", pa.string()),
                                     ("overlap", pa.int64()), ("source", pa.string()),
                                     ("path", pa.string())])
@@ -71,6 +77,11 @@ class Document:
     source: str
     path: str
     text: str
+    domain: str
+    distribution: str = ""
+    version: str = ""
+    license: str = ""
+    kind: str = ""
 
     @property
     def sha256(self) -> str:
@@ -79,6 +90,9 @@ class Document:
 
 @dataclass
 class CorpusSettings:
+    site_packages: bool = True
+    site_packages_path: list[str] | None = None   # None: the running interpreter's sys.path
+    site_packages_root: str | None = "moebalance"  # its dependency closure; None: everything
     stdlib: bool = True
     include: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -86,9 +100,14 @@ class CorpusSettings:
     extensions: list[str] = field(default_factory=lambda: [".py"])
     min_bytes: int = 200
     max_bytes: int = 262144
-    max_documents: int | None = None
+    max_documents: int | None = None       # per domain
     val_fraction: float = 0.02
     test_fraction: float = 0.02
+    heldout_min_documents: int = 50        # per domain, in val and in test
+    heldout_min_bytes: int = 400_000       # per domain: >= 100k tokens at <= 4 bytes/token
+    near_duplicate_threshold: float = 0.8
+    shingle_words: int = 5
+    num_perm: int = 128
     decontamination_ngram: int = 13
 
 
@@ -108,14 +127,6 @@ def walk_source_files(root: Path, extensions: Iterable[str]) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def read_source_file(path: Path) -> str | None:
-    """The file's text if it is valid UTF-8 (the stdlib has a few deliberately broken ones)."""
-    try:
-        return path.read_bytes().decode("utf-8")
-    except (UnicodeDecodeError, OSError):
-        return None
-
-
 def expand_include(spec: str, extensions: Iterable[str]) -> tuple[Path, list[Path]]:
     """A directory (walked) or a glob pattern; returns a base for relative paths and the files."""
     path = Path(spec).expanduser()
@@ -127,122 +138,172 @@ def expand_include(spec: str, extensions: Iterable[str]) -> tuple[Path, list[Pat
     return Path(os.path.commonpath([str(m.parent) for m in matches])), matches
 
 
-def read_table_file(spec: str) -> Iterator[tuple[str, str]]:
-    """(path, text) rows of a local .parquet or .jsonl file with a `text` column."""
+def tree_candidates(source: str, base: Path, files: list[Path], license_name: str,
+                    version: str) -> Iterator[Candidate]:
+    for path in files:
+        rel = path.relative_to(base).as_posix()
+        kind = site_packages.KIND_OF_SUFFIX.get(path.suffix.lower(), "python")
+        yield Candidate(source, source, version, license_name, rel, kind,
+                        site_packages.domain_of(rel, kind), path)
+
+
+def row_license(row: dict, spec: dict) -> site_packages.License:
+    """A table row's licence: its ``license_field`` column, else the spec's ``license``;
+    rows of a source that states neither are kept as "unspecified" (the user's call)."""
+    field_name = spec.get("license_field")
+    value = row.get(field_name) if field_name else spec.get("license")
+    if value is None:
+        return site_packages.License("unspecified", True)
+    if isinstance(value, list):     # e.g. the Stack's `licenses` column
+        value = " AND ".join(value)
+    return site_packages.license_from_text(str(value))
+
+
+def row_candidates(source: str, rows: Iterable[dict], spec: dict, counts: Counter,
+                   ) -> Iterator[Candidate]:
+    """Candidates from table rows (local files or `datasets`): text, path, licence, domain."""
+    text_field = spec.get("text_field", "text")
+    path_field = spec.get("path_field", "path")
+    domain_field = spec.get("domain_field")
+    for i, row in enumerate(rows):
+        if text_field not in row:
+            raise ValueError(f"{source}: row {i} has no {text_field!r} field "
+                             f"(fields: {sorted(row)})")
+        license = row_license(row, spec)
+        if not license.is_open:
+            counts["license"] += 1
+            continue
+        path = str(row.get(path_field) or f"{source}#{i}")
+        kind = site_packages.kind_of(path) or spec.get("kind", "python")
+        if domain_field:
+            domain = str(row[domain_field])
+        else:
+            domain = spec.get("domain") or site_packages.domain_of(path, kind)
+        yield Candidate(source, source, "", license.name, path, kind, domain, None,
+                        row[text_field])
+
+
+def read_table_file(spec: str) -> list[dict]:
+    """Rows of a local .parquet or .jsonl file."""
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"corpus.files entry {spec!r} does not exist")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        rows = table.to_pylist()
-    else:
-        with open(path, encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
-    for i, row in enumerate(rows):
-        if "text" not in row:
-            raise ValueError(f"{path}: row {i} has no 'text' field")
-        yield str(row.get("path") or f"{path.name}#{i}"), row["text"]
+        return pq.read_table(path).to_pylist()
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
-def read_hf_dataset(spec: dict) -> Iterator[tuple[str, str]]:
-    """(path, text) rows of a Hub dataset, streamed (needs network; never in the default study)."""
+def hf_rows(spec: dict) -> Iterator[dict]:
+    """Rows of a `datasets` dataset: a Hub name (needs network), a local folder of
+    Parquet/JSON files, or a folder written by ``save_to_disk``; streamed unless
+    ``streaming: false``; at most ``max_documents`` rows."""
     import datasets
 
-    stream = datasets.load_dataset(spec["name"], spec.get("config"),
-                                   split=spec.get("split", "train"), streaming=True)
-    field_name = spec.get("text_field", "content")
+    name, streaming = spec["name"], spec.get("streaming", True)
+    if (Path(name) / "dataset_info.json").is_file() or (Path(name) / "state.json").is_file():
+        loaded = datasets.load_from_disk(name)
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded[spec.get("split", "train")]
+        stream = loaded.to_iterable_dataset() if streaming else loaded
+    else:
+        stream = datasets.load_dataset(name, spec.get("config"), split=spec.get("split", "train"),
+                                       streaming=streaming)
     limit = spec.get("max_documents")
     for i, row in enumerate(stream):
         if limit is not None and i >= limit:
             break
-        yield str(row.get("path") or row.get("max_stars_repo_path") or f"{spec['name']}#{i}"), \
-            row[field_name]
+        yield row
 
 
-def gather(settings: CorpusSettings, counts: Counter, sources: list[dict]) -> list[Document]:
-    """Every document of every configured source, with size/encoding filters applied."""
-    from tqdm import tqdm
-
-    docs: list[Document] = []
-
-    def accept(source: str, path: str, text: str | None) -> None:
-        if text is None:
-            counts["dropped_encoding"] += 1
-            return
-        size = len(text.encode("utf-8"))
-        if not settings.min_bytes <= size <= settings.max_bytes:
-            counts["dropped_size"] += 1
-            return
-        docs.append(Document(source, path, text))
-
-    file_groups: list[tuple[str, Path, list[Path]]] = []
+def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
+           distributions: list[dict], skipped: list[dict]) -> list[Candidate]:
+    """Every candidate document of every configured source, licence filter applied."""
+    found: list[Candidate] = []
+    if settings.site_packages:
+        for dist in site_packages.distributions(settings.site_packages_path,
+                                                settings.site_packages_root):
+            license = site_packages.parse_license(dist.metadata)
+            files = list(site_packages.candidates(dist, license))
+            entry = {"distribution": dist.metadata["Name"],
+                     "version": dist.metadata.get("Version", ""), "license": license.name}
+            if not license.is_open:
+                counts["license"] += len(files)
+                skipped.append({**entry, "files": len(files)})
+                continue
+            distributions.append(entry)
+            found += files
+        sources.append({"source": "site-packages", "path": settings.site_packages_path
+                        or sys.path, "root": settings.site_packages_root,
+                        "distributions": len(distributions),
+                        "skipped_distributions": len(skipped)})
+    trees: list[tuple[str, Path, list[Path], str, str]] = []
     if settings.stdlib:
         root = stdlib_root()
-        file_groups.append(("stdlib", root, list(walk_source_files(root, settings.extensions))))
+        trees.append((STDLIB, root, list(walk_source_files(root, settings.extensions)),
+                      "PSF-2.0", platform.python_version()))
     for spec in settings.include:
         base, files = expand_include(spec, settings.extensions)
-        file_groups.append((f"local:{spec}", base, files))
-    for source, base, files in file_groups:
-        before = len(docs)
-        listing = hashlib.sha256()
-        for path in tqdm(files, desc=f"read {source}", unit="file"):
-            text = read_source_file(path)
-            rel = path.relative_to(base).as_posix()
-            listing.update(f"{rel}\0{Document(source, rel, text or '').sha256}\n".encode())
-            accept(source, rel, text)
-        sources.append({"source": source, "root": str(base), "files": len(files),
-                        "kept": len(docs) - before, "listing_sha256": listing.hexdigest()})
+        trees.append((f"local:{spec}", base, files, "unspecified", ""))
+    for source, base, files, license_name, version in trees:
+        found += tree_candidates(source, base, files, license_name, version)
+        sources.append({"source": source, "root": str(base), "files": len(files)})
     for spec in settings.files:
-        before = len(docs)
         digest = hashlib.sha256(Path(spec).expanduser().read_bytes()).hexdigest()
-        for path, text in read_table_file(spec):
-            accept(f"file:{Path(spec).name}", path, text)
-        sources.append({"source": f"file:{spec}", "file_sha256": digest,
-                        "kept": len(docs) - before})
+        found += row_candidates(f"file:{Path(spec).name}", read_table_file(spec), {}, counts)
+        sources.append({"source": f"file:{spec}", "file_sha256": digest})
     for spec in settings.hf_datasets:
-        before = len(docs)
-        for path, text in read_hf_dataset(spec):
-            accept(f"hf:{spec['name']}", path, text)
-        sources.append({"source": f"hf:{spec['name']}", "spec": spec, "kept": len(docs) - before})
+        found += row_candidates(f"hf:{spec['name']}", hf_rows(spec), spec, counts)
+        sources.append({"source": f"hf:{spec['name']}", "spec": spec})
+    return found
+
+
+def subset_per_domain(found: list[Candidate], max_documents: int | None,
+                      counts: Counter) -> list[Candidate]:
+    """At most ``max_documents`` per domain, chosen by a hash of (source, path): the same
+    files are chosen whatever the order of discovery, and adding one file changes the
+    choice by at most one file."""
+    if max_documents is None:
+        return found
+    by_domain: dict[str, list[Candidate]] = defaultdict(list)
+    for cand in found:
+        by_domain[cand.domain].append(cand)
+    keep: set[int] = set()
+    for members in by_domain.values():
+        ranked = sorted(members, key=lambda c: hashlib.sha256(
+            f"{c.distribution}\0{c.path}".encode()).digest())
+        keep.update(id(c) for c in ranked[:max_documents])
+    counts["subset"] += len(found) - len(keep)
+    return [c for c in found if id(c) in keep]
+
+
+def read_documents(found: list[Candidate], settings: CorpusSettings,
+                   counts: Counter) -> list[Document]:
+    """The text of each candidate, with the format and size filters applied."""
+    from tqdm import tqdm
+
+    docs = []
+    for cand in tqdm(found, desc="read", unit="file", mininterval=2):
+        text = cand.text
+        if text is None:
+            try:
+                text = cand.location.read_bytes().decode("utf-8")
+            except (UnicodeDecodeError, OSError):
+                counts["format"] += 1
+                continue
+        size = len(text.encode("utf-8"))
+        if not settings.min_bytes <= size <= settings.max_bytes:
+            counts["size"] += 1
+            continue
+        if cand.kind in {"markdown", "text"} and not site_packages.looks_like_prose(text):
+            counts["format"] += 1
+            continue
+        docs.append(Document(cand.source, cand.path, text, cand.domain, cand.distribution,
+                             cand.version, cand.license, cand.kind))
     return docs
 
 
-# --- labelling, de-duplication, splitting ------------------------------------------------
-
-def documentation_share(text: str) -> float:
-    """Share of the bytes of ``text`` that are comments or docstrings (0 if it does not lex)."""
-    doc_bytes = 0
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        tree = None
-    if tree is not None:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                doc = ast.get_docstring(node, clean=False)
-                if doc:
-                    doc_bytes += len(doc.encode("utf-8"))
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-            if tok.type == tokenize.COMMENT:
-                doc_bytes += len(tok.string.encode("utf-8"))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        pass
-    return doc_bytes / max(1, len(text.encode("utf-8")))
-
-
-def domain_of(path: str, text: str) -> str:
-    """The document's domain: test, docs or library (see the module docstring)."""
-    parts = Path(path).parts
-    stem = Path(path).stem
-    if TEST_DIRS.intersection(parts[:-1]) or stem.startswith("test_") or stem.endswith("_test"):
-        return "test"
-    if documentation_share(text) >= DOCS_SHARE:
-        return "docs"
-    return "library"
-
+# --- de-duplication ---------------------------------------------------------------------
 
 def deduplicate(docs: list[Document], counts: Counter) -> list[Document]:
     """Keep the first document of each exact-content group (sources are gathered in order)."""
@@ -251,21 +312,103 @@ def deduplicate(docs: list[Document], counts: Counter) -> list[Document]:
     for doc in docs:
         digest = doc.sha256
         if digest in seen:
-            counts["dropped_duplicate"] += 1
+            counts["exact"] += 1
             continue
         seen.add(digest)
         kept.append(doc)
     return kept
 
 
-def split_of(sha256: str, val_fraction: float, test_fraction: float) -> str:
-    """Deterministic split from the content hash: the same text always lands in the same split."""
-    u = int(sha256[:15], 16) / 16**15
-    if u < val_fraction:
-        return "val"
-    if u < val_fraction + test_fraction:
-        return "test"
-    return "train"
+def shingles(words: list[str], n: int) -> list[str]:
+    """Word n-gram shingles (a document shorter than n words is one shingle)."""
+    if len(words) <= n:
+        return [" ".join(words)]
+    return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def near_deduplicate(docs: list[Document], settings: CorpusSettings, counts: Counter,
+                     examples: list[dict]) -> list[Document]:
+    """Drop documents whose word-shingle Jaccard similarity with an earlier kept document
+    is at least the threshold; each near-duplicate cluster keeps its first member in
+    gathering order (deterministic: sources, then distributions, then paths, sorted).
+
+    MinHash (Broder 1997) estimates Jaccard similarity; LSH banding (rensa's RMinHashLSH)
+    proposes candidates and the estimated Jaccard of the signatures confirms them. Word
+    5-gram shingles and threshold 0.8 follow BigCode's near-deduplication of the Stack (the
+    setting issue 11 names): 5 words are long enough that shared boilerplate (imports,
+    licence headers) does not make files similar, and 0.8 catches copies with small edits
+    such as transformers' "# Copied from" model files without merging merely alike files.
+    16 bands of 8 rows flag a pair at Jaccard 0.8 with probability 1-(1-0.8^8)^16 = 0.95
+    and one at 0.5 with 0.06. rensa (Rust) is used rather than datasketch because
+    hashing every shingle in Python would take minutes on the full corpus.
+    """
+    from rensa import RMinHash, RMinHashLSH
+    from tqdm import tqdm
+
+    bands = 16
+    lsh = RMinHashLSH(threshold=settings.near_duplicate_threshold,
+                      num_perm=settings.num_perm, num_bands=bands)
+    kept: list[Document] = []
+    signatures: list = []
+    for doc in tqdm(docs, desc="near-dedup", unit="doc", mininterval=2):
+        words = WORD_RE.findall(doc.text.lower())
+        signature = RMinHash(num_perm=settings.num_perm, seed=0)
+        signature.update(shingles(words, settings.shingle_words))
+        match = next((key for key in sorted(lsh.query(signature))
+                      if signature.jaccard(signatures[key]) >= settings.near_duplicate_threshold),
+                     None)
+        if match is not None:
+            counts["near_duplicate"] += 1
+            if "Copied from" in doc.text:
+                counts["near_duplicate_copied_from"] += 1
+            if len(examples) < 20:
+                examples.append({"removed": f"{doc.source}:{doc.path}",
+                                 "kept": f"{kept[match].source}:{kept[match].path}"})
+            continue
+        lsh.insert(len(kept), signature)
+        kept.append(doc)
+        signatures.append(signature)
+    return kept
+
+
+# --- splits ------------------------------------------------------------------------------
+
+def split_key(sha256: str) -> str:
+    """The order in which documents of a domain are drawn into the held-out splits."""
+    return hashlib.sha256(b"split\0" + sha256.encode()).hexdigest()
+
+
+def assign_splits(docs: list[Document], settings: CorpusSettings,
+                  shortfall: list[dict]) -> dict[str, list[Document]]:
+    """Stratified, hash-decided splits: within each domain, documents in split-key order
+    fill test, then val, each up to max(fraction of the domain, heldout_min_documents)
+    documents and heldout_min_bytes bytes, but never more than a quarter of the domain;
+    the rest is train. A domain too small for the minimums is listed in ``shortfall``."""
+    by_domain: dict[str, list[Document]] = defaultdict(list)
+    for doc in docs:
+        by_domain[doc.domain].append(doc)
+    out: dict[str, list[Document]] = {split: [] for split in SPLITS}
+    for domain in sorted(by_domain):
+        members = sorted(by_domain[domain], key=lambda d: split_key(d.sha256))
+        start = 0
+        for split, fraction in (("test", settings.test_fraction),
+                                ("val", settings.val_fraction)):
+            want = max(math.ceil(fraction * len(members)), settings.heldout_min_documents)
+            cap = max(1, len(members) // 4)
+            end, size = start, 0
+            while end < len(members) and end - start < cap and (
+                    end - start < want or size < settings.heldout_min_bytes):
+                size += len(members[end].text.encode("utf-8"))
+                end += 1
+            if end - start < settings.heldout_min_documents or size < settings.heldout_min_bytes:
+                shortfall.append({"split": split, "domain": domain, "documents": end - start,
+                                  "bytes": size})
+            out[split] += members[start:end]
+            start = end
+        out["train"] += members[start:]
+    for split in SPLITS:
+        out[split].sort(key=lambda d: (d.source, d.path, d.sha256))
+    return out
 
 
 # --- decontamination -----------------------------------------------------------------------
@@ -288,59 +431,133 @@ def humaneval_ngrams(n: int) -> dict[tuple[str, ...], str]:
     return index
 
 
-def contamination(text: str, index: dict[tuple[str, ...], str], n: int) -> tuple[str, int] | None:
-    """(task_id with most shared n-grams, their number) if the text shares any n-gram."""
-    hits = Counter(index[g] for g in word_ngrams(text, n) if g in index)
+def contamination(text: str, index: dict[tuple[str, ...], str], n: int,
+                  firsts: frozenset[str] | None = None) -> tuple[str, int] | None:
+    """(task_id with most shared n-grams, their number) if the text shares any n-gram.
+
+    Only positions whose word starts some HumanEval n-gram (``firsts``, computed from the
+    index when not given) are looked up, which skips most of a document without building
+    all its n-grams."""
+    words = WORD_RE.findall(text.lower())
+    if firsts is None:
+        firsts = frozenset(gram[0] for gram in index)
+    hits = Counter()
+    for i in range(len(words) - n + 1):
+        if words[i] in firsts:
+            task = index.get(tuple(words[i:i + n]))
+            if task is not None:
+                hits[task] += 1
     if not hits:
         return None
     return hits.most_common(1)[0]
 
 
+def decontaminate(docs: list[Document], n: int, counts: Counter,
+                  removed: list[dict]) -> list[Document]:
+    from tqdm import tqdm
+
+    index = humaneval_ngrams(n)
+    firsts = frozenset(gram[0] for gram in index)
+    kept = []
+    for doc in tqdm(docs, desc="decontaminate", unit="doc", mininterval=2):
+        hit = contamination(doc.text, index, n, firsts)
+        if hit is None:
+            kept.append(doc)
+            continue
+        removed.append({"doc_id": doc.sha256[:16], "task_id": hit[0], "overlap": hit[1],
+                        "source": doc.source, "path": doc.path})
+    counts["decontamination"] = len(removed)
+    return kept
+
+
 # --- the stage --------------------------------------------------------------------------------
+
+def to_row(doc: Document) -> dict:
+    digest = doc.sha256
+    return {"doc_id": digest[:16], "source": doc.source, "path": doc.path,
+            "domain": doc.domain, "text": doc.text, "sha256": digest,
+            "distribution": doc.distribution, "version": doc.version,
+            "license": doc.license, "kind": doc.kind}
+
+
+def content_hash(rows_by_split: dict[str, Iterable[dict]]) -> str:
+    """A hash of the corpus content: per split, each document's sha256 and domain in
+    file order. Two corpora with equal hashes train on the same text."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        digest.update(f"{split}\n".encode())
+        for row in rows_by_split[split]:
+            digest.update(f"{row['sha256']}\t{row['domain']}\n".encode())
+    return digest.hexdigest()
+
+
+def corpus_hash_of(corpus_dir: str | os.PathLike) -> str:
+    """:func:`content_hash` of a written corpus (every split parquet in ``corpus_dir``)."""
+    rows = {}
+    for split in SPLITS:
+        path = Path(corpus_dir) / f"{split}.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"missing corpus split {path}")
+        rows[split] = pq.read_table(path, columns=["sha256", "domain"]).to_pylist()
+    return content_hash(rows)
+
+
+def size_table(rows: dict[str, list[dict]]) -> dict:
+    """documents and bytes per split and domain."""
+    table: dict = {}
+    for split, split_rows in rows.items():
+        per_domain: dict = {}
+        for row in split_rows:
+            entry = per_domain.setdefault(row["domain"], {"documents": 0, "bytes": 0})
+            entry["documents"] += 1
+            entry["bytes"] += len(row["text"].encode("utf-8"))
+        table[split] = dict(sorted(per_domain.items()))
+    return table
+
 
 def build_corpus(settings: CorpusSettings) -> tuple[dict[str, list[dict]], list[dict], dict]:
     """The corpus rows per split, the decontamination rows and the manifest."""
-    from tqdm import tqdm
-
-    counts: Counter = Counter()
+    counts: Counter = Counter({step: 0 for step in REMOVAL_STEPS})
     sources: list[dict] = []
-    docs = deduplicate(gather(settings, counts, sources), counts)
-    if settings.max_documents is not None and len(docs) > settings.max_documents:
-        # A deterministic subset, independent of file order. The key is a salted hash so
-        # that the subset is not correlated with the split (which uses the plain hash).
-        docs = sorted(docs, key=lambda d: hashlib.sha256(b"subset" + d.sha256.encode())
-                      .digest())[: settings.max_documents]
-        docs.sort(key=lambda d: (d.source, d.path))
-    index = humaneval_ngrams(settings.decontamination_ngram)
-    rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    distributions: list[dict] = []
+    skipped: list[dict] = []
+    found = gather(settings, counts, sources, distributions, skipped)
+    found = subset_per_domain(found, settings.max_documents, counts)
+    docs = deduplicate(read_documents(found, settings, counts), counts)
+    examples: list[dict] = []
+    docs = near_deduplicate(docs, settings, counts, examples)
     removed: list[dict] = []
-    for doc in tqdm(docs, desc="label and decontaminate", unit="doc"):
-        digest = doc.sha256
-        doc_id = digest[:16]
-        hit = contamination(doc.text, index, settings.decontamination_ngram)
-        if hit is not None:
-            removed.append({"doc_id": doc_id, "task_id": hit[0], "overlap": hit[1],
-                            "source": doc.source, "path": doc.path})
-            continue
-        split = split_of(digest, settings.val_fraction, settings.test_fraction)
-        rows[split].append({"doc_id": doc_id, "source": doc.source, "path": doc.path,
-                            "domain": domain_of(doc.path, doc.text), "text": doc.text,
-                            "sha256": digest})
-    counts["dropped_decontaminated"] = len(removed)
-    for split, split_rows in rows.items():
-        counts[f"{split}_documents"] = len(split_rows)
-        counts[f"{split}_bytes"] = sum(len(r["text"].encode("utf-8")) for r in split_rows)
-        for domain, n in Counter(r["domain"] for r in split_rows).items():
-            counts[f"{split}_domain_{domain}"] = n
+    docs = decontaminate(docs, settings.decontamination_ngram, counts, removed)
+    shortfall: list[dict] = []
+    rows = {split: [to_row(d) for d in split_docs]
+            for split, split_docs in assign_splits(docs, settings, shortfall).items()}
+    for domain in sorted({d.domain for d in docs} - set(DOMAINS)):
+        log.info("domain %r comes from a table source's domain field", domain)
+    for item in shortfall:
+        log.warning("held-out %s split of domain %s has %d documents, %d bytes (below the "
+                    "minimum)", item["split"], item["domain"], item["documents"], item["bytes"])
+    per_dist: dict[str, dict] = {}
+    for split_rows in rows.values():
+        for row in split_rows:
+            entry = per_dist.setdefault(row["distribution"], {
+                "version": row["version"], "license": row["license"], "files": 0, "bytes": 0})
+            entry["files"] += 1
+            entry["bytes"] += len(row["text"].encode("utf-8"))
     manifest = {
         "python": {"version": platform.python_version(),
                    "implementation": platform.python_implementation(),
                    "executable": sys.executable},
         "sources": sources,
-        "settings": settings.__dict__,
-        "counts": dict(sorted(counts.items())),
-        "split_sha256": {split: hashlib.sha256("".join(r["sha256"] for r in rs).encode())
-                         .hexdigest() for split, rs in rows.items()},
+        "settings": asdict(settings),
+        "removed": {step: counts[step] for step in REMOVAL_STEPS},
+        "near_duplicate_copied_from": counts["near_duplicate_copied_from"],
+        "near_duplicate_examples": examples,
+        "decontamination_by_source": dict(Counter(r["source"] for r in removed)),
+        "sizes": size_table(rows),
+        "heldout_shortfall": shortfall,
+        "distributions": dict(sorted(per_dist.items())),
+        "skipped_distributions": skipped,
+        "corpus_hash": content_hash(rows),
     }
     return rows, removed, manifest
 
@@ -353,25 +570,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory for train/val/test.parquet and manifest.json")
     parser.add_argument("--decontamination", required=True,
                         help="parquet file listing the documents removed for HumanEval overlap")
+    parser.add_argument("--no-site-packages", dest="site_packages", action="store_false",
+                        help="leave out the installed distributions (importlib.metadata)")
+    parser.add_argument("--site-packages-path", action="append", default=None, metavar="DIR",
+                        help="look for distributions in DIR instead of sys.path (repeatable)")
+    parser.add_argument("--site-packages-root", default=defaults.site_packages_root,
+                        metavar="DIST",
+                        help="read only DIST and its dependencies, recursively (default: "
+                             "%(default)s); 'all' reads every installed distribution")
     parser.add_argument("--no-stdlib", dest="stdlib", action="store_false",
                         help="leave out the running Python's standard-library source")
     parser.add_argument("--include", action="append", default=[], metavar="DIR_OR_GLOB",
                         help="extra local directory or glob of source files (repeatable)")
     parser.add_argument("--file", dest="files", action="append", default=[],
                         metavar="FILE",
-                        help="local .parquet/.jsonl with a text column (repeatable)")
+                        help="local .parquet/.jsonl with a text column and optional path, "
+                             "domain and license columns (repeatable)")
     parser.add_argument("--hf-dataset", dest="hf_datasets", action="append", default=[],
                         type=json.loads, metavar="JSON",
-                        help='Hub dataset as JSON, e.g. \'{"name": "org/ds", "split": "train", '
-                             '"text_field": "content", "max_documents": 10000}\' (needs network)')
+                        help='a datasets.load_dataset spec as JSON: a Hub name (online) or a '
+                             'local folder, e.g. \'{"name": "org/ds", "split": "train", '
+                             '"text_field": "content", "license_field": "license", '
+                             '"domain_field": "domain", "streaming": true, '
+                             '"max_documents": 10000}\'')
     parser.add_argument("--extension", dest="extensions", action="append", default=None,
-                        help="file extension to read (repeatable; default .py)")
+                        help="file extension read from the stdlib and --include trees "
+                             "(repeatable; default .py)")
     parser.add_argument("--min-bytes", type=int, default=defaults.min_bytes)
     parser.add_argument("--max-bytes", type=int, default=defaults.max_bytes)
     parser.add_argument("--max-documents", type=int, default=None,
-                        help="keep only this many documents (a deterministic hash-chosen subset)")
+                        help="keep at most this many documents per domain (a deterministic "
+                             "hash-chosen subset); default: all")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    parser.add_argument("--heldout-min-documents", type=int,
+                        default=defaults.heldout_min_documents,
+                        help="at least this many documents per domain in val and in test")
+    parser.add_argument("--heldout-min-bytes", type=int, default=defaults.heldout_min_bytes,
+                        help="at least this many bytes per domain in val and in test")
+    parser.add_argument("--near-duplicate-threshold", type=float,
+                        default=defaults.near_duplicate_threshold,
+                        help="MinHash Jaccard similarity (word shingles) at which a document "
+                             "counts as a near-duplicate of an earlier one")
+    parser.add_argument("--shingle-words", type=int, default=defaults.shingle_words,
+                        help="words per shingle for near-deduplication")
     parser.add_argument("--ngram", dest="decontamination_ngram", type=int,
                         default=defaults.decontamination_ngram,
                         help="drop documents sharing a word n-gram this long with HumanEval")
@@ -380,30 +622,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
     return CorpusSettings(
+        site_packages=args.site_packages, site_packages_path=args.site_packages_path,
+        site_packages_root=None if args.site_packages_root == "all" else args.site_packages_root,
         stdlib=args.stdlib, include=args.include, files=args.files,
         hf_datasets=args.hf_datasets, extensions=args.extensions or [".py"],
         min_bytes=args.min_bytes, max_bytes=args.max_bytes, max_documents=args.max_documents,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        decontamination_ngram=args.decontamination_ngram)
+        heldout_min_documents=args.heldout_min_documents,
+        heldout_min_bytes=args.heldout_min_bytes,
+        near_duplicate_threshold=args.near_duplicate_threshold,
+        shingle_words=args.shingle_words, decontamination_ngram=args.decontamination_ngram)
 
 
 def run(args: argparse.Namespace) -> None:
+    from moebalance import provenance
     from moebalance.cli import UsageError
     from moebalance.tracking import stage_run
 
     settings = settings_from_args(args)
-    if not (settings.stdlib or settings.include or settings.files or settings.hf_datasets):
-        raise UsageError(
-            "no corpus source: enable the stdlib or give --include/--file/--hf-dataset")
+    if not (settings.site_packages or settings.stdlib or settings.include or settings.files
+            or settings.hf_datasets):
+        raise UsageError("no corpus source: enable site-packages or the stdlib, or give "
+                         "--include/--file/--hf-dataset")
     if settings.val_fraction + settings.test_fraction >= 1:
         raise UsageError("--val-fraction + --test-fraction must be below 1")
-    with stage_run(args, "corpus", settings.__dict__) as mlflow:
+    if not 0 < settings.near_duplicate_threshold <= 1:
+        raise UsageError("--near-duplicate-threshold must be in (0, 1]")
+    with stage_run(args, "corpus", asdict(settings)) as mlflow:
         try:
             rows, removed, manifest = build_corpus(settings)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError, KeyError) as err:
             raise UsageError(str(err)) from err
         if not rows["train"]:
             raise UsageError("the corpus has no training document after filtering")
+        manifest["provenance"] = provenance.fingerprint()  # the machine and versions that read it
         with atomic_path(args.out_dir, directory=True) as tmp:
             for split, split_rows in rows.items():
                 write_parquet(pa.Table.from_pylist(split_rows, schema=CORPUS_SCHEMA),
@@ -411,9 +663,16 @@ def run(args: argparse.Namespace) -> None:
             write_json(manifest, tmp / "manifest.json")
         write_parquet(pa.Table.from_pylist(removed, schema=DECONTAMINATION_SCHEMA),
                       args.decontamination)
-        counts = manifest["counts"]
-        log.info("corpus: %s", json.dumps(counts))
+        log.info("corpus %s: removed %s; sizes %s", manifest["corpus_hash"][:16],
+                 json.dumps(manifest["removed"]), json.dumps(manifest["sizes"]))
         if mlflow is not None:
-            mlflow.log_metrics({k: float(v) for k, v in counts.items()})
+            mlflow.log_metrics({f"removed_{k}": float(v) for k, v in manifest["removed"].items()})
+            mlflow.log_metrics({f"{split}_{key}": float(sum(e[key] for e in domains.values()))
+                                for split, domains in manifest["sizes"].items()
+                                for key in ("documents", "bytes")})
+            mlflow.log_metrics({f"{split}_{domain}_{key}": float(value)
+                                for split, domains in manifest["sizes"].items()
+                                for domain, entry in domains.items()
+                                for key, value in entry.items()})
             mlflow.log_artifact(str(Path(args.out_dir) / "manifest.json"))
             mlflow.log_artifact(str(args.decontamination))

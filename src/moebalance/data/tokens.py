@@ -4,8 +4,9 @@ Layout of the output directory:
 
     train.bin, val.bin   every document's token ids followed by end-of-text, concatenated,
                          as raw little-endian uint16 (uint32 when the vocabulary needs it)
-    meta.json            dtype, eot_id, pad_id, vocab_size and, per split, the file,
-                         its number of tokens and documents
+    meta.json            dtype, eot_id, pad_id, vocab_size, corpus_hash (the corpus
+                         manifest's content hash, so later stages can tell corpora apart)
+                         and, per split, the file, its number of tokens and documents
 
 The trainer memory-maps a split with :func:`open_split` and samples fixed-length
 windows from it; nothing is loaded into RAM.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from moebalance.data.corpus import corpus_hash_of
 from moebalance.io import atomic_path, write_json
 
 HELP = "encode the train/val corpus splits into memory-mappable token shards"
@@ -70,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
     parser.add_argument("--corpus-dir", required=True,
-                        help="directory with train.parquet and val.parquet (corpus stage)")
+                        help="directory with the train/val/test.parquet of the corpus stage")
     parser.add_argument("--tokenizer-dir", required=True, help="tokenizer folder (tokenizer stage)")
     parser.add_argument("--out-dir", required=True, help="directory to write the shards into")
     parser.add_argument("--batch-size", type=int, default=256, help="documents per encode batch")
@@ -92,12 +94,16 @@ def run(args: argparse.Namespace) -> None:
     eot_id, pad_id = tok_meta["eot_id"], tok_meta["pad_id"]
     vocab_size = tokenizer.get_vocab_size()
     dtype = token_dtype(vocab_size)
+    try:
+        corpus_hash = corpus_hash_of(args.corpus_dir)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from err
     params = {"corpus_dir": str(args.corpus_dir), "tokenizer_dir": str(args.tokenizer_dir),
               "vocab_size": vocab_size, "dtype": dtype.name}
     with stage_run(args, "tokens", params) as mlflow, \
             atomic_path(args.out_dir, directory=True) as tmp:
         meta = {"dtype": dtype.str, "eot_id": eot_id, "pad_id": pad_id,
-                "vocab_size": vocab_size, "splits": {}}
+                "vocab_size": vocab_size, "corpus_hash": corpus_hash, "splits": {}}
         for split in SPLITS:
             path = Path(args.corpus_dir) / f"{split}.parquet"
             if not path.is_file():

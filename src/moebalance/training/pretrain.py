@@ -59,4 +59,4 @@ def run(args: argparse.Namespace) -> None:
                    lambda: build_model(settings.model, meta["vocab_size"], meta["eot_id"],
                                        meta["pad_id"], seed),
                    settings.balancing, t, train_batches, val_batches, args.tokenizer_dir,
-                   snapshots=True)
+                   snapshots=True, data={"corpus_hash": meta.get("corpus_hash")})

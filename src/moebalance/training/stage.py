@@ -144,9 +144,10 @@ def init_distributed() -> bool:
 def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                    make_model: Callable[[], Any], balancing: dict[str, Any], train_settings,
                    train_batches, val_batches, tokenizer_dir: str | None,
-                   snapshots: bool = False) -> None:
+                   snapshots: bool = False, data: dict[str, Any] | None = None) -> None:
     """Train (resuming from --checkpoint-dir) and write the stage's outputs; with
-    ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0).
+    ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0). ``data``
+    (e.g. the corpus hash) goes into provenance.json beside the machine's fingerprint.
 
     The checkpoint fingerprint is the hash of ``params``: the science settings, the data,
     the seed and the code hash, never the execution knobs."""
@@ -185,7 +186,7 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                         shutil.move(folder, tmp / folder.name)
             write_parquet(telemetry.metrics_table(), out / "metrics.parquet")
             write_parquet(telemetry.routing_table(), out / "routing.parquet")
-            record = provenance.write(out / "provenance.json")
+            record = provenance.write(out / "provenance.json", data or {})
             last = telemetry.metrics[-1]
             log.info("%s done: %d steps, lm_loss %.4f, val_loss %.4f, maxvio_batch %.3f", stage,
                      last["step"] + 1, last["lm_loss"], last["val_loss"], last["maxvio_batch"])
