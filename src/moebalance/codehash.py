@@ -19,8 +19,10 @@ from pathlib import Path
 
 PACKAGE = "moebalance"
 SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding moebalance/
-# Dispatch only: these choose which stage runs (and name its error type), not what it computes.
-ENTRY_MODULES = frozenset({PACKAGE, f"{PACKAGE}.cli", f"{PACKAGE}.__main__", f"{PACKAGE}.errors"})
+# Dispatch only: these choose which stage runs, name its error type and run this check; they
+# do not change what a stage computes.
+ENTRY_MODULES = frozenset({PACKAGE, f"{PACKAGE}.cli", f"{PACKAGE}.__main__", f"{PACKAGE}.errors",
+                           f"{PACKAGE}.codehash"})
 
 
 def module_path(name: str, root: Path = SOURCE_ROOT) -> Path | None:
