@@ -25,7 +25,6 @@ import math
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
@@ -123,7 +122,7 @@ def plain_step_fn(model, s: TrainSettings, batches: TokenWindows, device, autoca
     return step
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", default=None,
                         help="config YAML (repeatable; default config/config.yaml)")
@@ -206,21 +205,28 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                          "mfu_square": tps * fpt / peaks["square"],
                          "mfu_model_shapes": tps * fpt / peaks["model"]})
         del steps
-    table = pd.DataFrame(rows)
-    plain_tps = table[table.model == "plain"].set_index(["experts", "mode"]).tokens_per_s
-    table["vs_plain_same_mode"] = [r.tokens_per_s / plain_tps[r.experts, r.mode]
-                                   for r in table.itertuples()]
-    if "eager" in args.modes:
-        table["vs_plain_eager"] = [r.tokens_per_s / plain_tps[r.experts, "eager"]
-                                   for r in table.itertuples()]
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    plain_tps = {(r["experts"], r["mode"]): r["tokens_per_s"] for r in rows
+                 if r["model"] == "plain"}
+    for r in rows:
+        r["vs_plain_same_mode"] = r["tokens_per_s"] / plain_tps[r["experts"], r["mode"]]
+        r["vs_plain_eager"] = r["tokens_per_s"] / plain_tps.get((r["experts"], "eager"), math.nan)
+    print(format_table(rows), flush=True)
     if args.out:
         import pyarrow as pa
 
         from moebalance.io import write_parquet
 
-        write_parquet(pa.Table.from_pandas(table, preserve_index=False), args.out)
-    return table
+        write_parquet(pa.Table.from_pylist(rows), args.out)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows of equal keys as aligned text columns (no pandas: the GPU image lacks it)."""
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()] for r in rows]
+    header = list(rows[0])
+    widths = [max(len(c) for c in col) for col in zip(header, *cells, strict=True)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True))
+                     for line in [header, *cells])
 
 
 if __name__ == "__main__":
