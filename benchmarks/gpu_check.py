@@ -258,8 +258,10 @@ def main() -> None:
     write_parquet(pa.table({"metric": list(summary), "value": [float(v) for v in
                                                                summary.values()]}),
                   out / "summary.parquet")
-    print("\nloss curves (every ~10th logged step):")
-    print(format_table([r for r in rows if r["step"] % max(1, len(rows) // 20) == 0]))
+    every = max(1, len(rows) // 20)
+    print("\nloss curves (about every 10th step, and every validated step):")
+    print(format_table([r for r in rows
+                        if r["step"] % every == 0 or not math.isnan(r["val_loss"])]))
     print("\nsummary")
     print(format_table([{"metric": k, "value": float(v)} for k, v in summary.items()]),
           flush=True)
