@@ -6,7 +6,11 @@ and the strategies' loss terms. The bias update after the optimizer step stays o
 
 The LM head and its cross-entropy can run in chunks of tokens (``chunk_tokens``), so that
 the full (T, V) logits are never materialised: with hidden 128 and an 8,192-token
-vocabulary they are most of the step's FLOPs and its largest activation.
+vocabulary they are most of the step's FLOPs and its largest activation. On the study's
+shared 2-core CPU the measurements disagree (benchmarks/lm_head_ce.py, T=2,048, fp32, 1
+thread, fastest of 8): 500 ms whole vs 576 ms in chunks of 256 tokens in one run, 1,190 vs
+920 ms in another beside a competing job; so it stays off by default (chunk_tokens 0). It
+is there for larger vocabularies and GPU memory, where the (T, V) logits dominate.
 No library does this on CPU (Liger-Kernel's fused linear cross-entropy and Apple's
 cut-cross-entropy are Triton kernels for GPUs), hence the small autograd function below.
 
