@@ -20,13 +20,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
+import math
 import time
 
 import numpy as np
 import torch
 import yaml
 
-from moebalance.config import ExecutionSettings, deep_merge, variant_settings
+from moebalance.config import EXECUTION_KEYS, ExecutionSettings, deep_merge, variant_settings
 from moebalance.model import build_model
 from moebalance.model.balancing import Balancing
 from moebalance.model.config import ModelSettings, build_hf_config
@@ -36,19 +38,32 @@ from moebalance.training.trainer import Trainer, TrainSettings, build_optimizer,
 VOCAB = 8192
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """Measured FLOP/s of a large square matmul: the denominator of MFU."""
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
+def _matmul_rate(shapes: list[tuple[int, int, int]], device, dtype, reps: int) -> float:
+    """FLOP/s of running each (m, k, n) matmul ``reps`` times: total FLOPs / total time."""
+    pairs = [(torch.randn(m, k, device=device, dtype=dtype),
+              torch.randn(k, n, device=device, dtype=dtype)) for m, k, n in shapes]
+    for a, b in pairs:
         a @ b
-    reps = 20 if device.type == "cuda" else 5
     sync(device)
     started = time.perf_counter()
     for _ in range(reps):
-        a @ b
+        for a, b in pairs:
+            a @ b
     sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - started)
+    return sum(2 * m * k * n for m, k, n in shapes) * reps / (time.perf_counter() - started)
+
+
+def matmul_peaks(device: torch.device, dtype: torch.dtype, m: ModelSettings, tokens: int,
+                 vocab: int) -> dict[str, float]:
+    """Measured matmul FLOP/s, the denominators of MFU: a large square, and the model's own
+    shapes for one micro-batch of ``tokens`` (LM head, dense MLP, one routed expert's share)."""
+    n = 8192 if device.type == "cuda" else 1024
+    model_shapes = [(tokens, m.hidden_size, vocab), (tokens, m.hidden_size, m.dense_size),
+                    (max(1, tokens * m.top_k // m.routed_experts), m.hidden_size,
+                     2 * m.expert_size)]
+    reps = 20 if device.type == "cuda" else 5
+    return {"square": _matmul_rate([(n, n, n)], device, dtype, reps),
+            "model": _matmul_rate(model_shapes, device, dtype, reps)}
 
 
 def sync(device: torch.device) -> None:
@@ -67,15 +82,20 @@ def flops_per_token(model, m: ModelSettings, seq_len: int) -> float:
     return 6 * (total - embedding - inactive) + attention
 
 
-def time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
+def time_steps(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step over ``steps`` timed steps, seconds of the first warmup step)."""
+    first = math.nan
+    for i in range(warmup):
+        started = time.perf_counter()
         step()
-    sync(device)
+        sync(device)
+        if i == 0:
+            first = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
-    return (time.perf_counter() - started) / steps
+    return (time.perf_counter() - started) / steps, first
 
 
 def plain_step_fn(model, s: TrainSettings, batches: TokenWindows, device, autocast_dtype):
@@ -102,66 +122,113 @@ def plain_step_fn(model, s: TrainSettings, batches: TokenWindows, device, autoca
     return step
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", default=None,
                         help="config YAML (repeatable; default config/config.yaml)")
     parser.add_argument("--variant", default="loss_free_seq_aux", help="variant to time")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps first (the first one compiles)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved measurements per model; the fastest counts")
-    parser.add_argument("--experts", nargs="+", default=["eager", "grouped_mm"],
-                        help="experts implementations to compare")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
-    args = parser.parse_args()
+    parser.add_argument("--experts", nargs="+", default=["grouped_mm"],
+                        help="experts implementations to compare (eager, grouped_mm, batched_mm)")
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"],
+                        choices=["eager", "compiled"], help="eager and/or torch.compile'd steps")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pretrain setting, e.g. --set loss_chunk_tokens=512 "
+                             "(YAML value; repeatable)")
+    parser.add_argument("--out", default=None, help="also write the table to this .parquet")
+    args = parser.parse_args(argv)
 
     config: dict = {}
     for path in args.config or ["config/config.yaml"]:
         config = deep_merge(config, yaml.safe_load(open(path)) or {})
     resolved = variant_settings(config, args.variant)
     model_cfg, train_cfg, balancing_cfg = (resolved[k] for k in ("model", "train", "balancing"))
-    train_cfg.update(eval_every=0, compile=args.compile)
+    train_cfg.update(eval_every=0)
+    knobs = {"threads": config.get("pretrain", {}).get("threads", 0)}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        (knobs if key in EXECUTION_KEYS else train_cfg)[key] = yaml.safe_load(value)
     s = TrainSettings.from_dict(train_cfg)
-    quiet = ExecutionSettings(threads=config.get("pretrain", {}).get("threads", 0),
-                              checkpoint_every=0, progress=False)
+    quiet = ExecutionSettings(threads=knobs["threads"], checkpoint_every=0, progress=False)
     if quiet.threads:
         torch.set_num_threads(quiet.threads)
-    tokens = np.random.default_rng(0).integers(2, VOCAB, size=2_000_000).astype(np.uint16)
+    vocab = int(config.get("tokenizer", {}).get("vocab_size", VOCAB))
+    tokens = np.random.default_rng(0).integers(2, vocab, size=2_000_000).astype(np.uint16)
     batches = TokenWindows(tokens, s.seq_len, s.micro_batch_size, seed=0)
 
-    probe = Trainer(build_model(ModelSettings.from_dict(model_cfg), VOCAB, 0, 1, 0),
+    probe = Trainer(build_model(ModelSettings.from_dict(model_cfg), vocab, 0, 1, 0),
                     Balancing(), s, batches, execution=quiet)
     device, autocast_dtype = probe.device, probe.autocast_dtype
     del probe
-    peak = matmul_peak(device, autocast_dtype or torch.float32)
+    dtype = autocast_dtype or torch.float32
     tokens_per_step = s.micro_batch_size * s.seq_len * s.grad_accum
+    peaks = matmul_peaks(device, dtype, ModelSettings.from_dict(model_cfg),
+                         s.micro_batch_size * s.seq_len, vocab)
     print(f"device {device}, {'bf16 autocast' if autocast_dtype else 'fp32'}, "
           f"threads {torch.get_num_threads()}, variant {args.variant} "
           f"({balancing_cfg.get('strategies', [])}), {tokens_per_step} tokens/step, "
-          f"matmul peak {peak / 1e12:.3f} TFLOP/s")
+          f"loss_chunk_tokens {s.loss_chunk_tokens}, matmul peak {str(dtype)[6:]}: "
+          f"square {peaks['square'] / 1e9:.1f} GFLOP/s, "
+          f"model shapes {peaks['model'] / 1e9:.1f} GFLOP/s", flush=True)
+    from transformers import DeepseekV3ForCausalLM
+
+    rows = []
     for impl in args.experts:
         m = ModelSettings.from_dict({**model_cfg, "experts_implementation": impl})
-        ours = Trainer(build_model(m, VOCAB, 0, 1, 0), Balancing.from_dict(
-            copy.deepcopy(balancing_cfg)), s, batches, execution=quiet)
-        from transformers import DeepseekV3ForCausalLM
-
-        torch.manual_seed(0)
-        plain = DeepseekV3ForCausalLM(build_hf_config(m, VOCAB, 0, 1)).to(device).train()
-        plain_forward = torch.compile(plain) if args.compile else plain
-        plain_step = plain_step_fn(plain_forward, s, batches, device, autocast_dtype)
-        # interleave the two so that drifting machine load hits both alike
-        t_ours, t_plain = [], []
-        for _ in range(args.repeats):
-            t_ours.append(time_steps(ours.train_step, args.steps, args.warmup, device))
-            t_plain.append(time_steps(plain_step, args.steps, args.warmup, device))
-        ours_tps, plain_tps = tokens_per_step / min(t_ours), tokens_per_step / min(t_plain)
+        steps = {}
+        for mode in args.modes:
+            compiled = mode == "compiled"
+            ours = Trainer(build_model(m, vocab, 0, 1, 0), Balancing.from_dict(
+                copy.deepcopy(balancing_cfg)), dataclasses.replace(s, compile=compiled),
+                batches, execution=quiet)
+            torch.manual_seed(0)
+            plain = DeepseekV3ForCausalLM(build_hf_config(m, vocab, 0, 1)).to(device).train()
+            steps["ours", mode] = ours.train_step
+            steps["plain", mode] = plain_step_fn(torch.compile(plain) if compiled else plain,
+                                                 s, batches, device, autocast_dtype)
         fpt = flops_per_token(plain, m, s.seq_len)
-        print(f"experts={impl:10s} ours {ours_tps:9.0f} tok/s ({1e3 * min(t_ours):.0f} ms/step)"
-              f"  plain {plain_tps:9.0f} tok/s ({1e3 * min(t_plain):.0f} ms/step)"
-              f"  ratio {ours_tps / plain_tps:.3f}  MFU ours {ours_tps * fpt / peak:.2%}"
-              f" plain {plain_tps * fpt / peak:.2%}", flush=True)
-        del ours, plain, plain_forward
+        # interleave the measurements so that drifting machine load hits all alike
+        times: dict = {key: [] for key in steps}
+        first: dict = {}
+        for _ in range(args.repeats):
+            for key, step in steps.items():
+                per_step, first_step = time_steps(step, args.steps, args.warmup, device)
+                times[key].append(per_step)
+                first.setdefault(key, first_step)
+        for (model, mode), ts in times.items():
+            tps = tokens_per_step / min(ts)
+            rows.append({"experts": impl, "model": model, "mode": mode, "tokens_per_s": tps,
+                         "ms_per_step": 1e3 * min(ts),
+                         "first_step_s": first[model, mode],
+                         "mfu_square": tps * fpt / peaks["square"],
+                         "mfu_model_shapes": tps * fpt / peaks["model"]})
+        del steps
+    plain_tps = {(r["experts"], r["mode"]): r["tokens_per_s"] for r in rows
+                 if r["model"] == "plain"}
+    for r in rows:
+        r["vs_plain_same_mode"] = r["tokens_per_s"] / plain_tps[r["experts"], r["mode"]]
+        r["vs_plain_eager"] = r["tokens_per_s"] / plain_tps.get((r["experts"], "eager"), math.nan)
+    print(format_table(rows), flush=True)
+    if args.out:
+        import pyarrow as pa
+
+        from moebalance.io import write_parquet
+
+        write_parquet(pa.Table.from_pylist(rows), args.out)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows of equal keys as aligned text columns (no pandas: the GPU image lacks it)."""
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()] for r in rows]
+    header = list(rows[0])
+    widths = [max(len(c) for c in col) for col in zip(header, *cells, strict=True)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True))
+                     for line in [header, *cells])
 
 
 if __name__ == "__main__":

@@ -97,38 +97,54 @@ def test_bias_is_fp32_and_updated_under_bf16_autocast():
     assert biases(t.model).abs().sum() > 0
 
 
-def _ddp_worker(rank, world, port, x, result):
+def _ddp_worker(rank, world, port, x, train, result):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        t = trainer(batches=FixedBatch(x, world), steps=2, micro_batch_size=2)
+        t = trainer(batches=FixedBatch(x, world * train.get("grad_accum", 1)), **train)
         t.train()
-        result[rank] = biases(t.model)
+        result[rank] = (biases(t.model), [row["lm_loss"] for row in t.telemetry.metrics])
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch():
-    x = torch.randint(0, VOCAB, (4, 17))
+def train_on_two_ranks(x, **train) -> list[tuple[torch.Tensor, list[float]]]:
+    """(biases, lm_loss per step) of each of two gloo DDP ranks sharing the rows of ``x``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         result = manager.dict()
-        procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, x, result))
+        procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, x, train, result))
                  for rank in range(2)]
         for p in procs:
             p.start()
         for p in procs:
-            p.join(timeout=120)
+            p.join(timeout=900)  # compiling ranks are slow on a loaded machine
         assert all(p.exitcode == 0 for p in procs)
-        per_rank = [result[0], result[1]]
+        return [result[0], result[1]]
+
+
+def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch():
+    x = torch.randint(0, VOCAB, (4, 17))
+    per_rank = [bias for bias, _ in train_on_two_ranks(x, steps=2, micro_batch_size=2)]
     single = trainer(batches=FixedBatch(x, 2), steps=2, micro_batch_size=2, grad_accum=2)
     single.train()
     assert torch.equal(per_rank[0], per_rank[1])
     assert torch.equal(per_rank[0], biases(single.model))
     assert per_rank[0].abs().sum() > 0
+
+
+def test_gpu_preset_path_bf16_compiled_accumulated_ddp_runs_on_cpu():
+    # config/gpu.yaml's code path, but for the device: bf16 autocast, torch.compile, gradient
+    # accumulation and two DDP ranks (gloo), so that a slip in those branches fails here first
+    x = torch.randint(0, VOCAB, (8, 17))
+    (bias0, loss0), (bias1, loss1) = train_on_two_ranks(
+        x, steps=2, micro_batch_size=2, grad_accum=2, precision="bf16", compile=True,
+        loss_chunk_tokens=16)
+    assert torch.equal(bias0, bias1) and bias0.abs().sum() > 0
+    assert loss0 == loss1 and np.isfinite(loss0).all()
 
 
 def test_checkpoint_round_trips_bias_and_optimizer_state(tmp_path):

@@ -50,6 +50,11 @@ class BalancingRouter(DeepseekV3TopkRouter):
 
     def is_recording(self) -> bool:
         """Training forwards only: not eval, not no-grad, not an activation-checkpoint recompute."""
+        if torch.compiler.is_compiling():
+            # a compiled forward is traced once and never re-run by backward: AOTAutograd's
+            # recompute replays the graph, not this Python (and the task-id query is a graph
+            # break)
+            return self.is_training_forward()
         in_backward = torch._C._current_graph_task_id() != -1
         return self.is_training_forward() and not in_backward
 
@@ -110,10 +115,11 @@ class BalancingRouter(DeepseekV3TopkRouter):
 
     def _record(self, lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK) -> None:
         selected_TE = torch.zeros_like(scores_TE, dtype=torch.float32).scatter_(1, topk_idx_TK, 1.0)
-        self.tokens_per_expert_E += selected_TE.sum(0)
-        self.score_sum_E += scores_TE.detach().sum(0)
-        self.tokens_seen += scores_TE.shape[0]
-        self.overridden_tokens += self._overridden(scores_TE.detach(), selected_TE).sum()
+        # in place (add_, not +=): augmented assignment re-registers the buffer, a graph break
+        self.tokens_per_expert_E.add_(selected_TE.sum(0))
+        self.score_sum_E.add_(scores_TE.detach().sum(0))
+        self.tokens_seen.add_(scores_TE.shape[0])
+        self.overridden_tokens.add_(self._overridden(scores_TE.detach(), selected_TE).sum())
         # (B, S) from the model; a flat (T,) input is one sequence
         B, S = (1, lead_shape[0]) if len(lead_shape) == 1 else (-1, lead_shape[-1])
         B_S_E = (B, S, self.num_experts)

@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from moebalance.config import EXECUTION_KEYS, ExecutionSettings
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import moe_layer_indices, routers_of
 from moebalance.training.batches import IGNORE_INDEX, BatchSource
 from moebalance.training.checkpoint import Checkpoints
+from moebalance.training.lm_loss import TrainingForward
 from moebalance.training.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class TrainSettings:
     snapshot_every: int = 0       # keep the model every N steps (router saturation); 0: never
     device: str = "auto"          # auto: cuda if available, else cpu
     precision: str = "auto"       # auto: bf16 autocast on cuda, fp32 on cpu; or fp32 / bf16
-    compile: bool = False
+    compile: bool = False         # torch.compile the training forward (model, CE, loss terms)
+    loss_chunk_tokens: int = 0    # LM head + cross-entropy in chunks of N tokens; 0: whole
     activation_checkpointing: bool = False
 
     @classmethod
@@ -108,6 +109,11 @@ class Trainer:
                  execution: ExecutionSettings = DEFAULT_EXECUTION,
                  on_log: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.s, self.execution = settings, execution
+        names = {strategy.name for strategy in balancing.strategies}
+        if settings.compile and {"aux_loss", "global_aux_loss"} <= names:
+            # on one micro-batch the two terms are the same expression, and the compiled
+            # backward (torch 2.13) then doubles its gradient
+            raise ValueError("train.compile cannot combine aux_loss with global_aux_loss")
         if execution.threads and settings.device != "cuda":
             torch.set_num_threads(execution.threads)
         self.device = resolve_device(settings.device)
@@ -127,6 +133,9 @@ class Trainer:
         self.balancing = balancing
         self.train_batches, self.val_batches = train_batches, val_batches
         self.optimizer = build_optimizer(self.model, settings, fused=self.device.type == "cuda")
+        # model + cross-entropy + balancing terms: one module, so compile and DDP see it whole
+        self.training_forward = TrainingForward(self.model, balancing, self.routers,
+                                                settings.loss_chunk_tokens)
         self.ddp = None
         if self.world > 1:
             # counters are buffers that differ per rank until the all-reduce: never broadcast
@@ -134,10 +143,10 @@ class Trainer:
             DDP = torch.nn.parallel.DistributedDataParallel
             no_sync_option = ("forward_sync_buffers" if "forward_sync_buffers"
                               in inspect.signature(DDP).parameters else "broadcast_buffers")
-            self.ddp = DDP(self.model, **{no_sync_option: False})
-        self.forward_model = self.model if self.ddp is None else self.ddp
+            self.ddp = DDP(self.training_forward, **{no_sync_option: False})
+        self.forward_loss = self.training_forward if self.ddp is None else self.ddp
         if settings.compile:
-            self.forward_model = torch.compile(self.forward_model)
+            self.forward_loss = torch.compile(self.forward_loss)
         self.checkpoints = Checkpoints(checkpoint_dir) if checkpoint_dir else None
         self.fingerprint = fingerprint  # a checkpoint of other settings or code is not resumed
         self.telemetry = Telemetry(self.layers)
@@ -190,15 +199,16 @@ class Trainer:
             dist.all_reduce(tensor)
         return tensor
 
-    def _ce_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token cross-entropy of a batch, and its number of unmasked targets."""
-        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
-        labels_BS = batch["labels"].to(self.device)
+    def _forward(self, batch: dict[str, torch.Tensor], forward) -> tuple[torch.Tensor, dict]:
+        """Summed next-token cross-entropy of a batch and the balancing terms (training only)."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._autocast():
-            logits_BSV = self.forward_model(**inputs, use_cache=False).logits
-        ce = F.cross_entropy(logits_BSV.float().flatten(0, 1), labels_BS.flatten(),
-                             ignore_index=IGNORE_INDEX, reduction="sum")
-        return ce, (labels_BS != IGNORE_INDEX).sum()
+            return forward(**batch)
+
+    def _ce_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy of a batch (eager) and its number of unmasked targets."""
+        ce_sum, _ = self._forward(batch, self.training_forward)
+        return ce_sum, (batch["labels"] != IGNORE_INDEX).sum().to(self.device)
 
     def train_step(self) -> dict[str, Any]:
         s, step = self.s, self.step
@@ -219,10 +229,10 @@ class Trainer:
             last = m == len(micro) - 1
             sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
             with sync:
-                ce_sum, _ = self._ce_sum(batch)
+                ce_sum, terms = self._forward(batch, self.forward_loss)
                 # mean over every unmasked target of the global batch; DDP averages over ranks
                 loss = ce_sum * self.world / n_valid
-                for name, term in self.balancing.losses(self.routers).items():
+                for name, term in terms.items():
                     loss = loss + term / s.grad_accum
                     term_totals[name] = term_totals.get(name, 0.0) + term.detach() / s.grad_accum
                 loss.backward()

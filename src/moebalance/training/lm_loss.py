@@ -1,0 +1,114 @@
+"""The training forward: the model, its next-token cross-entropy and the balancing loss terms.
+
+One module, so that ``torch.compile`` (and DistributedDataParallel) see the whole forward
+of a training micro-batch as one graph: backbone, counting routers, LM head, cross-entropy
+and the strategies' loss terms. The bias update after the optimizer step stays outside.
+
+The LM head and its cross-entropy can run in chunks of tokens (``chunk_tokens``), so that
+the full (T, V) logits are never materialised: with hidden 128 and an 8,192-token
+vocabulary they are most of the step's FLOPs and its largest activation. On the study's
+shared 2-core CPU the measurements disagree (benchmarks/lm_head_ce.py, T=2,048, fp32, 1
+thread, fastest of 8): 500 ms whole vs 576 ms in chunks of 256 tokens in one run, 1,190 vs
+920 ms in another beside a competing job; so it stays off by default (chunk_tokens 0). It
+is there for larger vocabularies and GPU memory, where the (T, V) logits dominate.
+No library does this on CPU (Liger-Kernel's fused linear cross-entropy and Apple's
+cut-cross-entropy are Triton kernels for GPUs), hence the small autograd function below.
+
+Shapes: B sequences of S tokens, T = B*S tokens, D hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from moebalance.training.batches import IGNORE_INDEX
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum_t CE(h_t W^T, y_t) over the unmasked targets, chunk by chunk of tokens.
+
+    The gradient is computed in the forward, chunk by chunk (as Wijmans et al. 2024,
+    "Cut Your Losses in Large-Vocabulary Language Models", arXiv 2411.09009, §3, and
+    Liger-Kernel's fused linear cross-entropy do), so only one (chunk, V) block of logits
+    exists at a time; backward only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, h_TD, weight_VD, labels_T, chunk_tokens: int,
+                compute_dtype: torch.dtype | None):
+        dtype = compute_dtype or h_TD.dtype
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        w_VD = weight_VD.to(dtype)
+        total = h_TD.new_zeros((), dtype=torch.float32)
+        grad_h_chunks, grad_w_VD = [], torch.zeros_like(weight_VD, dtype=torch.float32)
+        for start in range(0, h_TD.shape[0], chunk_tokens):
+            h_CD = h_TD[start:start + chunk_tokens].to(dtype)
+            y_C = labels_T[start:start + chunk_tokens]
+            valid_C = y_C != IGNORE_INDEX
+            target_C1 = torch.where(valid_C, y_C, 0).unsqueeze(1)
+            logits_CV = (h_CD @ w_VD.T).float()
+            lse_C = torch.logsumexp(logits_CV, dim=-1)
+            # cross-entropy of softmax: CE_t = logsumexp_v z_{t,v} - z_{t,y_t}
+            ce_C = lse_C - logits_CV.gather(1, target_C1).squeeze(1)
+            total = total + torch.where(valid_C, ce_C, 0.0).sum()
+            if need_grad:
+                # Bishop, PRML (2006) Eq. 4.109: dCE/dz_{t,v} = softmax(z_t)_v - 1[v = y_t]
+                grad_CV = torch.exp(logits_CV - lse_C.unsqueeze(1))
+                grad_CV = grad_CV - F.one_hot(target_C1.squeeze(1), grad_CV.shape[1])
+                grad_CV = (grad_CV * valid_C.unsqueeze(1)).to(dtype)
+                grad_h_chunks.append(grad_CV @ w_VD)              # dz/dh = W
+                grad_w_VD = grad_w_VD + (grad_CV.T @ h_CD).float()  # dz/dW = h
+        if need_grad:
+            ctx.save_for_backward(torch.cat(grad_h_chunks).to(h_TD.dtype),
+                                  grad_w_VD.to(weight_VD.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h_TD, grad_w_VD = ctx.saved_tensors
+        return grad_h_TD * grad_total, grad_w_VD * grad_total, None, None, None
+
+
+def linear_cross_entropy_sum(h_TD: torch.Tensor, weight_VD: torch.Tensor, labels_T: torch.Tensor,
+                             chunk_tokens: int = 0,
+                             compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Summed cross-entropy of the logits ``h W^T`` against ``labels`` (-100: masked), in fp32.
+
+    ``chunk_tokens`` 0: the plain way (whole fp32 logits); > 0: chunked, as above.
+    ``compute_dtype``: the dtype of the matmuls (bf16 under autocast); softmax is fp32.
+    """
+    if chunk_tokens <= 0:
+        logits_TV = F.linear(h_TD.to(compute_dtype or h_TD.dtype),
+                             weight_VD.to(compute_dtype or h_TD.dtype))
+        return F.cross_entropy(logits_TV.float(), labels_T, ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+    return _ChunkedLinearCrossEntropy.apply(h_TD, weight_VD, labels_T, chunk_tokens,
+                                            compute_dtype)
+
+
+class TrainingForward(torch.nn.Module):
+    """``forward(input_ids, labels, ...)`` -> (summed CE, {loss term name: term}).
+
+    Wraps a ``*ForCausalLM`` model (its backbone ``.model`` and its bias-free ``.lm_head``);
+    the routers count and record as the backbone runs, and the strategies read the records.
+    """
+
+    def __init__(self, model, balancing, routers, chunk_tokens: int = 0) -> None:
+        super().__init__()
+        if model.lm_head.bias is not None:
+            raise ValueError("TrainingForward expects an LM head without bias")
+        self.model = model
+        self.balancing, self.routers = balancing, list(routers)
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, input_ids, labels, **inputs):
+        hidden_BSD = self.model.model(input_ids=input_ids, use_cache=False,
+                                      **inputs).last_hidden_state
+        dtype = torch.get_autocast_dtype(hidden_BSD.device.type) \
+            if torch.is_autocast_enabled(hidden_BSD.device.type) else None
+        ce_sum = linear_cross_entropy_sum(hidden_BSD.flatten(0, 1), self.model.lm_head.weight,
+                                          labels.flatten(), self.chunk_tokens, dtype)
+        recording = self.model.training and torch.is_grad_enabled()
+        terms = self.balancing.losses(self.routers) if recording else {}
+        return ce_sum, terms
