@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> None:
 
     import pandas as pd
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.io import atomic_path, write_json
 
     text = args.sweep

@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plan_of(args: argparse.Namespace):
     from moebalance.analysis.tables import Plan
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
 
     if not 0 < args.confidence < 1:
         raise UsageError("--confidence must be between 0 and 1")
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
 
     from moebalance.analysis import claims, figures, tables
     from moebalance.analysis.runs import Run, load_run
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.io import atomic_path
     from moebalance.tracking import stage_run
 

@@ -40,7 +40,7 @@ class Run:
     def read(self, rel: str, required: bool = False):
         import pandas as pd
 
-        from moebalance.cli import UsageError
+        from moebalance.errors import UsageError
 
         path = self.folder / rel
         if not path.is_file():

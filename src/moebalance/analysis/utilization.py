@@ -342,7 +342,7 @@ def final_step(args: argparse.Namespace) -> int:
         return args.final_step
     import pyarrow.parquet as pq
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
 
     metrics = Path(args.pretrain_model).parent / "metrics.parquet"
     if not metrics.is_file():
@@ -409,7 +409,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
 
     for option, folder in (("--pretrain-model", args.pretrain_model),
                            ("--sft-model", args.sft_model)):
@@ -466,7 +466,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.evaluation.generate import load_problems
     from moebalance.io import atomic_path, write_json
     from moebalance.model import load_model

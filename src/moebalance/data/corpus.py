@@ -636,7 +636,7 @@ def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
 
 def run(args: argparse.Namespace) -> None:
     from moebalance import provenance
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
     settings = settings_from_args(args)

@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
     if not Path(args.train).is_file():

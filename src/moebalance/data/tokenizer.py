@@ -174,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
     if args.vocab_size < 258:

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
     from tqdm import tqdm
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
     tok_file = Path(args.tokenizer_dir) / "tokenizer.json"

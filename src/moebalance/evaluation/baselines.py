@@ -158,8 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
-    from moebalance.cli import UsageError
     from moebalance.data.tokens import open_split, read_meta
+    from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
     from moebalance.training.trainer import TrainSettings
 

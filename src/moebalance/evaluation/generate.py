@@ -136,7 +136,7 @@ def load_inputs(args: argparse.Namespace):
     """(problems, tokenizer, model) named by :func:`add_model_arguments`' options."""
     from transformers import AutoTokenizer
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
 
     if not (Path(args.model) / "config.json").is_file():
         raise UsageError(f"no model folder at {args.model} (config.json missing)")
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from moebalance.cli import UsageError
+    from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
     if args.samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moebalance.cli import UsageError
+from moebalance.errors import UsageError
 from moebalance.evaluation.sandbox import (
     ISOLATIONS,
     STATUSES,
