@@ -58,3 +58,32 @@ def write_tokens_dir(directory: Path, n_train: int = 4000, n_val: int = 800) -> 
         meta["splits"][split] = {"file": f"{split}.bin", "n_tokens": n, "n_documents": 1}
     (directory / "meta.json").write_text(json.dumps(meta))
     return directory
+
+
+def kill_at_first_checkpoint(argv: list[str], checkpoint_dir: Path) -> None:
+    """Run ``moebalance ARGV`` in a subprocess and SIGKILL it once it wrote a checkpoint;
+    its outputs must not exist then (a killed stage leaves nothing half-written)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "moebalance.cli", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(checkpoint_dir.glob("step_*.pt")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The model folders ``a`` and ``b`` hold bit-identical weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = (load_file(folder / "model.safetensors") for folder in (a, b))
+    assert first.keys() == second.keys()
+    for name in second:
+        assert torch.equal(first[name], second[name]), name

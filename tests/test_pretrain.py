@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from moe_helpers import TINY, write_tokens_dir
+from moe_helpers import TINY, assert_same_weights, kill_at_first_checkpoint, write_tokens_dir
 
 from moebalance.cli import main
 
@@ -133,13 +133,6 @@ def test_bad_settings_are_a_usage_error_naming_the_key(tmp_path, capsys):
 
 
 def test_killed_pretrain_process_resumes_to_the_same_final_weights(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from safetensors.torch import load_file
-
     tokens = write_tokens_dir(tmp_path / "tokens")
     settings = {**SETTINGS, "train": {**SETTINGS["train"], "steps": 120, "eval_every": 100}}
 
@@ -149,21 +142,10 @@ def test_killed_pretrain_process_resumes_to_the_same_final_weights(tmp_path):
                 "--settings", json.dumps(settings), "--execution", '{"checkpoint_every": 10}',
                 "--threads", "1", "--no-tracking", "--no-progress"]
 
-    proc = subprocess.Popen([sys.executable, "-m", "moebalance.cli", *argv("killed")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((tmp_path / "ckpt-killed").glob("step_*.pt")) and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(argv("killed"), tmp_path / "ckpt-killed")
     assert not (tmp_path / "killed" / "metrics.parquet").exists()
     assert main(argv("killed")) == 0  # resumes from the checkpoint left behind
     assert main(argv("whole")) == 0
-    resumed = load_file(tmp_path / "killed" / "model" / "model.safetensors")
-    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
-    assert resumed.keys() == whole.keys()
-    for name in whole:
-        assert torch.equal(resumed[name], whole[name]), name
+    assert_same_weights(tmp_path / "killed" / "model", tmp_path / "whole" / "model")
     steps = pd.read_parquet(tmp_path / "killed" / "metrics.parquet")["step"]
     assert steps.tolist() == list(range(120))

