@@ -82,6 +82,24 @@ def uses_gpu(settings):
     return int(settings["train"].get("device", "auto").startswith("cuda"))
 
 
+def checkpoint_dir(stage):
+    """Checkpoints sit outside the declared outputs: Snakemake deletes those of a failed
+    job, and a rerun resumes from the checkpoint instead."""
+    return lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.variant}/seed{wildcards.seed}/{stage}"
+
+
+def primary_flags(analysis):
+    """`--primary METRIC:BETTER:MARGIN` for each pre-registered primary endpoint."""
+    flags = []
+    for primary in analysis["primary"]:
+        if primary["metric"] not in analysis["equivalence"]:
+            raise ValueError(f"analysis.equivalence has no margin for primary "
+                             f"{primary['metric']!r}")
+        margin = analysis["equivalence"][primary["metric"]]
+        flags.append(f"{primary['metric']}:{primary['better']}:{margin}")
+    return cli_flags({"primary": flags})
+
+
 def parent_of(kind, name):
     """A params function: the folder holding the named input or output file."""
     return lambda wildcards, input, output: str(Path(dict(input=input, output=output)[kind][name]).parent)

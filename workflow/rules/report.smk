@@ -6,18 +6,6 @@ ANALYSIS = config["analysis"]  # the schema fills pair, primary, equivalence, bo
 PAIR = ANALYSIS["pair"]
 
 
-def primary_flags(analysis):
-    """`--primary METRIC:BETTER:MARGIN` for each pre-registered primary endpoint."""
-    flags = []
-    for primary in analysis["primary"]:
-        if primary["metric"] not in analysis["equivalence"]:
-            raise ValueError(f"analysis.equivalence has no margin for primary "
-                             f"{primary['metric']!r}")
-        margin = analysis["equivalence"][primary["metric"]]
-        flags.append(f"{primary['metric']}:{primary['better']}:{margin}")
-    return cli_flags({"primary": flags})
-
-
 # results/README.md carries the study's answer between markers that compare fills in
 README = Path(RESULTS) / "README.md"
 TABLES = f"{RESULTS}/tables"

@@ -10,12 +10,6 @@ PRETRAIN_TARGETS = expand(
 )
 
 
-def checkpoint_dir(stage):
-    """Checkpoints sit outside the declared outputs: Snakemake deletes those of a failed
-    job, and a rerun resumes from the checkpoint instead."""
-    return lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.variant}/seed{wildcards.seed}/{stage}"
-
-
 rule pretrain:
     input:
         MLFLOW_READY,
