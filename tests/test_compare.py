@@ -330,7 +330,9 @@ def test_the_answer_leads_with_the_positive_control(three_seeds):
     assert (baselines[baselines.kind == "variant"].worst_margin > 0).all()
     assert three_seeds["answer"].index("Positive control") < three_seeds["answer"].index(
         "Primary endpoints")
-    assert "Every variant beats the bigram in every seed" in three_seeds["md"]
+    assert (baselines[baselines.kind == "variant"].worst_margin >= 0.3).all()
+    assert "Every variant beats the bigram by at least 0.3 nats/token in every seed" in (
+        three_seeds["md"])
 
 
 def test_a_variant_worse_than_the_bigram_fails_the_positive_control():
@@ -343,8 +345,21 @@ def test_a_variant_worse_than_the_bigram_fails_the_positive_control():
             {"model": "aux_loss", "kind": "variant", "nats_per_token": 4.0, "margin": 0.6,
              "worst_margin": 0.5}]
     text = "\n".join(claims.control_lines(rows))
-    assert "The positive control fails:** none do(es) not beat" in text
+    assert "The positive control fails:** none does not beat the bigram count table by 0.3" in text
     assert "aux_loss" not in text.split("fails")[1]
+
+
+def test_the_positive_control_needs_the_configured_margin_in_every_seed():
+    rows = [{"model": "unigram", "kind": "baseline", "nats_per_token": 6.5, "margin": -1.9,
+             "worst_margin": np.nan},
+            {"model": "bigram", "kind": "baseline", "nats_per_token": 4.6, "margin": 0.0,
+             "worst_margin": np.nan},
+            {"model": "none", "kind": "variant", "nats_per_token": 4.2, "margin": 0.4,
+             "worst_margin": 0.2},
+            {"model": "aux_loss", "kind": "variant", "nats_per_token": 4.25, "margin": 0.35,
+             "worst_margin": 0.3}]
+    assert "fails:** none does not" in "\n".join(claims.control_lines(rows))
+    assert "fails" not in "\n".join(claims.control_lines(rows, margin=0.2))
 
 
 def test_a_baselines_file_without_the_bigram_is_a_usage_error(tmp_path, capsys):

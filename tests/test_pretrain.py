@@ -149,3 +149,30 @@ def test_killed_pretrain_process_resumes_to_the_same_final_weights(tmp_path):
     assert_same_weights(tmp_path / "killed" / "model", tmp_path / "whole" / "model")
     steps = pd.read_parquet(tmp_path / "killed" / "metrics.parquet")["step"]
     assert steps.tolist() == list(range(120))
+
+
+def test_heldout_maxvio_is_recomputed_from_the_saved_model_with_stock_transformers(pretrained):
+    """val_maxvio of the last validation = MaxVio_global (Wang et al. 2024, Eq. 4) of the
+    experts that stock DeepseekV3 routers choose for the same validation windows."""
+    from transformers import AutoModelForCausalLM
+
+    from moebalance.data.tokens import open_split
+    from moebalance.training.batches import TokenWindows
+    from moebalance.training.stage import VAL_SEED
+
+    root, out = pretrained
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert metrics["val_maxvio"].notna().tolist() == metrics["val_loss"].notna().tolist()
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    gates = [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+    counts = np.zeros((len(gates), SETTINGS["model"]["routed_experts"]))
+    for row, gate in enumerate(gates):
+        gate.register_forward_hook(lambda _m, _i, output, row=row: np.add.at(
+            counts[row], output[-1].reshape(-1).numpy(), 1))
+    windows = TokenWindows(open_split(root / "tokens", "val"), 16, 4, VAL_SEED)
+    with torch.no_grad():
+        for i in range(SETTINGS["train"]["eval_batches"]):
+            model(input_ids=windows.micro_batch(0, i)["input_ids"])
+    mean = counts.mean(axis=1, keepdims=True)
+    expected = ((counts.max(axis=1, keepdims=True) - mean) / mean).mean()
+    assert metrics["val_maxvio"].iloc[-1] == pytest.approx(expected, rel=1e-6)

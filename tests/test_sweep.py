@@ -91,7 +91,7 @@ def synthetic_runs():
              "aux_loss@alpha=1e-1": (3.20, 0.1), "loss_free@gamma=1e-3": (3.0, 0.8),
              "loss_free@gamma=2.5e-2": (3.1, 0.6)}
     return {(variant, seed): {"val_loss": loss + (seed - 100.5) * 0.02,
-                              "maxvio": vio + (seed - 100.5) * 0.1}
+                              "maxvio": vio + (seed - 100.5) * 0.1, "maxvio_late": vio}
             for variant, (loss, vio) in truth.items() for seed in (100, 101)}
 
 
@@ -126,28 +126,62 @@ def routing_rows(loads_by_step):
                          for layer, loads_E in enumerate(loads) for e, n in enumerate(loads_E)])
 
 
-def test_run_summary_takes_last_val_loss_and_maxvio_of_the_late_steps():
-    metrics = pd.DataFrame({"step": [0, 1, 2, 3], "val_loss": [math.nan, 5.0, math.nan, 4.0]})
+def test_run_summary_takes_the_last_validation_and_maxvio_of_the_late_steps():
+    metrics = pd.DataFrame({"step": [0, 1, 2, 3], "val_loss": [math.nan, 5.0, math.nan, 4.0],
+                            "val_maxvio": [math.nan, 0.9, math.nan, 0.25]})
     # 4 steps, late half = steps 2-3. layer 0: [3+1, 1+3] = [4, 4] -> 0;
     # layer 1: [6+2, 2+2] = [8, 4], mean 6 -> (8 - 6)/6 = 1/3; mean over layers 1/6
     routing = routing_rows([[[9, 0], [9, 0]], [[9, 0], [9, 0]],
                             [[3, 1], [6, 2]], [[1, 3], [2, 2]]])
     summary = run_summary(metrics, routing, late_fraction=0.5)
-    assert summary == pytest.approx({"val_loss": 4.0, "maxvio": 1 / 6})
+    assert summary == pytest.approx({"val_loss": 4.0, "maxvio": 0.25, "maxvio_late": 1 / 6})
 
 
-def test_stage_writes_table_and_choice_from_run_files(tmp_path):
-    sweep = {"seeds": [100], "grids": {"aux_loss": {
+def test_run_summary_without_a_heldout_maxvio_says_to_rerun_pretraining():
+    metrics = pd.DataFrame({"step": [0], "val_loss": [4.0]})
+    with pytest.raises(ValueError, match="val_maxvio.*rerun the pretrain stage"):
+        run_summary(metrics, routing_rows([[[1, 1]]]), late_fraction=1.0)
+
+
+def test_references_run_on_the_tuning_seeds_and_are_never_chosen():
+    config = {**CONFIG, "sweep": {**CONFIG["sweep"], "references": ["none"]}}
+    study = apply_sweep(tune(config))
+    assert study["variants"]["none"] == CONFIG["variants"]["none"]
+    runs = {**synthetic_runs(), **{("none", seed): {"val_loss": 2.0, "maxvio": 0.0,
+                                                    "maxvio_late": 0.0} for seed in (100, 101)}}
+    table = sweep_table(config["sweep"], runs).set_index("variant")
+    assert table.loc["none", "grid"] == "reference"
+    assert not table.loc["none", "eligible"] and not table.loc["none", "chosen"]
+    assert table["chosen"].sum() == 2  # one per grid, as without the reference
+
+
+def test_an_unknown_reference_is_an_error_naming_it():
+    config = {**CONFIG, "sweep": {**CONFIG["sweep"], "references": ["bogus"]}}
+    with pytest.raises(ValueError, match="sweep.references.*bogus"):
+        grid_variants(config)
+
+
+def test_stage_writes_table_choice_and_frontier_from_run_files(tmp_path):
+    sweep = {"seeds": [100, 101], "references": ["none"], "grids": {"aux_loss": {
         "base": "aux_loss", "key": "balancing.aux_loss.alpha", "values": [0.001, 0.01]}},
         "selection": {"max_maxvio": 0.5, "late_fraction": 1.0}}
-    for variant, loss, loads in (("aux_loss@alpha=1e-3", 3.0, [[9, 1]]),
-                                 ("aux_loss@alpha=1e-2", 3.1, [[5, 5]])):
-        folder = tmp_path / "runs" / variant / "seed100" / "pretrain"
-        folder.mkdir(parents=True)
-        pd.DataFrame({"step": [0], "val_loss": [loss]}).to_parquet(folder / "metrics.parquet")
-        routing_rows([loads]).to_parquet(folder / "routing.parquet")
-    table, choice = tmp_path / "sweep.csv", tmp_path / "choice.json"
+    for variant, loss, maxvio in (("aux_loss@alpha=1e-3", 3.0, 0.8),
+                                  ("aux_loss@alpha=1e-2", 3.1, 0.1), ("none", 3.0, 2.0)):
+        for seed in (100, 101):
+            folder = tmp_path / "runs" / variant / f"seed{seed}" / "pretrain"
+            folder.mkdir(parents=True)
+            pd.DataFrame({"step": [0], "val_loss": [loss + seed / 1e4],
+                          "val_maxvio": [maxvio]}).to_parquet(folder / "metrics.parquet")
+            routing_rows([[[9, 1]]]).to_parquet(folder / "routing.parquet")
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"tokens": 100, "bytes": 300,
+                                     "bigram": {"nats_per_token": 4.0, "bits_per_byte": 1.9}}))
+    table, choice, figure = tmp_path / "sweep.csv", tmp_path / "choice.json", tmp_path / "f.png"
     assert main(["sweep-select", "--sweep", json.dumps(sweep), "--runs", str(tmp_path / "runs"),
-                 "--table", str(table), "--choice", str(choice)]) == 0
-    assert pd.read_csv(table)["chosen"].tolist() == [False, True]  # 1e-3: MaxVio 0.8 > 0.5
+                 "--table", str(table), "--choice", str(choice), "--figure", str(figure),
+                 "--baselines", str(baselines)]) == 0
+    written = pd.read_csv(table)
+    assert written["variant"].tolist() == ["aux_loss@alpha=1e-3", "aux_loss@alpha=1e-2", "none"]
+    assert written["chosen"].tolist() == [False, True, False]  # 1e-3: MaxVio 0.8 > 0.5
     assert json.loads(choice.read_text())["aux_loss"]["value"] == 0.01
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

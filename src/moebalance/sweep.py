@@ -25,12 +25,17 @@ A study with grids runs in two phases, each resumable on its own:
    warning says so).
 
 The selection rule (chosen before any run): among a grid's points whose seed-mean
-MaxVio is at most ``max_maxvio``, the lowest seed-mean val loss; when none qualifies,
-the most balanced point, marked ``met_target: false``. MaxVio here is measured on the
-token counts of the last ``late_fraction`` of training steps summed per expert
-(routing.parquet), averaged over layers: a training-batch measure of the balance the
-run ended with, since the held-out MaxVio_global needs the later stages. Val loss is
-the pretrain stage's last validation loss (fixed val windows, VAL_SEED).
+held-out MaxVio_global is at most ``max_maxvio``, the lowest seed-mean val loss; when none
+qualifies, the most balanced point, marked ``met_target: false``. Both come from the
+pretrain stage's last validation (fixed val windows, VAL_SEED): val loss in nats/token,
+and MaxVio_global over the expert counts of all those validation tokens, averaged over
+layers (``val_maxvio`` in metrics.parquet). The table also keeps ``maxvio_late``, the
+MaxVio of the training batches of the last ``late_fraction`` of steps (routing.parquet).
+
+``references`` (e.g. ``[none]``) are variants run unchanged on the tuning seeds: they
+take no part in the choice and appear as single points in the frontier figure, Wang et
+al. 2024's Fig. 1 in our terms: held-out MaxVio_global against held-out bits per byte,
+one curve per grid, seed means with the seed-to-seed SD as error bars.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ log = logging.getLogger(__name__)
 SECTIONS = ("model", "balancing", "pretrain")   # what a variant may override
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=-]*$")
 TABLE_COLUMNS = ["grid", "variant", "key", "value", "runs", "val_loss", "val_loss_sd",
-                 "maxvio", "maxvio_sd", "eligible", "chosen"]
+                 "maxvio", "maxvio_sd", "maxvio_late", "eligible", "chosen"]
+REFERENCE = "reference"  # the `grid` of a reference variant's row
 
 
 def format_value(value: Any) -> str:
@@ -99,11 +105,24 @@ def grid_points(sweep: dict[str, Any]) -> list[tuple[str, str, str, Any]]:
             for name, grid in (sweep.get("grids") or {}).items() for value in grid["values"]]
 
 
+def references(sweep: dict[str, Any]) -> list[str]:
+    """The reference variants of a `sweep` section, run unchanged on the tuning seeds."""
+    return list(sweep.get("references") or [])
+
+
 def grid_variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """One variant per grid point: the base variant with the swept key set to the value."""
+    """One variant per grid point (the base variant with the swept key set to the value),
+    then the reference variants as configured."""
     grids = _grids(config)
-    return {variant: deep_merge(config["variants"][grids[name]["base"]], nested(key, value))
-            for name, variant, key, value in grid_points(config["sweep"])}
+    variants = {variant: deep_merge(config["variants"][grids[name]["base"]], nested(key, value))
+                for name, variant, key, value in grid_points(config["sweep"])}
+    for name in references(config["sweep"]):
+        if name not in config.get("variants", {}):
+            raise ValueError(f"sweep.references: no variant {name!r}")
+        if name in variants:
+            raise ValueError(f"sweep.references: {name!r} is also a grid point's name")
+        variants[name] = config["variants"][name]
+    return variants
 
 
 def apply_sweep(config: dict[str, Any], choice: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -156,46 +175,57 @@ def read_choice(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run_summary(metrics, routing, late_fraction: float) -> dict[str, float]:
-    """val loss and late MaxVio of one run from its metrics and routing tables (pandas)."""
+    """Last validation's val loss and held-out MaxVio_global, and the training batches'
+    MaxVio over the last ``late_fraction`` of steps, of one run (pandas tables)."""
     from moebalance.analysis.metrics import max_violation
 
-    val = metrics["val_loss"].dropna()
+    val = metrics.dropna(subset=["val_loss"])
     if val.empty:
         raise ValueError("no validation loss in metrics (eval_every = 0?)")
+    if "val_maxvio" not in val or not np.isfinite(val["val_maxvio"].iloc[-1]):
+        raise ValueError("no held-out MaxVio (val_maxvio) at the last validation: "
+                         "pretrained by an older moebalance? rerun the pretrain stage")
     last_step = int(routing["step"].max())
     n_late = max(1, math.ceil(late_fraction * (last_step + 1)))
     late = routing[routing["step"] > last_step - n_late]
     load_LE = late.pivot_table(index="layer", columns="expert", values="tokens", aggfunc="sum")
-    return {"val_loss": float(val.iloc[-1]),
-            "maxvio": float(max_violation(load_LE.to_numpy()).mean())}
+    return {"val_loss": float(val["val_loss"].iloc[-1]),
+            "maxvio": float(val["val_maxvio"].iloc[-1]),
+            "maxvio_late": float(max_violation(load_LE.to_numpy()).mean())}
+
+
+def _point_row(grid: str, variant: str, key: str | None, value: Any,
+               got: list[dict[str, float]]) -> dict[str, Any]:
+    val = np.array([g["val_loss"] for g in got])
+    vio = np.array([g["maxvio"] for g in got])
+    return {"grid": grid, "variant": variant, "key": key, "value": value, "runs": len(got),
+            "val_loss": val.mean(), "val_loss_sd": val.std(ddof=1) if len(got) > 1 else math.nan,
+            "maxvio": vio.mean(), "maxvio_sd": vio.std(ddof=1) if len(got) > 1 else math.nan,
+            "maxvio_late": float(np.mean([g["maxvio_late"] for g in got]))}
 
 
 def sweep_table(sweep: dict[str, Any], runs: dict[tuple[str, int], dict[str, float]]):
-    """One row per grid point: seed means and SDs of val loss and MaxVio, and the choice.
+    """One row per grid point, then per reference variant: seed means and SDs of val loss
+    and held-out MaxVio, and the rule's choice.
 
     ``sweep`` is the config's `sweep` section; ``runs`` maps (variant, seed) to
-    :func:`run_summary`'s dict, and every grid point needs every tuning seed.
+    :func:`run_summary`'s dict, and every point needs every tuning seed.
     """
     import pandas as pd
 
     target = (sweep.get("selection") or {}).get("max_maxvio", 0.2)
     seeds = sweep["seeds"]
+    points = [*grid_points(sweep), *((REFERENCE, name, None, None) for name in references(sweep))]
     rows = []
-    for name, variant, key, value in grid_points(sweep):
+    for name, variant, key, value in points:
         got = [runs[(variant, seed)] for seed in seeds if (variant, seed) in runs]
         if len(got) != len(seeds):
             raise ValueError(f"sweep point {variant}: {len(got)} of {len(seeds)} tuning runs")
-        val = np.array([g["val_loss"] for g in got])
-        vio = np.array([g["maxvio"] for g in got])
-        rows.append({"grid": name, "variant": variant, "key": key, "value": value,
-                     "runs": len(got), "val_loss": val.mean(),
-                     "val_loss_sd": val.std(ddof=1) if len(got) > 1 else math.nan,
-                     "maxvio": vio.mean(),
-                     "maxvio_sd": vio.std(ddof=1) if len(got) > 1 else math.nan})
+        rows.append(_point_row(name, variant, key, value, got))
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS[:-2])
-    table["eligible"] = table["maxvio"] <= target
+    table["eligible"] = (table["maxvio"] <= target) & (table["grid"] != REFERENCE)
     table["chosen"] = False
-    for _, group in table.groupby("grid", sort=False):
+    for _, group in table[table["grid"] != REFERENCE].groupby("grid", sort=False):
         pool = group[group["eligible"]]
         # the stated rule: lowest val loss among eligible points, else the most balanced one
         best = pool["val_loss"].idxmin() if len(pool) else group["maxvio"].idxmin()
@@ -219,6 +249,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs/ folder holding {variant}/seed{seed}/pretrain/*.parquet")
     parser.add_argument("--table", required=True, help="sweep.csv to write")
     parser.add_argument("--choice", required=True, help="sweep_choice.json to write")
+    parser.add_argument("--figure", default=None,
+                        help="frontier.png to write: held-out MaxVio_global against held-out "
+                        "loss, one curve per grid, the references as points")
+    parser.add_argument("--baselines", default=None,
+                        help="baselines.json of the same validation windows: the frontier's "
+                        "loss in bits per byte, with the bigram's as a line")
     parser.add_argument("--source-hash", default="",
                         help="hash of this stage's code (Snakemake passes it, so that an edit "
                         "re-runs the selection)")
@@ -240,7 +276,7 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"--sweep: {err}") from err
     late = (sweep.get("selection") or {}).get("late_fraction", 0.1)
     runs = {}
-    for _, variant, _, _ in points:
+    for variant in [point[1] for point in points] + references(sweep):
         for seed in seeds:
             folder = Path(args.runs) / variant / f"seed{seed}" / "pretrain"
             try:
@@ -254,6 +290,16 @@ def run(args: argparse.Namespace) -> None:
         table.to_csv(tmp, index=False)
     choice = choice_of(table)
     write_json(choice, args.choice)
+    if args.figure:
+        baselines = None
+        if args.baselines:
+            try:
+                baselines = json.loads(Path(args.baselines).read_text())
+            except (OSError, ValueError) as err:
+                raise UsageError(f"--baselines: {err}") from err
+        from moebalance.analysis.figures import frontier
+
+        frontier(table, sweep.get("seeds", []), args.figure, baselines)
     for grid, chosen in choice.items():
         log.info("%s: chose %s (val loss %.4f, MaxVio %.3f, target %s)", grid,
                  chosen["variant"], chosen["val_loss"], chosen["maxvio"],

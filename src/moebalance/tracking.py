@@ -139,22 +139,26 @@ def parent_run(args: argparse.Namespace, experiment_id: str) -> str | None:
              "seed": str(args.seed)}, parent)
 
 
+def _log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log ``metrics`` (None and NaN left out) on the run ``run_id`` in one batch."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), now, 0)
+                                              for key, value in metrics.items()
+                                              if value is not None and value == value])
+
+
 def log_headline(mlflow, metrics: Mapping[str, float]) -> None:
     """Copy a stage's headline metrics to its (variant, seed) parent run, where the UI's
     table and charts compare them across runs (no-op without tracking or a parent)."""
     if mlflow is None:
         return
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     run = mlflow.active_run()
     parent = run.data.tags.get("mlflow.parentRunId") if run else None
-    if not parent:
-        return
-    client, now = MlflowClient(), int(time.time() * 1000)
-    client.log_batch(parent, metrics=[Metric(key, float(value), now, 0)
-                                      for key, value in metrics.items()
-                                      if value is not None and value == value])  # not NaN
+    if parent:
+        _log_metrics(parent, metrics)
 
 
 def log_run_headline(mlflow, variant: str, seed: int, metrics: Mapping[str, float]) -> None:
@@ -163,18 +167,14 @@ def log_run_headline(mlflow, variant: str, seed: int, metrics: Mapping[str, floa
     study = os.environ.get(STUDY_ENV)
     if mlflow is None or not study:
         return
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
     query = (f"tags.`moebalance.level` = 'run' and tags.`moebalance.study` = '{study}' and "
              f"tags.variant = '{variant}' and tags.seed = '{seed}'")
-    found = client.search_runs([mlflow.active_run().info.experiment_id], query, max_results=1)
+    found = MlflowClient().search_runs([mlflow.active_run().info.experiment_id], query,
+                                       max_results=1)
     if found:
-        now = int(time.time() * 1000)
-        client.log_batch(found[0].info.run_id, metrics=[
-            Metric(key, float(value), now, 0) for key, value in metrics.items()
-            if value is not None and value == value])
+        _log_metrics(found[0].info.run_id, metrics)
 
 
 def log_study_artifacts(mlflow, paths: list[str | os.PathLike], folder: str) -> None:

@@ -104,6 +104,7 @@ rule compare:
         primaries=primary_flags(ANALYSIS),
         readme=f"--readme {shlex.quote(str(README))}" if README.is_file() else "",
         bootstrap=ANALYSIS["bootstrap"],
+        control_margin=ANALYSIS["control_margin"],
         tables_dir=parent_of("output", "csv"),
         figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
         code=stage_code("compare"),
@@ -114,7 +115,7 @@ rule compare:
     shell:
         "moebalance compare --runs-dir {params.runs_dir:q} --variants {params.variants}"
         " --seeds {params.seeds} --pair {params.pair} {params.primaries}"
-        " --baselines {input.baselines:q}"
+        " --baselines {input.baselines:q} --control-margin {params.control_margin}"
         " --bootstrap {params.bootstrap} {params.readme}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
         " --source-hash {params.code}"

@@ -6,10 +6,12 @@ if config["sweep"]["grids"] and config["sweep"]["phase"] == "tune":
 
     rule sweep_select:
         input:
-            [path for path in PRETRAIN_TARGETS if path.endswith(".parquet")],
+            runs=[path for path in PRETRAIN_TARGETS if path.endswith(".parquet")],
+            baselines=f"{DATA}/baselines.json",
         output:
             table=f"{RESULTS}/tables/sweep.csv",
             choice=f"{RESULTS}/tables/sweep_choice.json",
+            figure=f"{RESULTS}/figures/frontier.png",
         params:
             sweep=json.dumps(config["sweep"], sort_keys=True),
             runs=RUNS,
@@ -20,5 +22,6 @@ if config["sweep"]["grids"] and config["sweep"]["phase"] == "tune":
             f"{BENCH}/sweep_select.tsv"
         shell:
             "moebalance sweep-select --sweep {params.sweep:q} --runs {params.runs:q}"
-            " --table {output.table:q} --choice {output.choice:q} --source-hash {params.code}"
+            " --table {output.table:q} --choice {output.choice:q}"
+            " --figure {output.figure:q} --baselines {input.baselines:q} --source-hash {params.code}"
             " > {log:q} 2>&1"

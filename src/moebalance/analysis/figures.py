@@ -14,6 +14,9 @@ declare them:
                                     layer's bias spread against the spread of its experts'
                                     mean affinity scores (every seed, last step)
 
+and, from the sweep-select stage (not compare), frontier.png: the balance-quality frontier
+of a sweep (:func:`frontier`).
+
 Metrics are looked up by catalogue identifier; axis labels take the catalogue's display.
 """
 
@@ -103,6 +106,50 @@ def nll_vs_maxvio(runs, path: Path) -> Path:
     right.set(xlabel=metric(x_key).display, ylabel=metric(right_key).display)
     left.legend()
     return _save(fig, path)
+
+
+def frontier(table, seeds: list[int], path, baselines: dict | None = None) -> Path:
+    """Wang et al. 2024, Fig. 1 in our terms: held-out MaxVio_global (x) against held-out
+    loss (y), one curve per grid in the order of its values, the reference variants as
+    points; seed means, error bars one seed-to-seed SD each way, the chosen point ringed.
+
+    ``table`` is moebalance.sweep's sweep table. With ``baselines`` (baselines.json of the
+    same validation windows) the loss is in bits per byte, nats/token x tokens / bytes /
+    ln 2 of those windows, and the interpolated bigram is drawn as a line; without it the
+    loss stays in nats/token.
+    """
+    import matplotlib.pyplot as plt
+
+    scale, unit = 1.0, "nats/token"
+    if baselines and baselines.get("bytes") and baselines.get("tokens"):
+        scale, unit = baselines["tokens"] / baselines["bytes"] / np.log(2), "bits/byte"
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for grid, group in table.groupby("grid", sort=False):
+        x, y = group["maxvio"].to_numpy(float), group["val_loss"].to_numpy(float) * scale
+        xerr = np.nan_to_num(group["maxvio_sd"].to_numpy(float))
+        yerr = np.nan_to_num(group["val_loss_sd"].to_numpy(float)) * scale
+        if grid == "reference":
+            for row, xi, yi, xe, ye in zip(group.itertuples(), x, y, xerr, yerr, strict=True):
+                ax.errorbar([xi], [yi], xerr=[xe], yerr=[ye], fmt="s", capsize=3,
+                            label=row.variant)
+            continue
+        line = ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o-", capsize=3, label=grid)
+        for row, xi, yi in zip(group.itertuples(), x, y, strict=True):
+            ax.annotate(f"{row.key.rsplit('.', 1)[-1]}={row.value:g}", (xi, yi), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+        chosen = group["chosen"].to_numpy(bool)
+        ax.scatter(x[chosen], y[chosen], s=160, facecolors="none",
+                   edgecolors=line[0].get_color(), linewidths=1.5)
+    if scale != 1.0:
+        ax.axhline(baselines["bigram"]["bits_per_byte"], color="grey", ls="--", lw=1,
+                   label="interpolated bigram")
+    ax.set(xlabel="held-out MaxVio_global (validation tokens, mean over MoE layers)",
+           ylabel=f"held-out val loss ({unit})",
+           title=f"Balance-quality frontier: seed means ± SD over tuning seeds {seeds}; "
+                 "ringed: chosen by the rule")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
 
 
 def token_class_specialization(spec_df, path: Path) -> Path:

@@ -43,6 +43,9 @@ class BalancingRouter(DeepseekV3TopkRouter):
         self.tokens_seen = torch.nn.Buffer(torch.zeros((), dtype=torch.float32), persistent=False)
         self.overridden_tokens = torch.nn.Buffer(torch.zeros((), dtype=torch.float32),
                                                  persistent=False)
+        # tokens per expert of eval-mode forwards (validation): held-out MaxVio_global
+        self.eval_tokens_per_expert_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
+                                                        persistent=False)
         self.record: RoutingRecord | None = None
 
     def is_training_forward(self) -> bool:
@@ -103,6 +106,9 @@ class BalancingRouter(DeepseekV3TopkRouter):
                     scores_TE / scores_TE.sum(dim=-1, keepdim=True))
                 if self.is_recording():
                     self._record(lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK)
+            elif not self.training:
+                self.eval_tokens_per_expert_E.add_(torch.bincount(
+                    topk_idx_TK.reshape(-1), minlength=self.num_experts).float())
         return logits_TE, weights_TK, topk_idx_TK
 
     def _overridden(self, scores_TE: torch.Tensor, selected_TE: torch.Tensor) -> torch.Tensor:

@@ -266,15 +266,26 @@ class Trainer:
         return row
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss over ``eval_batches`` fixed batches (routers do not count)."""
+    def evaluate(self) -> tuple[float, float]:
+        """Mean validation loss over ``eval_batches`` fixed batches, and the held-out
+        MaxVio_global of those batches (Wang et al. 2024, Eq. 4: the expert counts of all
+        validation tokens, per MoE layer, averaged over layers). Training counts are untouched."""
+        from moebalance.analysis.metrics import max_violation
+
         self.model.eval()
+        for router in self.routers:
+            router.eval_tokens_per_expert_E.zero_()
         ce, n = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for i in range(self.s.eval_batches):
             ce_sum, n_valid = self._ce_sum(self.val_batches.micro_batch(0, i))
             ce, n = ce + ce_sum, n + n_valid
         self.model.train()
-        return float(ce / n)
+        # every rank scores the same validation batches, as for the loss: no all-reduce
+        maxvio = math.nan
+        if self.routers:
+            counts_LE = torch.stack([r.eval_tokens_per_expert_E for r in self.routers])
+            maxvio = float(max_violation(counts_LE.cpu().numpy()).mean())
+        return float(ce / n), maxvio
 
     def train(self, stop_after: int | None = None) -> Telemetry:
         """Train to ``settings.steps`` (or stop once ``stop_after`` steps are done)."""
@@ -289,7 +300,7 @@ class Trainer:
             done = self.step
             if self.val_batches is not None and s.eval_every and (
                     done % s.eval_every == 0 or done == s.steps):
-                self.telemetry.record_val(row["step"], self.evaluate())
+                self.telemetry.record_val(row["step"], *self.evaluate())
             if self.checkpoints and s.snapshot_every and done % s.snapshot_every == 0 \
                     and done < s.steps and self.rank == 0:
                 self.checkpoints.save_snapshot(done, self.model)
