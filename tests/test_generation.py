@@ -86,14 +86,14 @@ def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
 
     model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
     prompt, solution = "def f(x):\n", "    return x + 1\n"
-    nll, n_tokens = solution_nll(model, tokenizer, prompt, solution)
+    nll, n_tokens, context = solution_nll(model, tokenizer, prompt, solution)
     # prompt and solution tokenized as one text; the loss covers the solution's tokens
     ids, first = encode_continuation(tokenizer, prompt, solution)
     assert ids == tokenizer(prompt + solution, add_special_tokens=False)["input_ids"]
     labels = torch.tensor([[-100] * first + ids[first:]])
     with torch.no_grad():
         mean_loss = model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
-    assert n_tokens == len(ids) - first > 0
+    assert n_tokens == len(ids) - first > 0 and context == len(ids)
     assert nll == pytest.approx(mean_loss * n_tokens, rel=1e-5)
 
 
@@ -103,8 +103,13 @@ def test_bits_per_byte_converts_nats_per_byte():
 
 def test_solution_nll_stage_writes_the_contract_columns(tiny, tmp_path):
     out = tmp_path / "solution_nll.parquet"
-    assert main(["solution-nll", "--model", str(tiny), "--out", str(out), "--no-tracking"]) == 0
+    assert main(["solution-nll", "--model", str(tiny), "--out", str(out), "--no-tracking",
+                 "--fit-tokens", "256"]) == 0
     table = pq.read_table(out)
-    assert table.column_names == ["task_id", "nll", "n_tokens", "bits_per_byte"]
+    assert table.column_names == ["task_id", "nll", "n_tokens", "bits_per_byte",
+                                  "context_tokens", "fits"]
     assert table.num_rows == 164
+    rows = table.to_pylist()
+    assert all(r["fits"] == (r["context_tokens"] <= 256) for r in rows)
+    assert 0 < sum(r["fits"] for r in rows) < 164  # the tiny tokenizer leaves some out
     assert min(table.column("nll").to_pylist()) > 0

@@ -92,6 +92,19 @@ def test_nll_means_are_added_to_the_summary(tmp_path):
     assert summary["mean_bits_per_byte"] == 1.0
 
 
+def test_nll_means_cover_the_problems_within_the_trained_length():
+    from moebalance.evaluation.solution_nll import nll_means
+
+    rows = [{"nll": 2.0, "n_tokens": 4, "bits_per_byte": 0.5, "fits": True},
+            {"nll": 6.0, "n_tokens": 2, "bits_per_byte": 1.5, "fits": False}]
+    means = nll_means(rows)
+    assert (means["mean_nll"], means["nll_per_token"], means["mean_bits_per_byte"]) == (
+        2.0, 0.5, 0.5)
+    assert (means["mean_nll_all"], means["nll_per_token_all"],
+            means["mean_bits_per_byte_all"]) == (4.0, 8.0 / 6.0, 1.0)
+    assert (means["problems_fitting"], means["problems"]) == (1, 2)
+
+
 MIXED = {  # task -> completions: right, wrong, raising, not compiling, endless
     "HumanEval/0": [PROBLEMS["HumanEval/0"]["canonical_solution"], "    return True\n"],
     "HumanEval/2": ["    raise ValueError('no')\n", "    return number % 1.0\n"],

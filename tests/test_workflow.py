@@ -77,7 +77,7 @@ def test_whole_dag_runs_end_to_end_on_smoke(workdir):
                 "data/tokens/meta.json", "data/sft/train.parquet", "data/sft/val.parquet",
                 "tables/comparison.md", "tables/comparison.csv", "figures/maxvio_batch.png"):
         assert (results / rel).is_file(), rel
-    for variant in ("none", "aux_loss", "loss_free", "loss_free_seq_aux"):
+    for variant in ("none", "aux_loss", "loss_free"):
         run = results / "runs" / variant / "seed0"
         for rel in ("pretrain/model/config.json", "pretrain/routing.parquet",
                     "sft/model/model.safetensors", "sft/metrics.parquet",
@@ -95,14 +95,14 @@ def test_whole_dag_runs_end_to_end_on_smoke(workdir):
     runs = [r for r in every if "stage" in r.data.tags]
     stages = Counter(r.data.tags["stage"] for r in runs)
     assert all(stages[s] == 1 for s in ("corpus", "sft_data", "tokenizer", "tokens", "compare"))
-    assert all(stages[s] == 4 for s in ("pretrain", "sft", "generate", "score", "solution_nll"))
+    assert all(stages[s] == 3 for s in ("pretrain", "sft", "generate", "score", "solution_nll"))
     assert all(r.data.tags["git_commit"] and r.data.tags["config_hash"] for r in runs)
     corpus_run = next(r for r in runs if r.data.tags["stage"] == "corpus")
     assert corpus_run.data.metrics["train_documents"] > 0
     # ... nested: one study run, one run per (variant, seed) holding the headline metrics
     parents = {r.info.run_id: r for r in every if "moebalance.level" in r.data.tags}
     levels = Counter(r.data.tags["moebalance.level"] for r in parents.values())
-    assert levels == {"study": 1, "run": 4}
+    assert levels == {"study": 1, "run": 3}
     assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in runs)
 
     # A second run has nothing to do.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 EXECUTION_KEYS = ("threads", "log_every", "checkpoint_every", "progress")
+DEFAULT_SEQ_LEN = 128  # tokens per training window when a loop's seq_len is left out
 
 
 @dataclass(frozen=True)
@@ -119,3 +120,10 @@ def study_hash(config: dict[str, Any]) -> str:
             loop.pop(key, None)
     blob = json.dumps(science, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def trained_length(pretrain_settings: dict[str, Any], finetune_settings: dict[str, Any]) -> int:
+    """The longest window a variant's model was trained on, pretraining or SFT: prompts and
+    solutions longer than this are scored by positions no training step reached."""
+    return max(loop.get("train", {}).get("seq_len", DEFAULT_SEQ_LEN)
+               for loop in (pretrain_settings, finetune_settings))

@@ -12,7 +12,13 @@ from snakemake.utils import min_version, validate
 
 from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
-from moebalance.config import execution_settings, sft_settings, study_hash, variant_settings
+from moebalance.config import (
+    execution_settings,
+    sft_settings,
+    study_hash,
+    trained_length,
+    variant_settings,
+)
 from moebalance.sweep import apply_sweep, read_choice
 
 min_version("9.0")
@@ -61,6 +67,8 @@ VARIANTS = list(config["variants"])
 SETTINGS = {variant: variant_settings(config, variant) for variant in VARIANTS}
 SFT_SETTINGS = {variant: sft_settings(SETTINGS[variant], config["finetune"])
                 for variant in VARIANTS}
+TRAINED_LENGTH = {variant: trained_length(SETTINGS[variant], SFT_SETTINGS[variant])
+                  for variant in VARIANTS}
 _LOOPS = {"pretrain": config["pretrain"], "sft": config["finetune"]["train"]}
 # threads go through the `threads:` directive (Snakemake may scale them to --cores)
 EXECUTION = {stage: json.dumps({k: v for k, v in execution_settings(loop).items()

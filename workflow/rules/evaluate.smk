@@ -34,6 +34,8 @@ rule solution_nll:
     output:
         f"{RUN_DIR}/humaneval/solution_nll.parquet",
     params:
+        # the means cover the problems whose prompt + solution fit the trained length
+        fit_tokens=lambda wildcards: TRAINED_LENGTH[wildcards.variant],
         code=stage_code("solution-nll"),
     threads: 1
     log:
@@ -42,7 +44,7 @@ rule solution_nll:
         f"{BENCH}/solution_nll/{{variant}}/seed{{seed}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} moebalance solution-nll --model {input.model:q}"
-        " --out {output:q} --source-hash {params.code}"
+        " --out {output:q} --fit-tokens {params.fit_tokens} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 

@@ -275,6 +275,9 @@ def _humaneval_values(data: RunData) -> None:
     nll = data.run.read("humaneval/solution_nll.parquet")
     if nll is not None:
         nll = nll.set_index("task_id")
+        data.set_units("solution_bpb_all", nll.bits_per_byte)
+        if "fits" in nll:  # the primary metrics: problems within the trained length only
+            nll = nll[nll.fits]
         data.set_units("solution_nll", nll.nll)
         data.set_units("solution_bpb", nll.bits_per_byte)
 

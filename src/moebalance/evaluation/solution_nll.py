@@ -6,6 +6,13 @@ the likelihood they give the reference solution moves long before pass@1 does.
     nll            -sum_t log p(solution token t | prompt, earlier solution tokens), in nats
     n_tokens       number of solution tokens
     bits_per_byte  nll / ln 2 / UTF-8 bytes of the solution (tokenizer-independent)
+    context_tokens tokens of prompt + solution
+    fits           context_tokens <= --fit-tokens, the longest sequence the model was
+                   trained on (True for every problem without --fit-tokens)
+
+The means (``nll_means``) are over the problems that fit: positions past the trained
+length are extrapolation, not what pretraining taught (REFERENCE.md §5); ``*_all``
+means cover every problem.
 
 Prompt and solution are tokenized as one text (as code appears in training); the tokens
 holding any solution character are scored, the one straddling the boundary included
@@ -24,19 +31,21 @@ from moebalance.io import write_parquet
 
 HELP = "NLL and bits per byte of every HumanEval canonical solution given its prompt"
 NLL_SCHEMA = pa.schema([("task_id", pa.string()), ("nll", pa.float64()),
-                        ("n_tokens", pa.int64()), ("bits_per_byte", pa.float64())])
+                        ("n_tokens", pa.int64()), ("bits_per_byte", pa.float64()),
+                        ("context_tokens", pa.int64()), ("fits", pa.bool_())])
 log = logging.getLogger(__name__)
 
 
-def solution_nll(model, tokenizer, prompt: str, solution: str) -> tuple[float, int]:
-    """(summed NLL in nats, number of tokens) of ``solution`` following ``prompt``."""
+def solution_nll(model, tokenizer, prompt: str, solution: str) -> tuple[float, int, int]:
+    """(summed NLL in nats, number of solution tokens, tokens of prompt + solution) of
+    ``solution`` following ``prompt``."""
     import torch
 
     from moebalance.data.tokenizer import encode_continuation
 
     token_ids, first = encode_continuation(tokenizer, prompt, solution)
     if first == len(token_ids):
-        return 0.0, 0
+        return 0.0, 0, len(token_ids)
     first = max(first, 1)  # the very first token has nothing to be predicted from
     device = next(model.parameters()).device
     ids = torch.tensor([token_ids], device=device)
@@ -47,7 +56,7 @@ def solution_nll(model, tokenizer, prompt: str, solution: str) -> tuple[float, i
     log_probs = torch.log_softmax(logits[0, first - 1:-1], dim=-1)
     targets = ids[0, first:]
     nll = -log_probs.gather(1, targets[:, None]).sum().item()
-    return nll, len(token_ids) - first
+    return nll, len(token_ids) - first, len(token_ids)
 
 
 def bits_per_byte(nll_nats: float, text: str) -> float:
@@ -55,16 +64,31 @@ def bits_per_byte(nll_nats: float, text: str) -> float:
 
 
 def nll_means(rows: list[dict]) -> dict[str, float]:
-    """Means over problems: nats per solution, nats per token, bits per byte."""
-    return {"mean_nll": sum(r["nll"] for r in rows) / len(rows),
-            "nll_per_token": sum(r["nll"] for r in rows) / sum(r["n_tokens"] for r in rows),
-            "mean_bits_per_byte": sum(r["bits_per_byte"] for r in rows) / len(rows)}
+    """Means over the problems that fit the trained length (all, for rows without a
+    ``fits`` field): nats per solution, nats per token, bits per byte; the same over every
+    problem as ``*_all``; and how many problems fit."""
+    def means(subset: list[dict], suffix: str) -> dict[str, float]:
+        if not subset:
+            return {f"{key}{suffix}": math.nan
+                    for key in ("mean_nll", "nll_per_token", "mean_bits_per_byte")}
+        return {f"mean_nll{suffix}": sum(r["nll"] for r in subset) / len(subset),
+                f"nll_per_token{suffix}": sum(r["nll"] for r in subset)
+                / max(1, sum(r["n_tokens"] for r in subset)),
+                f"mean_bits_per_byte{suffix}": sum(r["bits_per_byte"] for r in subset)
+                / len(subset)}
+
+    fitting = [r for r in rows if r.get("fits", True)]
+    return {**means(fitting, ""), **means(rows, "_all"), "problems_fitting": len(fitting),
+            "problems": len(rows)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.evaluation.generate import add_model_arguments
 
     add_model_arguments(parser, "solution_nll.parquet to write")
+    parser.add_argument("--fit-tokens", type=int, default=None, metavar="N",
+                        help="the longest sequence the model was trained on: the means cover "
+                        "the problems whose prompt + solution fit in N tokens (default: all)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -79,12 +103,15 @@ def run(args: argparse.Namespace) -> None:
         rows = []
         for task_id, problem in tqdm(problems.items(), desc="solution NLL", unit="problem"):
             solution = problem["canonical_solution"]
-            nll, n_tokens = solution_nll(model, tokenizer, problem["prompt"], solution)
+            nll, n_tokens, context = solution_nll(model, tokenizer, problem["prompt"], solution)
             rows.append({"task_id": task_id, "nll": nll, "n_tokens": n_tokens,
-                         "bits_per_byte": bits_per_byte(nll, solution)})
+                         "bits_per_byte": bits_per_byte(nll, solution),
+                         "context_tokens": context,
+                         "fits": args.fit_tokens is None or context <= args.fit_tokens})
         write_parquet(pa.Table.from_pylist(rows, schema=NLL_SCHEMA), args.out)
         means = nll_means(rows)
-        log.info("solution NLL: %s", means)
+        log.info("solution NLL: %s (means over the %d of %d problems within %s tokens)",
+                 means, means["problems_fitting"], len(rows), args.fit_tokens or "any")
         if mlflow is not None:
             mlflow.log_metrics(means)
             mlflow.log_artifact(args.out)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from moebalance.config import EXECUTION_KEYS, ExecutionSettings
+from moebalance.config import DEFAULT_SEQ_LEN, EXECUTION_KEYS, ExecutionSettings
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import moe_layer_indices, routers_of
 from moebalance.training.batches import IGNORE_INDEX, BatchSource
@@ -39,7 +39,7 @@ class TrainSettings:
     steps: int = 100
     micro_batch_size: int = 8
     grad_accum: int = 1
-    seq_len: int = 128
+    seq_len: int = DEFAULT_SEQ_LEN
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
