@@ -185,3 +185,17 @@ def test_stage_writes_table_choice_and_frontier_from_run_files(tmp_path):
     assert written["chosen"].tolist() == [False, True, False]  # 1e-3: MaxVio 0.8 > 0.5
     assert json.loads(choice.read_text())["aux_loss"]["value"] == 0.01
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_draws_grids_of_any_value_type_without_baselines(tmp_path):
+    from moebalance.analysis.figures import frontier
+
+    sweep = {"seeds": [100], "references": ["none"], "grids": {"rule": {
+        "base": "loss_free", "key": "balancing.loss_free.rule",
+        "values": ["sign", "proportional"]}}}
+    runs = {("rule@rule=sign", 100): {"val_loss": 3.0, "maxvio": 0.1, "maxvio_late": 0.1},
+            ("rule@rule=proportional", 100): {"val_loss": 3.1, "maxvio": 0.3,
+                                               "maxvio_late": 0.2},
+            ("none", 100): {"val_loss": 3.2, "maxvio": 2.0, "maxvio_late": 2.0}}
+    path = frontier(sweep_table(sweep, runs), [100], tmp_path / "frontier.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

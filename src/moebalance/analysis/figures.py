@@ -135,7 +135,7 @@ def frontier(table, seeds: list[int], path, baselines: dict | None = None) -> Pa
             continue
         line = ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o-", capsize=3, label=grid)
         for row, xi, yi in zip(group.itertuples(), x, y, strict=True):
-            ax.annotate(f"{row.key.rsplit('.', 1)[-1]}={row.value:g}", (xi, yi), fontsize=7,
+            ax.annotate(f"{row.key.rsplit('.', 1)[-1]}={row.value}", (xi, yi), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
         chosen = group["chosen"].to_numpy(bool)
         ax.scatter(x[chosen], y[chosen], s=160, facecolors="none",
