@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", default=None,
                         help="config YAML (repeatable; default config/config.yaml)")
-    parser.add_argument("--variant", default="loss_free_seq_aux", help="variant to time")
+    parser.add_argument("--variant", default="loss_free",
+                        help="variant of the config to time (its balancing strategies)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed steps first (the first one compiles)")

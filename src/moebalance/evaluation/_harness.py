@@ -266,8 +266,7 @@ class Zygote:
                 _checker_child(job, nonce_r, marker_w, workdir, self, timeout)  # never returns
             os.close(nonce_r)
             nonce = os.urandom(NONCE_BYTES)
-            os.write(nonce_w, nonce)
-            os.close(nonce_w)
+            send_nonce(nonce_w, nonce)
             return nonce, pid
 
         return self._supervise(spawn, timeout)
@@ -592,6 +591,19 @@ def _checker_child(job: dict, nonce_r: int, marker_w: int, workdir: str, zygote:
 
     _judged(run, nonce, [marker_w, checker_end, nonce_r, candidate_end], workdir, zygote,
             timeout)
+
+
+def send_nonce(fd: int, nonce: bytes) -> None:
+    """Write the nonce to a checker's pipe and close it. A checker that has already ended
+    (its test failed or it died, before it needed the nonce) closed the other end: EPIPE
+    then, and its verdict, already in the marker pipe or its exit status, cannot be a pass
+    without the nonce. On a loaded machine this race is real; it must not end the zygote."""
+    try:
+        os.write(fd, nonce)  # NONCE_BYTES fit a pipe's buffer: this never blocks
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pin_to_this_cpu() -> None:
