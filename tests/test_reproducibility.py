@@ -13,7 +13,14 @@ from conftest import REPO, run_snakemake
 from moebalance import provenance
 from moebalance.cli import STAGES
 from moebalance.codehash import closure, code_hash, unhashed_imports
-from moebalance.config import ExecutionSettings, execution_settings, sft_settings, variant_settings
+from moebalance.config import (
+    DEFAULT_SEQ_LEN,
+    ExecutionSettings,
+    execution_settings,
+    sft_settings,
+    trained_length,
+    variant_settings,
+)
 
 
 @pytest.fixture
@@ -162,3 +169,9 @@ def test_comparison_flags_runs_from_different_fingerprints():
     assert not mixed and len(lines) == 3 and "2: aux_loss/seed0, none/seed0" in lines[2]
     lines, mixed = provenance.describe([("none/seed0", a), ("aux_loss/seed0", b)])
     assert mixed and len(lines) == 4
+
+
+def test_trained_length_is_the_longer_training_window_of_pretraining_and_sft():
+    assert trained_length({"train": {"seq_len": 256}}, {"train": {"seq_len": 512}}) == 512
+    assert trained_length({"train": {"seq_len": 300}}, {"train": {}}) == 300
+    assert trained_length({"train": {}}, {"train": {}}) == DEFAULT_SEQ_LEN
