@@ -28,12 +28,18 @@ import numpy as np
 import torch
 import yaml
 
-from moebalance.config import EXECUTION_KEYS, ExecutionSettings, deep_merge, variant_settings
-from moebalance.model import build_model
+from moebalance.config import (
+    EXECUTION_KEYS,
+    ExecutionSettings,
+    ModelSettings,
+    TrainSettings,
+    deep_merge,
+    variant_settings,
+)
+from moebalance.model import build_hf_config, build_model
 from moebalance.model.balancing import Balancing
-from moebalance.model.config import ModelSettings, build_hf_config
 from moebalance.training.batches import TokenWindows
-from moebalance.training.trainer import Trainer, TrainSettings, build_optimizer, lr_at
+from moebalance.training.trainer import Trainer, build_optimizer, lr_at
 
 VOCAB = 8192
 

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moebalance.config import ExecutionSettings
+from moebalance.config import ExecutionSettings, ModelSettings, TrainSettings
 from moebalance.model import build_model
-from moebalance.model.config import ModelSettings
-from moebalance.training.trainer import TrainSettings
 
 VOCAB = 96
 TINY = dict(hidden_size=32, layers=2, heads=2, routed_experts=8, top_k=2, expert_size=16,

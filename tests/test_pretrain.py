@@ -157,8 +157,7 @@ def test_heldout_maxvio_is_recomputed_from_the_saved_model_with_stock_transforme
     from transformers import AutoModelForCausalLM
 
     from moebalance.data.tokens import open_split
-    from moebalance.training.batches import TokenWindows
-    from moebalance.training.stage import VAL_SEED
+    from moebalance.training.batches import VAL_SEED, TokenWindows
 
     root, out = pretrained
     metrics = pd.read_parquet(out / "metrics.parquet")

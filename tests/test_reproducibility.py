@@ -144,7 +144,7 @@ def test_an_execution_knob_in_the_science_settings_is_a_usage_error(tmp_path, ca
 def test_bad_execution_settings_name_the_key():
     with pytest.raises(ValueError, match="log_every"):
         ExecutionSettings(log_every=0)
-    with pytest.raises(ValueError, match="unknown execution key"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in execution: log_evry"):
         ExecutionSettings.from_dict({"log_evry": 3})
 
 

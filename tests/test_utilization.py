@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 
 from moebalance.analysis import utilization as u
 from moebalance.cli import main
+from moebalance.config import ModelSettings
 from moebalance.model import build_model, load_model
-from moebalance.model.config import ModelSettings
 from moebalance.model.router import routers_of
 
 TINY = dict(hidden_size=32, layers=3, heads=2, routed_experts=8, top_k=2, expert_size=16,

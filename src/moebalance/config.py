@@ -1,7 +1,10 @@
-"""Study settings as the stages take them: variant resolution and the split between the
-science (what changes a result) and execution knobs (how fast or how visibly it runs).
+"""Study settings as the stages take them: the typed settings of the model and of a
+training loop, variant resolution, and the split between the science (what changes a
+result) and execution knobs (how fast or how visibly it runs).
 
-Torch-free: the Snakefile imports it at parse time.
+Torch-free: the Snakefile imports it at parse time. Every settings class is a frozen
+dataclass whose ``from_dict`` refuses unknown keys and values outside a ``Literal``'s
+choices, naming the section and key; the field comments are the documentation.
 
 Execution knobs never enter a rule's params or a checkpoint's fingerprint, so changing one
 plans no job and a killed run still resumes:
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 EXECUTION_KEYS = ("threads", "log_every", "checkpoint_every", "progress")
 DEFAULT_SEQ_LEN = 128  # tokens per training window when a loop's seq_len is left out
@@ -43,11 +47,108 @@ class ExecutionSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExecutionSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown execution key(s): {', '.join(unknown)}")
-        return cls(**values)
+        return settings_from_dict(cls, values, "execution")
+
+
+def settings_from_dict(cls, values: dict[str, Any], section: str):
+    """``cls(**values)``, refusing keys ``cls`` lacks and values outside a ``Literal``'s
+    choices; each error names ``section`` and the key."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {section}: {', '.join(unknown)}")
+    for name, hint in typing.get_type_hints(cls).items():
+        if name in values and typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
+            if values[name] not in choices:
+                raise ValueError(f"{section}.{name} must be one of "
+                                 f"{', '.join(map(str, choices))}; got {values[name]!r}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The `model` section: a small DeepseekV3ForCausalLM (moebalance.model builds it).
+
+    Everything is a plain field of ``DeepseekV3Config`` except ``score_function``, which the
+    stock router does not know: it is stored on the config as ``scoring_func`` (the name
+    DeepSeek's own configs use) and honoured by moebalance.model.router's counting router.
+    """
+
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    dense_size: int = 384          # intermediate size of the first_k_dense_replace dense MLPs
+    routed_experts: int = 16       # N_r
+    top_k: int = 4                 # K_r
+    shared_experts: int = 1        # N_s
+    expert_size: int = 64          # moe_intermediate_size of each (routed and shared) expert
+    first_k_dense: int = 1         # first_k_dense_replace: leading layers with a dense MLP
+    q_lora_rank: int | None = None  # None: plain q projection (as DeepSeek-V2-Lite)
+    kv_lora_rank: int = 64
+    qk_rope_head_dim: int = 16
+    qk_nope_head_dim: int = 16
+    v_head_dim: int = 32
+    max_seq_len: int = 256
+    n_group: int = 1               # group-limited routing (n_group > 1) is off by default
+    topk_group: int = 1
+    score_function: Literal["sigmoid", "softmax"] = "sigmoid"
+    routed_scaling_factor: float = 1.0  # multiplies the routed gates g (DeepSeek-V3 uses 2.5)
+    init_std: float = 0.02
+    bias_init_skew: float = 0.0    # >0: initial bias b_i = skew*(1 - i/(E-1)): imbalanced start
+    experts_implementation: Literal["grouped_mm", "batched_mm", "eager"] = "grouped_mm"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.routed_experts:
+            raise ValueError(f"model.top_k={self.top_k} must be in [1, routed_experts]")
+        if self.routed_experts % self.n_group or not 1 <= self.topk_group <= self.n_group:
+            raise ValueError("model.n_group must divide routed_experts and topk_group <= n_group")
+        if self.first_k_dense >= self.layers:
+            raise ValueError("model.first_k_dense must leave at least one MoE layer")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelSettings:
+        return settings_from_dict(cls, values, "model")
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return list(range(self.first_k_dense, self.layers))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A training loop's science (`pretrain`, `finetune.train`); its execution knobs are
+    :class:`ExecutionSettings`."""
+
+    steps: int = 100
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = DEFAULT_SEQ_LEN
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    router_weight_decay: bool = True  # decay the router weights (mlp.gate.weight) too
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 50          # and at the last step; 0: never
+    eval_batches: int = 4
+    snapshot_every: int = 0       # keep the model every N steps (router saturation); 0: never
+    device: str = "auto"          # auto: cuda if available, else cpu; or a torch device name
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
+    compile: bool = False         # torch.compile the training forward (model, CE, loss terms)
+    loss_chunk_tokens: int = 0    # LM head + cross-entropy in chunks of N tokens; 0: whole
+    activation_checkpointing: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
+        knobs = sorted(set(values) & set(EXECUTION_KEYS))
+        if knobs:
+            raise ValueError(f"{', '.join(knobs)} in train: execution knobs go in the "
+                             "execution settings (--execution, --threads), not the science")
+        return settings_from_dict(cls, values, "train")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

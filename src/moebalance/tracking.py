@@ -20,9 +20,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,21 @@ def run(args: argparse.Namespace) -> None:
          "experiment_id": experiment.experiment_id},
         args.out,
     )
+
+
+def mlflow_logger(mlflow) -> Callable[[list[dict[str, Any]]], None]:
+    """A Trainer.on_log callback sending metrics rows to the active MLflow run in one batch."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
+
+    def on_log(rows: list[dict[str, Any]]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, row["step"]) for row in rows
+                   for key, value in row.items()
+                   if key != "step" and value is not None and not math.isnan(value)]
+        for start in range(0, len(metrics), 1000):  # MLflow's per-request cap
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+    return on_log

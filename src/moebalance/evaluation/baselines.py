@@ -10,7 +10,7 @@ the pretraining stage reports its validation loss on:
 ``lam`` minimises the bigram's loss on the whole val split (scipy's bounded scalar
 minimiser). The scored tokens are the pretraining stage's fixed validation windows:
 ``eval_batches`` micro-batches of ``micro_batch_size`` windows of ``seq_len`` targets drawn
-with VAL_SEED from the val shard (see moebalance.training.stage / batches), each target
+with VAL_SEED from the val shard (see moebalance.training.batches), each target
 predicted from the token before it. They are a subset of the tuning data, so the bigram
 is, if anything, slightly favoured: a model clearing it clears a fairly tuned one.
 
@@ -113,8 +113,7 @@ def token_bytes(tokenizer) -> np.ndarray:
 def scored_pairs(val_tokens: np.ndarray, seq_len: int, micro_batch_size: int,
                  eval_batches: int) -> tuple[np.ndarray, np.ndarray]:
     """(context, target) of every target of the pretraining stage's validation windows."""
-    from moebalance.training.batches import TokenWindows
-    from moebalance.training.stage import VAL_SEED
+    from moebalance.training.batches import VAL_SEED, TokenWindows
 
     windows = TokenWindows(val_tokens, seq_len, micro_batch_size, VAL_SEED)
     batches = [windows.micro_batch(0, i) for i in range(eval_batches)]
@@ -158,10 +157,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
+    from moebalance.config import TrainSettings
     from moebalance.data.tokens import open_split, read_meta
     from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
-    from moebalance.training.trainer import TrainSettings
 
     for key in ("seq_len", "micro_batch_size", "eval_batches"):
         if getattr(args, key) is None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 IGNORE_INDEX = -100
+VAL_SEED = 1234  # every variant and seed is validated on the same batches of its val split
 
 
 class BatchSource(Protocol):

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.data.tokens import open_split, read_meta
     from moebalance.errors import UsageError
     from moebalance.model import build_model
-    from moebalance.training.batches import TokenWindows
-    from moebalance.training.stage import VAL_SEED, StageSettings, train_and_save
+    from moebalance.training.batches import VAL_SEED, TokenWindows
+    from moebalance.training.stage import StageSettings, train_and_save
 
     settings = StageSettings.parse(args.settings, with_model=True)
     meta_path = Path(args.tokens_dir) / "meta.json"
@@ -58,5 +58,5 @@ def run(args: argparse.Namespace) -> None:
     train_and_save(args, "pretrain", params,
                    lambda: build_model(settings.model, meta["vocab_size"], meta["eot_id"],
                                        meta["pad_id"], seed),
-                   settings.balancing, t, train_batches, val_batches, args.tokenizer_dir,
+                   settings, train_batches, val_batches, args.tokenizer_dir,
                    snapshots=True, data={"corpus_hash": meta.get("corpus_hash")})

@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> None:
 
     from moebalance.errors import UsageError
     from moebalance.model import load_model
-    from moebalance.training.stage import VAL_SEED, StageSettings, train_and_save
+    from moebalance.training.batches import VAL_SEED
+    from moebalance.training.stage import StageSettings, train_and_save
 
     if not (Path(args.pretrained) / "config.json").is_file():
         raise UsageError(f"no pretrained model at {args.pretrained}; run the pretrain stage first")
@@ -115,6 +116,5 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.sft_dir}: {err}") from err
     params = {**settings.to_dict(), "seed": seed, "pretrained": str(args.pretrained),
               "sft_dir": str(args.sft_dir), "source_hash": args.source_hash}
-    train_and_save(args, "sft", params, lambda: load_model(args.pretrained),
-                   settings.balancing, train, train_batches, val_batches,
-                   tokenizer_dir=args.pretrained)
+    train_and_save(args, "sft", params, lambda: load_model(args.pretrained), settings,
+                   train_batches, val_batches, tokenizer_dir=args.pretrained)

@@ -19,16 +19,20 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from moebalance.config import ExecutionSettings, ModelSettings, TrainSettings
+from moebalance.errors import UsageError
+
+if TYPE_CHECKING:  # torch: imported when a stage runs, so that `--help` stays fast
+    from moebalance.model.balancing import Balancing
 
 log = logging.getLogger(__name__)
-VAL_SEED = 1234  # every variant and seed is evaluated on the same validation batches
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, sections: str) -> None:
@@ -52,11 +56,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, sections: str) -> No
     add_tracking_arguments(parser)
 
 
-def execution_of(args: argparse.Namespace):
+def execution_of(args: argparse.Namespace) -> ExecutionSettings:
     """The ExecutionSettings of --execution, --threads and --no-progress."""
-    from moebalance.config import ExecutionSettings
-    from moebalance.errors import UsageError
-
     try:
         values = json.loads(args.execution)
         if not isinstance(values, dict):
@@ -72,59 +73,40 @@ def execution_of(args: argparse.Namespace):
 
 @dataclass(frozen=True)
 class StageSettings:
-    """--settings of a training stage, validated: ``balancing`` (strategy names and
-    options), ``train`` (a TrainSettings) and, for pretraining only, ``model``."""
+    """--settings of a training stage, parsed and validated once: the built ``balancing``
+    strategies, the ``train`` loop and, for pretraining only, the ``model``."""
 
-    balancing: dict[str, Any]
-    train: Any                # TrainSettings (imported lazily: it pulls in torch)
-    model: Any = None         # ModelSettings; None for SFT, which loads its model
+    balancing: Balancing
+    train: TrainSettings
+    model: ModelSettings | None      # None for SFT, which loads its model
+    balancing_options: dict[str, Any]  # the `balancing` section as given (params, MLflow)
 
     @classmethod
     def parse(cls, text: str, with_model: bool) -> StageSettings:
         """From inline JSON or @FILE; a bad value is a UsageError naming --settings."""
-        from moebalance.errors import UsageError
         from moebalance.model.balancing import Balancing
-        from moebalance.model.config import ModelSettings
-        from moebalance.training.trainer import TrainSettings
 
         try:
             values = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+            if not isinstance(values, dict):
+                raise ValueError("expected a JSON object")
             sections = {"balancing", "train"} | ({"model"} if with_model else set())
             unknown = sorted(set(values) - sections)
             if unknown:
                 raise ValueError(f"unknown settings section(s): {', '.join(unknown)}")
-            balancing = dict(values.get("balancing", {}))
-            Balancing.from_dict(balancing)  # validates names and options
-            return cls(balancing=balancing,
+            options = dict(values.get("balancing", {}))
+            return cls(balancing=Balancing.from_dict(options),
                        train=TrainSettings.from_dict(values.get("train", {})),
                        model=ModelSettings.from_dict(values.get("model", {}))
-                       if with_model else None)
+                       if with_model else None,
+                       balancing_options=options)
         except (OSError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
             raise UsageError(f"--settings: {err}") from err
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"balancing": self.balancing, "train": asdict(self.train)}
+        """The science as the checkpoint fingerprint and MLflow see it (defaults filled in)."""
+        out = {"balancing": self.balancing_options, "train": asdict(self.train)}
         return out | ({"model": asdict(self.model)} if self.model is not None else {})
-
-
-def mlflow_logger(mlflow) -> Callable[[list[dict[str, Any]]], None]:
-    """A Trainer.on_log callback sending metrics rows to the active MLflow run in one batch."""
-    import time
-
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
-
-    def on_log(rows: list[dict[str, Any]]) -> None:
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, row["step"]) for row in rows
-                   for key, value in row.items()
-                   if key != "step" and value is not None and not math.isnan(value)]
-        for start in range(0, len(metrics), 1000):  # MLflow's per-request cap
-            client.log_batch(run_id, metrics=metrics[start:start + 1000])
-
-    return on_log
 
 
 def init_distributed() -> bool:
@@ -142,7 +124,7 @@ def init_distributed() -> bool:
 
 
 def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
-                   make_model: Callable[[], Any], balancing: dict[str, Any], train_settings,
+                   make_model: Callable[[], Any], settings: StageSettings,
                    train_batches, val_batches, tokenizer_dir: str | None,
                    snapshots: bool = False, data: dict[str, Any] | None = None) -> None:
     """Train (resuming from --checkpoint-dir) and write the stage's outputs; with
@@ -155,8 +137,7 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
 
     from moebalance import provenance
     from moebalance.io import atomic_path, write_parquet
-    from moebalance.model.balancing import Balancing
-    from moebalance.tracking import config_hash, log_headline, stage_run
+    from moebalance.tracking import config_hash, log_headline, mlflow_logger, stage_run
     from moebalance.training.trainer import Trainer
 
     distributed = init_distributed()
@@ -164,8 +145,8 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
     tracking = stage_run(args, stage, params) if rank == 0 else contextlib.nullcontext()
     try:
         with tracking as mlflow:
-            trainer = Trainer(make_model(), Balancing.from_dict(balancing), train_settings,
-                              train_batches, val_batches, checkpoint_dir=args.checkpoint_dir,
+            trainer = Trainer(make_model(), settings.balancing, settings.train, train_batches,
+                              val_batches, checkpoint_dir=args.checkpoint_dir,
                               fingerprint=config_hash(params), execution=execution_of(args),
                               on_log=mlflow_logger(mlflow) if mlflow is not None else None)
             telemetry = trainer.train()

@@ -10,19 +10,17 @@ the trainer decides). The batch source is pluggable and labels of -100 are maske
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from moebalance.config import DEFAULT_SEQ_LEN, EXECUTION_KEYS, ExecutionSettings
+from moebalance.config import ExecutionSettings, TrainSettings
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import moe_layer_indices, routers_of
 from moebalance.training.batches import IGNORE_INDEX, BatchSource
@@ -32,42 +30,6 @@ from moebalance.training.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 DEFAULT_EXECUTION = ExecutionSettings()
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    steps: int = 100
-    micro_batch_size: int = 8
-    grad_accum: int = 1
-    seq_len: int = DEFAULT_SEQ_LEN
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    router_weight_decay: bool = True  # decay the router weights (mlp.gate.weight) too
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 50          # and at the last step; 0: never
-    eval_batches: int = 4
-    snapshot_every: int = 0       # keep the model every N steps (router saturation); 0: never
-    device: str = "auto"          # auto: cuda if available, else cpu
-    precision: str = "auto"       # auto: bf16 autocast on cuda, fp32 on cpu; or fp32 / bf16
-    compile: bool = False         # torch.compile the training forward (model, CE, loss terms)
-    loss_chunk_tokens: int = 0    # LM head + cross-entropy in chunks of N tokens; 0: whole
-    activation_checkpointing: bool = False
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        knobs = sorted(set(values) & set(EXECUTION_KEYS))
-        if knobs:
-            raise ValueError(f"{', '.join(knobs)} in train: execution knobs go in the "
-                             "execution settings (--execution, --threads), not the science")
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown key(s) in train: {', '.join(unknown)}")
-        return cls(**values)
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
