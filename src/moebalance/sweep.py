@@ -177,7 +177,7 @@ def read_choice(config: dict[str, Any]) -> dict[str, Any] | None:
 def run_summary(metrics, routing, late_fraction: float) -> dict[str, float]:
     """Last validation's val loss and held-out MaxVio_global, and the training batches'
     MaxVio over the last ``late_fraction`` of steps, of one run (pandas tables)."""
-    from moebalance.analysis.metrics import max_violation
+    from moebalance.maxvio import max_violation
 
     val = metrics.dropna(subset=["val_loss"])
     if val.empty:

@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from moebalance.maxvio import max_violation
+
 DEAD_FRACTION = 0.01  # an expert is dead below 1% of the mean load (REFERENCE.md §4)
 
 
 def _mean(load_E: np.ndarray) -> np.ndarray:
     return np.asarray(load_E, dtype=np.float64).mean(axis=-1)
-
-
-def max_violation(load_E: np.ndarray) -> np.ndarray:
-    """(max_i load_i - mean load) / mean load over the last axis."""
-    load_E = np.asarray(load_E, dtype=np.float64)
-    mean = load_E.mean(axis=-1)
-    # Wang et al. 2024 Eq. 4: MaxVio = (max_i Load_i - mean Load) / mean Load
-    return (load_E.max(axis=-1) - mean) / mean
 
 
 def coefficient_of_variation(load_E: np.ndarray) -> np.ndarray:

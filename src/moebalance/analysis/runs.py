@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from moebalance.analysis import metrics as M
+from moebalance.maxvio import max_violation
 
 LAST_FRACTION = 0.25  # MaxVio_batch and the override rate: mean over the last quarter
 HUMANEVAL = "humaneval"
@@ -129,7 +130,7 @@ class Utilization:
         out = {name: float(v.mean()) for name, v in M.layer_summary(self.mix_loads()).items()}
         if HUMANEVAL in self.domains:
             out["maxvio_global_humaneval"] = float(
-                M.max_violation(self.domain_loads(HUMANEVAL)).mean())
+                max_violation(self.domain_loads(HUMANEVAL)).mean())
         by_domain = self.loads_LDE
         out["mi_domain"] = float(M.mutual_information(by_domain).mean())
         out["mi_token_class"] = float(M.mutual_information(self.classes_LCE).mean())

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from moebalance.analysis.metrics import max_violation
+from moebalance.maxvio import max_violation
 from moebalance.model.balancing import STRATEGIES
 
 # Every loss term gets a column (0.0 when its strategy is off), so variants share one schema.

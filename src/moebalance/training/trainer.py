@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from moebalance.config import ExecutionSettings, TrainSettings
+from moebalance.maxvio import max_violation
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import moe_layer_indices, routers_of
 from moebalance.training.batches import IGNORE_INDEX, BatchSource
@@ -232,8 +233,6 @@ class Trainer:
         """Mean validation loss over ``eval_batches`` fixed batches, and the held-out
         MaxVio_global of those batches (Wang et al. 2024, Eq. 4: the expert counts of all
         validation tokens, per MoE layer, averaged over layers). Training counts are untouched."""
-        from moebalance.analysis.metrics import max_violation
-
         self.model.eval()
         for router in self.routers:
             router.eval_tokens_per_expert_E.zero_()
