@@ -11,6 +11,7 @@ import pytest
 from moebalance.analysis import claims, runs
 from moebalance.analysis import utilization as u
 from moebalance.cli import main
+from moebalance.data.token_classes import TOKEN_CLASSES
 
 LAYERS, E, K, STEPS, TASKS = [1, 2], 8, 2, 40, 30
 DOMAINS = ("library", "test", "docs", "humaneval")
@@ -74,7 +75,7 @@ def write_utilization(out, rng, probs, nll_shift):
     u.saturation_table(windows, picks["pretrain"], picks["sft"], LAYERS).to_pandas() \
         .to_parquet(out / "saturation.parquet")
     (out / "meta.json").write_text(json.dumps({
-        "top_k": K, "routed_experts": E, "layers": LAYERS, "token_classes": list(u.TOKEN_CLASSES),
+        "top_k": K, "routed_experts": E, "layers": LAYERS, "token_classes": list(TOKEN_CLASSES),
         "models": ["pretrain", "sft"], "documents_per_domain": DOCS_PER_DOMAIN,
         "training_domain_shares": {"library": 0.7, "test": 0.2, "docs": 0.1}}))
 

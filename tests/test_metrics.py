@@ -137,8 +137,15 @@ def test_coactivation_hand_computed():
     np.testing.assert_allclose(ca, [[0, 2 / 3, 1 / 3], [1, 0, 0], [1, 0, 0]])
 
 
-def test_router_saturation_counts_shared_choices_whatever_their_order():
+def test_topk_overlap_counts_shared_choices_whatever_their_order():
     final = np.array([[0, 1], [2, 3]])
     early = np.array([[1, 0], [2, 5]])  # 2 of 2, then 1 of 2
-    assert m.router_saturation(early, final) == pytest.approx(0.75)
-    assert m.router_saturation(final, final) == 1.0
+    np.testing.assert_allclose(m.topk_overlap(early, final), [1.0, 0.5])
+    assert m.topk_overlap(early, final).mean() == pytest.approx(0.75)  # router saturation
+    np.testing.assert_array_equal(m.topk_overlap(final, final), [1.0, 1.0])
+
+
+def test_topk_overlap_carries_leading_axes():
+    final_TLK = np.array([[[0, 1], [2, 3]], [[4, 5], [6, 7]]])  # two tokens, two layers
+    early_TLK = np.array([[[1, 0], [3, 4]], [[0, 2], [6, 7]]])
+    np.testing.assert_allclose(m.topk_overlap(early_TLK, final_TLK), [[1.0, 0.5], [0.0, 1.0]])

@@ -115,15 +115,14 @@ def coactivation(pairs_EE: np.ndarray) -> np.ndarray:
     return np.where(eye, 0.0, ca)
 
 
-def router_saturation(topk_a_TK: np.ndarray, topk_b_TK: np.ndarray) -> float:
-    """Mean over tokens of |TopK_a ∩ TopK_b| / K: how many of the final model's choices an
-    earlier checkpoint already makes (1 = saturated)."""
+def topk_overlap(topk_a_TK: np.ndarray, topk_b_TK: np.ndarray) -> np.ndarray:
+    """|TopK_a ∩ TopK_b| / K of each token, whatever the order of its K choices; the last
+    axis holds the K choices, leading axes are carried ((T, L, K) -> (T, L)). Its mean over
+    tokens is router saturation: how many of the final model's choices an earlier
+    checkpoint already makes (1 = saturated)."""
     a, b = np.asarray(topk_a_TK), np.asarray(topk_b_TK)
-    if a.size == 0:
-        return float("nan")
-    overlap_T = (a[:, :, None] == b[:, None, :]).any(-1).sum(-1)
-    # OLMoE Eq. 5: (1/N) sum_t |TopK_t^{(ckpt)} ∩ TopK_t^{(final)}| / k
-    return float(overlap_T.mean() / a.shape[1])
+    # OLMoE Eq. 5, the summand: |TopK_t^{(ckpt)} ∩ TopK_t^{(final)}| / k (mean over t in compare)
+    return (a[..., :, None] == b[..., None, :]).any(-1).sum(-1) / a.shape[-1]
 
 
 def maxvio_batch(tokens_SLE: np.ndarray) -> np.ndarray:
