@@ -282,11 +282,11 @@ def test_the_readme_answer_region_is_filled_from_answer_md(tmp_path):
 def test_training_mix_weights_domains_by_their_training_share():
     # layer loads: library all on expert 0, test all on expert 1; shares 0.75 / 0.25
     util = runs.Utilization(
-        loads_LDE=np.array([[[10.0, 0, 0, 0], [0, 30.0, 0, 0]]]), classes_LCE=np.ones((1, 1, 4)),
+        counts_LDE=np.array([[[10.0, 0, 0, 0], [0, 30.0, 0, 0]]]), counts_LCE=np.ones((1, 1, 4)),
         domains=["library", "test"], classes=["x"], layers=[1], top_k=1, documents={},
         shares={"library": 0.75, "test": 0.25}, pairs_LEE=np.ones((1, 4, 4)),
         vocab_concentration_L=np.ones(1), saturation_L=None)
-    np.testing.assert_allclose(util.mix_loads(), [[0.75, 0.25, 0, 0]])
+    np.testing.assert_allclose(util.mix_shares(), [[0.75, 0.25, 0, 0]])
     # MaxVio (Wang et al. Eq. 4) of (0.75, 0.25, 0, 0): (0.75 - 0.25) / 0.25 = 2
     assert util.values()["maxvio_global"] == pytest.approx(2.0)
 
