@@ -14,6 +14,9 @@ VOCAB = 96
 TINY = dict(hidden_size=32, layers=2, heads=2, routed_experts=8, top_k=2, expert_size=16,
             dense_size=64, kv_lora_rank=16, v_head_dim=8, qk_rope_head_dim=8, qk_nope_head_dim=8,
             max_seq_len=64)
+# a dense first layer, then two MoE layers whose router biases start skewed (not all zero)
+ROUTED_TINY = dict(TINY, layers=3, max_seq_len=128, bias_init_skew=0.05)
+PY_SOURCE = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n'
 
 
 QUIET = ExecutionSettings(threads=1, checkpoint_every=0, progress=False)

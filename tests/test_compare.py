@@ -11,6 +11,7 @@ import pytest
 from moebalance.analysis import claims, runs
 from moebalance.analysis import utilization as u
 from moebalance.cli import main
+from moebalance.data.token_classes import TOKEN_CLASSES
 
 LAYERS, E, K, STEPS, TASKS = [1, 2], 8, 2, 40, 30
 DOMAINS = ("library", "test", "docs", "humaneval")
@@ -74,7 +75,7 @@ def write_utilization(out, rng, probs, nll_shift):
     u.saturation_table(windows, picks["pretrain"], picks["sft"], LAYERS).to_pandas() \
         .to_parquet(out / "saturation.parquet")
     (out / "meta.json").write_text(json.dumps({
-        "top_k": K, "routed_experts": E, "layers": LAYERS, "token_classes": list(u.TOKEN_CLASSES),
+        "top_k": K, "routed_experts": E, "layers": LAYERS, "token_classes": list(TOKEN_CLASSES),
         "models": ["pretrain", "sft"], "documents_per_domain": DOCS_PER_DOMAIN,
         "training_domain_shares": {"library": 0.7, "test": 0.2, "docs": 0.1}}))
 
@@ -281,11 +282,11 @@ def test_the_readme_answer_region_is_filled_from_answer_md(tmp_path):
 def test_training_mix_weights_domains_by_their_training_share():
     # layer loads: library all on expert 0, test all on expert 1; shares 0.75 / 0.25
     util = runs.Utilization(
-        loads_LDE=np.array([[[10.0, 0, 0, 0], [0, 30.0, 0, 0]]]), classes_LCE=np.ones((1, 1, 4)),
+        counts_LDE=np.array([[[10.0, 0, 0, 0], [0, 30.0, 0, 0]]]), counts_LCE=np.ones((1, 1, 4)),
         domains=["library", "test"], classes=["x"], layers=[1], top_k=1, documents={},
         shares={"library": 0.75, "test": 0.25}, pairs_LEE=np.ones((1, 4, 4)),
         vocab_concentration_L=np.ones(1), saturation_L=None)
-    np.testing.assert_allclose(util.mix_loads(), [[0.75, 0.25, 0, 0]])
+    np.testing.assert_allclose(util.mix_shares(), [[0.75, 0.25, 0, 0]])
     # MaxVio (Wang et al. Eq. 4) of (0.75, 0.25, 0, 0): (0.75 - 0.25) / 0.25 = 2
     assert util.values()["maxvio_global"] == pytest.approx(2.0)
 

@@ -58,15 +58,15 @@ def test_dead_experts_are_below_one_percent_of_the_mean():
 
 
 def test_metrics_act_on_the_last_axis_of_stacked_layers():
-    load_LE = np.stack([np.full(N, 25.0), collapsed()])
-    np.testing.assert_allclose(max_violation(load_LE), [0, N / K - 1])
-    summary = m.layer_summary(load_LE)
+    counts_LE = np.stack([np.full(N, 25.0), collapsed()])
+    np.testing.assert_allclose(max_violation(counts_LE), [0, N / K - 1])
+    summary = m.layer_summary(counts_LE)
     assert summary["gini"].shape == (2,)
 
 
 def test_maxvio_batch_averages_layers_per_step():
-    tokens_SLE = np.array([[[1, 2, 3, 6], [3, 3, 3, 3]]])  # one step, two layers: 1 and 0
-    np.testing.assert_allclose(m.maxvio_batch(tokens_SLE), [0.5])
+    counts_NLE = np.array([[[1, 2, 3, 6], [3, 3, 3, 3]]])  # one step, two layers: 1 and 0
+    np.testing.assert_allclose(m.maxvio_batch(counts_NLE), [0.5])
 
 
 def test_relative_load_is_one_when_balanced_and_n_over_k_when_collapsed():
@@ -77,8 +77,8 @@ def test_relative_load_is_one_when_balanced_and_n_over_k_when_collapsed():
 
 
 def test_specialization_sits_at_the_k_over_n_baseline_under_uniform_routing():
-    joint_GE = np.full((3, N), 10.0 * K)  # three domains, each spread evenly
-    spec = m.specialization(joint_GE, K)
+    counts_GE = np.full((3, N), 10.0 * K)  # three domains, each spread evenly
+    spec = m.specialization(counts_GE, K)
     np.testing.assert_allclose(spec, K / N)
     np.testing.assert_allclose(m.concentration(spec, K), K / N)
 
@@ -91,10 +91,10 @@ def test_specialization_hand_computed():
 
 
 def test_a_domain_that_always_uses_the_same_experts_has_concentration_one():
-    joint_GE = np.zeros((2, N))
-    joint_GE[0, :K] = 50
-    joint_GE[1, K:2 * K] = 70
-    np.testing.assert_allclose(m.concentration(m.specialization(joint_GE, K), K), 1.0)
+    counts_GE = np.zeros((2, N))
+    counts_GE[0, :K] = 50
+    counts_GE[1, K:2 * K] = 70
+    np.testing.assert_allclose(m.concentration(m.specialization(counts_GE, K), K), 1.0)
 
 
 @settings(max_examples=50, deadline=None)
@@ -138,8 +138,15 @@ def test_coactivation_hand_computed():
     np.testing.assert_allclose(ca, [[0, 2 / 3, 1 / 3], [1, 0, 0], [1, 0, 0]])
 
 
-def test_router_saturation_counts_shared_choices_whatever_their_order():
+def test_topk_overlap_counts_shared_choices_whatever_their_order():
     final = np.array([[0, 1], [2, 3]])
     early = np.array([[1, 0], [2, 5]])  # 2 of 2, then 1 of 2
-    assert m.router_saturation(early, final) == pytest.approx(0.75)
-    assert m.router_saturation(final, final) == 1.0
+    np.testing.assert_allclose(m.topk_overlap(early, final), [1.0, 0.5])
+    assert m.topk_overlap(early, final).mean() == pytest.approx(0.75)  # router saturation
+    np.testing.assert_array_equal(m.topk_overlap(final, final), [1.0, 1.0])
+
+
+def test_topk_overlap_carries_leading_axes():
+    final_TLK = np.array([[[0, 1], [2, 3]], [[4, 5], [6, 7]]])  # two tokens, two layers
+    early_TLK = np.array([[[1, 0], [3, 4]], [[0, 2], [6, 7]]])
+    np.testing.assert_allclose(m.topk_overlap(early_TLK, final_TLK), [[1.0, 0.5], [0.0, 1.0]])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def max_violation(load_E: np.ndarray) -> np.ndarray:
+def max_violation(counts_E: np.ndarray) -> np.ndarray:
     """(max_i load_i - mean load) / mean load over the last axis."""
-    load_E = np.asarray(load_E, dtype=np.float64)
-    mean = load_E.mean(axis=-1)
+    counts_E = np.asarray(counts_E, dtype=np.float64)
+    mean = counts_E.mean(axis=-1)
     # Wang et al. 2024 Eq. 4: MaxVio = (max_i Load_i - mean Load) / mean Load
-    return (load_E.max(axis=-1) - mean) / mean
+    return (counts_E.max(axis=-1) - mean) / mean

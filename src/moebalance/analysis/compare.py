@@ -167,13 +167,37 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int]) ->
     return warning, section
 
 
+def load_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """Every (variant, seed)'s values by variant, and the optional inputs they lack (logged)."""
+    from moebalance.analysis.runs import Run, load_run
+
+    runs = {v: [load_run(Run(v, s, Path(args.runs_dir) / v / f"seed{s}")) for s in args.seeds]
+            for v in args.variants}
+    missing = sorted({m for rs in runs.values() for r in rs for m in r.run.missing})
+    for path in missing:
+        log.warning("missing input: %s", path)
+    return runs, missing
+
+
+def update_readme(readme: Path, answer: str) -> None:
+    """Write the answer between the README's markers (see claims.fill_readme)."""
+    from moebalance.analysis import claims
+    from moebalance.errors import UsageError
+    from moebalance.io import atomic_path
+
+    try:
+        text = claims.fill_readme(readme.read_text(), answer)
+    except ValueError as error:
+        raise UsageError(f"--readme {readme}: {error}") from None
+    with atomic_path(readme) as tmp:
+        tmp.write_text(text)
+
+
 def run(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from moebalance.analysis import claims, figures, tables
-    from moebalance.analysis.runs import Run, load_run
     from moebalance.errors import UsageError
-    from moebalance.io import atomic_path
     from moebalance.tracking import stage_run
 
     plan = plan_of(args)
@@ -181,11 +205,7 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"--readme: {args.readme} not found")
     baselines = read_baselines(args.baselines) if args.baselines else None  # fail fast
     rng = np.random.default_rng(args.bootstrap_seed)
-    runs = {v: [load_run(Run(v, s, Path(args.runs_dir) / v / f"seed{s}")) for s in args.seeds]
-            for v in args.variants}
-    missing = sorted({m for rs in runs.values() for r in rs for m in r.run.missing})
-    for path in missing:
-        log.warning("missing input: %s", path)
+    runs, missing = load_runs(args)
     rows = tables.comparison_rows(runs, plan, rng)
     paired = tables.paired_rows(runs, plan, rng)
     pass_rows, pass_summary = tables.pass_at_1_rows(runs, plan)
@@ -212,13 +232,7 @@ def run(args: argparse.Namespace) -> None:
         "answer.md": answer})
     written += figures.draw_all(runs, load_df, spec_df, Path(args.figures_dir))
     if args.readme is not None:
-        readme = Path(args.readme)
-        try:
-            text = claims.fill_readme(readme.read_text(), answer)
-        except ValueError as error:
-            raise UsageError(f"--readme {readme}: {error}") from None
-        with atomic_path(readme) as tmp:
-            tmp.write_text(text)
+        update_readme(Path(args.readme), answer)
     log.info("answer:\n%s", answer)
     log_to_tracking(args, plan, written, paired, runs, stage_run)
 

@@ -49,10 +49,10 @@ def maxvio_curves(runs, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, rs in runs.items():
-        n = min(len(r.maxvio_S) for r in rs)
-        mean_S = np.mean([r.maxvio_S[:n] for r in rs], axis=0)
-        y = _smooth(mean_S)
-        ax.plot(rs[0].routing["steps"][:n][len(mean_S) - len(y):], y, label=variant)
+        n = min(len(r.maxvio_N) for r in rs)
+        mean_N = np.mean([r.maxvio_N[:n] for r in rs], axis=0)
+        y = _smooth(mean_N)
+        ax.plot(rs[0].routing["steps"][:n][len(mean_N) - len(y):], y, label=variant)
     ax.set(xlabel="optimizer step", ylabel="MaxVio_batch (mean over layers)", ylim=(0, None),
            title="Load imbalance during pretraining")
     ax.legend()

@@ -1,12 +1,14 @@
 """Expert-utilization and diversity metrics (REFERENCE.md §4): pure numpy functions.
 
-Shapes: the last axis is always the N routed experts (``_E``); any leading axes (layers,
-bootstrap replicates, ...) are carried through, so one call handles a whole (L, E) table
-or a (B, L, E) stack of bootstrap replicates. Loads count *assignments*: a token routed to
-its top K experts adds 1 to each of K experts, so loads of T tokens sum to T * K.
+Shapes (letters of :mod:`moebalance.model.balancing`): the last axis is always the E
+routed experts (``counts_E``); any leading axes (L layers, N logged steps, R bootstrap
+replicates, ...) are carried through, so one call handles a whole (L, E) table or an
+(R, L, E) stack of bootstrap replicates. The counts (the papers' expert *loads*) count
+*assignments*: a token routed to its top K experts adds 1 to each of K experts, so the
+counts of T tokens sum to T * K.
 
-Under collapse onto K of N experts (every token picks the same K):
-    MaxVio = N/K - 1,  CV = sqrt(N/K - 1),  entropy = log K / log N,  Gini = 1 - K/N.
+Under collapse onto K of E experts (every token picks the same K):
+    MaxVio = E/K - 1,  CV = sqrt(E/K - 1),  entropy = log K / log E,  Gini = 1 - K/E.
 Under perfectly uniform routing all four are 0 except entropy = 1.
 """
 
@@ -19,76 +21,73 @@ from moebalance.maxvio import max_violation
 DEAD_FRACTION = 0.01  # an expert is dead below 1% of the mean load (REFERENCE.md §4)
 
 
-def _mean(load_E: np.ndarray) -> np.ndarray:
-    return np.asarray(load_E, dtype=np.float64).mean(axis=-1)
-
-
-def coefficient_of_variation(load_E: np.ndarray) -> np.ndarray:
-    load_E = np.asarray(load_E, dtype=np.float64)
+def coefficient_of_variation(counts_E: np.ndarray) -> np.ndarray:
+    counts_E = np.asarray(counts_E, dtype=np.float64)
     # Shazeer et al. 2017 §4 (importance loss): CV = std(load) / mean(load), population std
-    return load_E.std(axis=-1) / load_E.mean(axis=-1)
+    return counts_E.std(axis=-1) / counts_E.mean(axis=-1)
 
 
-def normalized_entropy(load_E: np.ndarray) -> np.ndarray:
-    """Entropy of the load distribution in units of log N: 1 = uniform, 0 = one expert."""
-    load_E = np.asarray(load_E, dtype=np.float64)
-    p_E = load_E / load_E.sum(axis=-1, keepdims=True)
+def normalized_entropy(counts_E: np.ndarray) -> np.ndarray:
+    """Entropy of the load distribution in units of log E: 1 = uniform, 0 = one expert."""
+    counts_E = np.asarray(counts_E, dtype=np.float64)
+    p_E = counts_E / counts_E.sum(axis=-1, keepdims=True)
     plogp = np.where(p_E > 0, p_E * np.log(np.where(p_E > 0, p_E, 1.0)), 0.0)
-    # Shannon entropy H = -sum_i p_i log p_i, p = load / sum(load), normalised by log N
-    return -plogp.sum(axis=-1) / np.log(load_E.shape[-1])
+    # Shannon entropy H = -sum_i p_i log p_i, p = load / sum(load), normalised by log E
+    return -plogp.sum(axis=-1) / np.log(counts_E.shape[-1])
 
 
-def gini(load_E: np.ndarray) -> np.ndarray:
-    """Gini coefficient of the loads: 0 = equal, (N-1)/N = all on one expert."""
-    load_E = np.asarray(load_E, dtype=np.float64)
-    N = load_E.shape[-1]
-    diffs = np.abs(load_E[..., :, None] - load_E[..., None, :]).sum(axis=(-1, -2))
-    # Gini = sum_i sum_j |x_i - x_j| / (2 N^2 mean(x))
-    return diffs / (2 * N * N * load_E.mean(axis=-1))
+def gini(counts_E: np.ndarray) -> np.ndarray:
+    """Gini coefficient of the loads: 0 = equal, (E-1)/E = all on one expert."""
+    counts_E = np.asarray(counts_E, dtype=np.float64)
+    E = counts_E.shape[-1]
+    diffs = np.abs(counts_E[..., :, None] - counts_E[..., None, :]).sum(axis=(-1, -2))
+    # Gini = sum_i sum_j |x_i - x_j| / (2 n^2 mean(x)), n = E values
+    return diffs / (2 * E * E * counts_E.mean(axis=-1))
 
 
-def dead_experts(load_E: np.ndarray, fraction: float = DEAD_FRACTION) -> np.ndarray:
+def dead_experts(counts_E: np.ndarray, fraction: float = DEAD_FRACTION) -> np.ndarray:
     """Number of experts whose load is below ``fraction`` of the mean load."""
-    load_E = np.asarray(load_E, dtype=np.float64)
-    return (load_E < fraction * load_E.mean(axis=-1, keepdims=True)).sum(axis=-1)
+    counts_E = np.asarray(counts_E, dtype=np.float64)
+    return (counts_E < fraction * counts_E.mean(axis=-1, keepdims=True)).sum(axis=-1)
 
 
-def relative_load(load_E: np.ndarray, top_k: int) -> np.ndarray:
-    """load_i / (T K / N); T = sum(load) / K tokens, so the denominator is the mean load.
+def relative_load(counts_E: np.ndarray, top_k: int) -> np.ndarray:
+    """load_i / (T K / E); T = sum(load) / K tokens, so the denominator is the mean load.
 
     1 everywhere when balanced; >1 marks an expert a domain prefers (DeepSeek-V3 Fig. 9).
     """
-    load_E = np.asarray(load_E, dtype=np.float64)
-    N = load_E.shape[-1]
-    tokens = load_E.sum(axis=-1, keepdims=True) / top_k
+    counts_E = np.asarray(counts_E, dtype=np.float64)
+    E = counts_E.shape[-1]
+    tokens = counts_E.sum(axis=-1, keepdims=True) / top_k
     # DeepSeek-V3 §4.5.3 / Fig. 9: relative load = load_i / (T * K_r / N_r)
-    return load_E / (tokens * top_k / N)
+    return counts_E / (tokens * top_k / E)
 
 
-def specialization(joint_GE: np.ndarray, top_k: int) -> np.ndarray:
+def specialization(counts_GE: np.ndarray, top_k: int) -> np.ndarray:
     """DS(i, g): share of the tokens of group g (a domain, token class or token id) that pick
-    expert i among their top K. Rows sum to K; uniform routing gives K/N everywhere."""
-    joint_GE = np.asarray(joint_GE, dtype=np.float64)
-    tokens_G = joint_GE.sum(axis=-1, keepdims=True) / top_k
+    expert i among their top K. Rows sum to K; uniform routing gives K/E everywhere.
+    G groups on axis -2, E experts on -1 (leading axes carried)."""
+    counts_GE = np.asarray(counts_GE, dtype=np.float64)
+    tokens_G = counts_GE.sum(axis=-1, keepdims=True) / top_k
     # OLMoE Eq. 7 (domain) and Eq. 8 (vocabulary): N_{E_i, g}^{(k)} / N_g
     with np.errstate(invalid="ignore", divide="ignore"):
-        return joint_GE / tokens_G
+        return counts_GE / tokens_G
 
 
 def concentration(spec_GE: np.ndarray, top_k: int) -> np.ndarray:
     """Mean specialization of each group's K most-chosen experts: 1 = the group always uses
-    the same K experts, K/N = uniform. One number per group from OLMoE's DS or VS."""
+    the same K experts, K/E = uniform. One number per group from OLMoE's DS or VS."""
     top = np.sort(np.asarray(spec_GE, dtype=np.float64), axis=-1)[..., -top_k:]
     return top.mean(axis=-1)
 
 
-def mutual_information(joint_GE: np.ndarray) -> np.ndarray:
+def mutual_information(counts_GE: np.ndarray) -> np.ndarray:
     """I(expert; group) in bits from a joint count table (groups on axis -2, experts on -1).
 
-    Plug-in estimate; its upward bias is about (G-1)(N-1) / (2 n ln 2) bits for n counts.
+    Plug-in estimate; its upward bias is about (G-1)(E-1) / (2 n ln 2) bits for n counts.
     """
-    joint_GE = np.asarray(joint_GE, dtype=np.float64)
-    p_GE = joint_GE / joint_GE.sum(axis=(-1, -2), keepdims=True)
+    counts_GE = np.asarray(counts_GE, dtype=np.float64)
+    p_GE = counts_GE / counts_GE.sum(axis=(-1, -2), keepdims=True)
     p_G1 = p_GE.sum(axis=-1, keepdims=True)
     p_1E = p_GE.sum(axis=-2, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -109,25 +108,24 @@ def coactivation(pairs_EE: np.ndarray) -> np.ndarray:
     return np.where(eye, 0.0, ca)
 
 
-def router_saturation(topk_a_TK: np.ndarray, topk_b_TK: np.ndarray) -> float:
-    """Mean over tokens of |TopK_a ∩ TopK_b| / K: how many of the final model's choices an
-    earlier checkpoint already makes (1 = saturated)."""
+def topk_overlap(topk_a_TK: np.ndarray, topk_b_TK: np.ndarray) -> np.ndarray:
+    """|TopK_a ∩ TopK_b| / K of each token, whatever the order of its K choices; the last
+    axis holds the K choices, leading axes are carried ((T, L, K) -> (T, L)). Its mean over
+    tokens is router saturation: how many of the final model's choices an earlier
+    checkpoint already makes (1 = saturated)."""
     a, b = np.asarray(topk_a_TK), np.asarray(topk_b_TK)
-    if a.size == 0:
-        return float("nan")
-    overlap_T = (a[:, :, None] == b[:, None, :]).any(-1).sum(-1)
-    # OLMoE Eq. 5: (1/N) sum_t |TopK_t^{(ckpt)} ∩ TopK_t^{(final)}| / k
-    return float(overlap_T.mean() / a.shape[1])
+    # OLMoE Eq. 5, the summand: |TopK_t^{(ckpt)} ∩ TopK_t^{(final)}| / k (mean over t in compare)
+    return (a[..., :, None] == b[..., None, :]).any(-1).sum(-1) / a.shape[-1]
 
 
-def maxvio_batch(tokens_SLE: np.ndarray) -> np.ndarray:
+def maxvio_batch(counts_NLE: np.ndarray) -> np.ndarray:
     """Per training step: MaxVio of that step's loads, averaged over layers (Wang et al.)."""
-    return max_violation(tokens_SLE).mean(axis=-1)
+    return max_violation(counts_NLE).mean(axis=-1)
 
 
-def layer_summary(load_LE: np.ndarray) -> dict[str, np.ndarray]:
+def layer_summary(counts_LE: np.ndarray) -> dict[str, np.ndarray]:
     """The balance metrics of each layer's loads (arrays over the leading axes)."""
-    load_LE = np.asarray(load_LE, dtype=np.float64)
-    return {"maxvio_global": max_violation(load_LE), "cv": coefficient_of_variation(load_LE),
-            "entropy": normalized_entropy(load_LE), "gini": gini(load_LE),
-            "dead_experts": dead_experts(load_LE).astype(np.float64)}
+    counts_LE = np.asarray(counts_LE, dtype=np.float64)
+    return {"maxvio_global": max_violation(counts_LE), "cv": coefficient_of_variation(counts_LE),
+            "entropy": normalized_entropy(counts_LE), "gini": gini(counts_LE),
+            "dead_experts": dead_experts(counts_LE).astype(np.float64)}

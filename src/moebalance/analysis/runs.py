@@ -12,7 +12,8 @@ Missing optional files leave their metrics out of the run and are listed. Every 
 keyed by its :mod:`moebalance.analysis.catalogue` identifier; per-problem and
 per-document metrics also keep their unit values (``RunData.units``) for the bootstrap.
 
-Dimension letters: S steps, L layers, D domains, C token classes, E routed experts.
+Dimension letters as in :mod:`moebalance.model.balancing` (L layers, E routed experts),
+with N logged training steps, D domains and C token classes.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def _pivot(frame, index_cols: list, sizes: tuple, values: str = "tokens") -> np.
 class Utilization:
     """One model's held-out routing as dense count tables (assignments, see metrics.py)."""
 
-    loads_LDE: np.ndarray
-    classes_LCE: np.ndarray
+    counts_LDE: np.ndarray
+    counts_LCE: np.ndarray
     domains: list[str]
     classes: list[str]
     layers: list[int]
@@ -107,37 +108,37 @@ class Utilization:
         if self.shares:
             known = {d: self.shares.get(d, 0.0) for d in self.corpus_domains}
         else:
-            known = {d: self.domain_loads(d).sum() for d in self.corpus_domains}
+            known = {d: self.domain_counts(d).sum() for d in self.corpus_domains}
         total = sum(known.values())
         return {d: w / total for d, w in known.items()} if total else {}
 
-    def domain_loads(self, domain: str) -> np.ndarray:
-        return self.loads_LDE[:, self.domains.index(domain)]
+    def domain_counts(self, domain: str) -> np.ndarray:
+        return self.counts_LDE[:, self.domains.index(domain)]
 
-    def mix_loads(self) -> np.ndarray:
-        """(L, E) expert shares of the training mix: each domain's per-layer load shares
+    def mix_shares(self) -> np.ndarray:
+        """(L, E) expert shares of the training mix: each domain's per-layer count shares
         weighted by the domain's mix weight (so capped held-out domains do not skew it)."""
-        L, _, E = self.loads_LDE.shape
-        mix = np.zeros((L, E))
+        L, _, E = self.counts_LDE.shape
+        shares_LE = np.zeros((L, E))
         for domain, weight in self.mix_weights().items():
-            loads = self.domain_loads(domain)
-            mix += weight * loads / np.maximum(loads.sum(-1, keepdims=True), 1)
-        return mix
+            counts_LE = self.domain_counts(domain)
+            shares_LE += weight * counts_LE / np.maximum(counts_LE.sum(-1, keepdims=True), 1)
+        return shares_LE
 
     def values(self) -> dict[str, float]:
         """This model's utilization metrics, averaged over layers, by catalogue stem."""
         K = self.top_k
-        out = {name: float(v.mean()) for name, v in M.layer_summary(self.mix_loads()).items()}
+        out = {name: float(v.mean()) for name, v in M.layer_summary(self.mix_shares()).items()}
         if HUMANEVAL in self.domains:
             out["maxvio_global_humaneval"] = float(
-                max_violation(self.domain_loads(HUMANEVAL)).mean())
-        by_domain = self.loads_LDE
+                max_violation(self.domain_counts(HUMANEVAL)).mean())
+        by_domain = self.counts_LDE
         out["mi_domain"] = float(M.mutual_information(by_domain).mean())
-        out["mi_token_class"] = float(M.mutual_information(self.classes_LCE).mean())
+        out["mi_token_class"] = float(M.mutual_information(self.counts_LCE).mean())
         out["domain_specialization"] = float(np.nanmean(
             M.concentration(M.specialization(by_domain, K), K)))
         out["token_class_specialization"] = float(np.nanmean(
-            M.concentration(M.specialization(self.classes_LCE, K), K)))
+            M.concentration(M.specialization(self.counts_LCE, K), K)))
         out["vocabulary_specialization"] = float(np.nanmean(self.vocab_concentration_L))
         out["coactivation_max"] = float(M.coactivation(self.pairs_LEE).max(-1).mean())
         if self.saturation_L is not None:
@@ -146,13 +147,13 @@ class Utilization:
 
     def layer_rows(self) -> list[dict]:
         K = self.top_k
-        columns = {**M.layer_summary(self.mix_loads()),
-                   "mi_domain_bits": M.mutual_information(self.loads_LDE),
-                   "mi_token_class_bits": M.mutual_information(self.classes_LCE),
+        columns = {**M.layer_summary(self.mix_shares()),
+                   "mi_domain_bits": M.mutual_information(self.counts_LDE),
+                   "mi_token_class_bits": M.mutual_information(self.counts_LCE),
                    "domain_specialization": np.nanmean(
-                       M.concentration(M.specialization(self.loads_LDE, K), K), -1),
+                       M.concentration(M.specialization(self.counts_LDE, K), K), -1),
                    "token_class_specialization": np.nanmean(
-                       M.concentration(M.specialization(self.classes_LCE, K), K), -1),
+                       M.concentration(M.specialization(self.counts_LCE, K), K), -1),
                    "vocabulary_specialization": self.vocab_concentration_L,
                    "coactivation_max": M.coactivation(self.pairs_LEE).max(-1).mean(-1)}
         if self.saturation_L is not None:
@@ -165,9 +166,9 @@ class Utilization:
         layers, with the domain's document count (too few: no interval, see tables.py)."""
         rows = []
         for domain in self.domains:
-            summary = M.layer_summary(self.domain_loads(domain))
+            summary = M.layer_summary(self.domain_counts(domain))
             rows.append({"domain": domain, "documents": int(self.documents.get(domain, 0)),
-                         "assignments": float(self.domain_loads(domain).sum()),
+                         "assignments": float(self.domain_counts(domain).sum()),
                          **{k: float(v.mean()) for k, v in summary.items()}})
         return rows
 
@@ -195,7 +196,7 @@ def _saturation(saturation, layers: list[int]) -> np.ndarray | None:
 
 
 def routing_arrays(routing) -> dict:
-    """steps (S,), layers, and (S, L, E) arrays of every numeric routing.parquet column."""
+    """steps (N,), layers, and (N, L, E) arrays of every numeric routing.parquet column."""
     routing = routing.sort_values(["step", "layer", "expert"])
     steps = np.sort(routing.step.unique())
     layers = sorted(routing.layer.unique().tolist())
@@ -231,7 +232,7 @@ class RunData:
     values: dict[str, float] = field(default_factory=dict)   # catalogue key -> value
     units: dict = field(default_factory=dict)                 # key -> Series unit id -> value
     routing: dict = field(default_factory=dict)               # see routing_arrays
-    maxvio_S: np.ndarray | None = None
+    maxvio_N: np.ndarray | None = None
     first_pass: object = None        # Series task_id -> sample 0 passed
     utilization: dict[str, Utilization] = field(default_factory=dict)
     saturation_steps: object = None  # Series step -> router saturation vs the final model
@@ -248,11 +249,11 @@ def _last_quarter(steps: np.ndarray) -> np.ndarray:
 def _training_values(data: RunData) -> None:
     metrics = data.run.read("pretrain/metrics.parquet", required=True)
     data.routing = routing_arrays(data.run.read("pretrain/routing.parquet", required=True))
-    data.maxvio_S = M.maxvio_batch(data.routing["tokens"])
+    data.maxvio_N = M.maxvio_batch(data.routing["tokens"])
     last = _last_quarter(data.routing["steps"])
     val = metrics.val_loss.dropna()
     data.values["val_loss_pretrain"] = float(val.iloc[-1]) if len(val) else math.nan
-    data.values["maxvio_batch_last"] = float(data.maxvio_S[last].mean())
+    data.values["maxvio_batch_last"] = float(data.maxvio_N[last].mean())
     if "bias_override_rate" in metrics:
         rate = metrics.set_index("step").bias_override_rate
         data.values["bias_override_rate_last"] = float(

@@ -110,24 +110,26 @@ def hierarchical_bootstrap(groups: list[np.ndarray], replicates: int, rng: np.ra
     groups = [g for g in groups if len(g)]
     if not groups:
         return Interval(math.nan, math.nan, math.nan, "missing")
-    S = len(groups)
+    n_seeds = len(groups)
     estimate = float(np.mean([g.mean() for g in groups]))
-    # stage 2 first, vectorised: for each seed, replicates*S within-seed resampled means, so a
-    # seed drawn twice in one replicate gets two independent resamples of its units
-    within = np.stack([g[rng.integers(0, len(g), size=(replicates * S, len(g)))].mean(-1)
-                       for g in groups])                                 # (S, replicates*S)
-    drawn = rng.integers(0, S, size=(replicates, S))                     # stage 1: seeds
-    slot = np.arange(replicates * S).reshape(replicates, S)
-    stats_B = within[drawn, slot].mean(-1)
-    lo, hi = np.quantile(stats_B, [0.5 - confidence / 2, 0.5 + confidence / 2])
-    # two-sided bootstrap p-value, (1 + #)/(B + 1) so it is never 0 (Davison & Hinkley Eq. 4.11)
-    tail = min(int((stats_B <= 0).sum()), int((stats_B >= 0).sum()))
+    # stage 2 first, vectorised: for each seed, replicates*n_seeds within-seed resampled
+    # means, so a seed drawn twice in one replicate gets two independent resamples of its units
+    draws = replicates * n_seeds
+    within = np.stack([g[rng.integers(0, len(g), size=(draws, len(g)))].mean(-1)
+                       for g in groups])                            # (n_seeds, draws)
+    drawn = rng.integers(0, n_seeds, size=(replicates, n_seeds))    # stage 1: seeds
+    slot = np.arange(draws).reshape(replicates, n_seeds)
+    stats_R = within[drawn, slot].mean(-1)
+    lo, hi = np.quantile(stats_R, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    # two-sided bootstrap p-value, (1 + #)/(R + 1) for R replicates, never 0 (Davison & Hinkley
+    # Eq. 4.11)
+    tail = min(int((stats_R <= 0).sum()), int((stats_R >= 0).sum()))
     p = min(1.0, 2 * (1 + tail) / (replicates + 1))
     n_units = sum(len(g) for g in groups)
-    method = (f"two-stage bootstrap: {S} seeds, then {n_units // S} {unit} within seed"
-              if S > 1 else
+    method = (f"two-stage bootstrap: {n_seeds} seeds, then {n_units // n_seeds} {unit} within seed"
+              if n_seeds > 1 else
               f"bootstrap over {len(groups[0])} {unit} (1 seed: evaluation noise only)")
-    return Interval(estimate, float(lo), float(hi), method, p, S)
+    return Interval(estimate, float(lo), float(hi), method, p, n_seeds)
 
 
 @dataclass(frozen=True)

@@ -222,9 +222,9 @@ def utilization_tables(runs: dict[str, list[RunData]]):
                 key = {"variant": variant, "seed": r.run.seed, "model": model}
                 layers += [{**key, **row} for row in util.layer_rows()]
                 K = util.top_k
-                rel_LDE = M.relative_load(util.loads_LDE, K)
-                for kind, joint, groups in (("domain", util.loads_LDE, util.domains),
-                                            ("token_class", util.classes_LCE, util.classes)):
+                rel_LDE = M.relative_load(util.counts_LDE, K)
+                for kind, joint, groups in (("domain", util.counts_LDE, util.domains),
+                                            ("token_class", util.counts_LCE, util.classes)):
                     ds = M.specialization(joint, K)
                     for (li, gi, e), value in np.ndenumerate(ds):
                         row = {**key, "layer": util.layers[li], "expert": e}

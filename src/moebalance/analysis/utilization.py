@@ -1,9 +1,8 @@
 """Held-out routing of one (variant, seed): which experts the pretrained and SFT models pick,
 by domain and by token class, without updating anything.
 
-The models run in eval mode under ``torch.inference_mode`` (the routers count only in
-training forwards, so neither counters nor biases change); forward hooks on every MoE
-layer's ``mlp.gate`` read the selected top-K expert indices of each token.
+The models run in eval mode and nothing in them changes: see
+:mod:`moebalance.analysis.routing_capture` for how their routing is read.
 
 Inputs: the corpus test split (domain column: test, docs, library) and the HumanEval
 prompts with their canonical solutions (domain "humaneval"). Documents are taken in
@@ -11,12 +10,8 @@ sha256 order, at most --doc-tokens tokens from the start of each, until a domain
 --max-tokens tokens; each document is cut into windows of --window tokens, each window
 run after an end-of-text token (as in training) that is itself not counted.
 
-Token classes come from Python's ``tokenize`` mapped onto BPE tokens by character
-offsets: a BPE token takes the class of its first non-whitespace character (whitespace
-if it has none). Classes: keyword (incl. soft keywords), identifier, operator, number,
-string (docstrings and f-strings too), comment, whitespace (spaces, newlines, indents)
-and other (text ``tokenize`` rejects: everything from a tokenize error onwards, and
-error tokens such as a stray ``$``).
+Token classes (keyword, identifier, string, ...) are those of
+:mod:`moebalance.data.token_classes`.
 
 Writes, under --out-dir:
 
@@ -41,71 +36,27 @@ Writes, under --out-dir:
     meta.json            top_k, routed_experts, layers, token classes, tokens and documents
                          per domain, and (with --train) each domain's share of the training
                          split's UTF-8 bytes: the mix compare weights the domains with
+
+Shapes (letters of :mod:`moebalance.model.balancing`): T held-out tokens, L MoE layers,
+K experts per token, E routed experts; and W windows, C token classes, U distinct token ids.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import keyword
 import logging
-import tokenize
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from moebalance.analysis.metrics import topk_overlap
+from moebalance.analysis.routing_capture import route
+from moebalance.data.token_classes import TOKEN_CLASSES, bpe_token_classes
+
 HELP = "route held-out code and HumanEval through the trained models; count experts by domain"
-TOKEN_CLASSES = ("keyword", "identifier", "operator", "number", "string", "comment",
-                 "whitespace", "other")
-CLASS_ID = {name: i for i, name in enumerate(TOKEN_CLASSES)}
 HUMANEVAL = "humaneval"
-_KEYWORDS = set(keyword.kwlist) | set(keyword.softkwlist)
-_TYPE_CLASS = {tokenize.NUMBER: "number", tokenize.STRING: "string", tokenize.OP: "operator",
-               tokenize.COMMENT: "comment", tokenize.NEWLINE: "whitespace",
-               tokenize.NL: "whitespace", tokenize.INDENT: "whitespace",
-               tokenize.DEDENT: "whitespace", tokenize.ERRORTOKEN: "other"}
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- token classes
-
-def char_classes(text: str) -> np.ndarray:
-    """The token class id of every character of ``text`` (whitespace where no token is)."""
-    classes = np.full(len(text), CLASS_ID["whitespace"], dtype=np.int8)
-    line_starts = np.cumsum([0] + [len(line) + 1 for line in text.split("\n")])
-    reached = 0
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-            if tok.type == tokenize.ENDMARKER:
-                break
-            start = line_starts[tok.start[0] - 1] + tok.start[1]
-            end = line_starts[tok.end[0] - 1] + tok.end[1]
-            if tok.type == tokenize.NAME:
-                name = "keyword" if tok.string in _KEYWORDS else "identifier"
-            else:
-                name = _TYPE_CLASS.get(tok.type, "other")
-            classes[start:end] = CLASS_ID[name]
-            reached = max(reached, end)
-    except (tokenize.TokenError, SyntaxError):  # IndentationError is a SyntaxError
-        classes[reached:] = CLASS_ID["other"]
-    # whitespace inside no token (between tokens) stays whitespace; "other" spans keep theirs
-    return classes
-
-
-def bpe_token_classes(text: str, offsets_T2: np.ndarray) -> np.ndarray:
-    """Class id of each BPE token (character span): that of its first non-space character."""
-    classes = char_classes(text)
-    is_space = np.array([c.isspace() for c in text], dtype=bool)
-    # next_solid[i] = first non-space character at or after i (len(text) if none)
-    idx = np.where(is_space, len(text), np.arange(len(text)))
-    next_solid = np.minimum.accumulate(idx[::-1])[::-1] if len(text) else idx
-    next_solid = np.append(next_solid, len(text))
-    starts, ends = offsets_T2[:, 0], offsets_T2[:, 1]
-    first = next_solid[np.minimum(starts, len(text))]
-    solid = first < ends
-    return np.where(solid, classes[np.minimum(first, len(text) - 1)],
-                    CLASS_ID["whitespace"]).astype(np.int8)
 
 
 # ---------------------------------------------------------------- inputs
@@ -157,58 +108,22 @@ def make_windows(docs, tokenizer, *, max_tokens: int, doc_tokens: int,
     return windows
 
 
-# ---------------------------------------------------------------- routing capture
+def training_domain_shares(train_parquet: Path) -> dict[str, float]:
+    """Each domain's share of the training split's UTF-8 bytes (the training mix)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-def route(model, windows: list[Window], eot_id: int, pad_id: int,
-          batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K expert ids of every window token, (T, L, K), and its next-token NLL in nats,
-    (T,), predicted from the tokens before it (the first from the end-of-text prefix);
-    T = total tokens in window order.
+    table = pq.read_table(train_parquet, columns=["domain", "text"])
+    sizes = pc.binary_length(pc.cast(table.column("text"), "binary"))
+    per_domain = table.append_column("bytes", sizes).group_by("domain").aggregate(
+        [("bytes", "sum")]).to_pylist()
+    total = sum(r["bytes_sum"] for r in per_domain)
+    return {r["domain"]: r["bytes_sum"] / total for r in sorted(per_domain,
+                                                                key=lambda r: r["domain"])}
 
-    Windows run right-padded (causal attention: real positions never see the padding);
-    the end-of-text prefix and the padding are dropped.
-    """
-    import torch
 
-    from moebalance.model.router import moe_layer_indices
 
-    layers = moe_layer_indices(model)
-    gates = [model.model.layers[i].mlp.gate for i in layers]
-    captured: list[list[torch.Tensor]] = [[] for _ in gates]
-
-    def hook(slot):
-        def save(_module, _inputs, output):
-            captured[slot].append(output[2].detach().cpu())  # (B*S, K) top-K indices
-        return save
-
-    handles = [gate.register_forward_hook(hook(i)) for i, gate in enumerate(gates)]
-    model.eval()
-    picks, nll = [], []
-    try:
-        with torch.inference_mode():
-            for b in range(0, len(windows), batch_size):
-                batch = windows[b:b + batch_size]
-                width = 1 + max(len(w.token_ids) for w in batch)
-                ids_BS = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                keep_BS = torch.zeros((len(batch), width), dtype=torch.bool)
-                for row, w in enumerate(batch):
-                    ids_BS[row, 0] = eot_id
-                    ids_BS[row, 1:1 + len(w.token_ids)] = torch.from_numpy(w.token_ids)
-                    keep_BS[row, 1:1 + len(w.token_ids)] = True
-                for slot in captured:
-                    slot.clear()
-                logits_BSV = model(input_ids=ids_BS.to(model.device), use_cache=False).logits
-                keep = keep_BS.reshape(-1)
-                picks.append(torch.stack([c[0][keep] for c in captured], dim=1).numpy())
-                # position j predicts token j + 1: the NLL of every kept (non-prefix) token
-                logp_BSV = logits_BSV[:, :-1].float().log_softmax(-1).cpu()
-                nll_BS = -logp_BSV.gather(-1, ids_BS[:, 1:, None])[..., 0]
-                nll.append(nll_BS[keep_BS[:, 1:]].numpy())
-    finally:
-        for handle in handles:
-            handle.remove()
-    return np.concatenate(picks).astype(np.int16), np.concatenate(nll).astype(np.float64)
-
+# ---------------------------------------------------------------- tables
 
 def document_table(model_name: str, windows: list[Window], nll_T: np.ndarray):
     """documents.parquet rows: per held-out document, tokens, bytes and summed NLL (nats)."""
@@ -226,51 +141,42 @@ def document_table(model_name: str, windows: list[Window], nll_T: np.ndarray):
     return pa.Table.from_pandas(docs, preserve_index=False)
 
 
-def training_domain_shares(train_parquet: Path) -> dict[str, float]:
-    """Each domain's share of the training split's UTF-8 bytes (the training mix)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+def counts_by_group(group_T: np.ndarray, n_groups: int, picks_TLK: np.ndarray,
+                    n_experts: int) -> np.ndarray:
+    """(G, L, E) assignments: how often the tokens of each group pick each expert per layer."""
+    T, L, K = picks_TLK.shape
+    # flat (group, layer, expert) cell of every (token, layer, k) assignment
+    cell_TLK = (group_T[:, None, None] * L + np.arange(L)[None, :, None]) * n_experts + picks_TLK
+    return np.bincount(cell_TLK.reshape(-1), minlength=n_groups * L * n_experts).reshape(
+        n_groups, L, n_experts)
 
-    table = pq.read_table(train_parquet, columns=["domain", "text"])
-    sizes = pc.binary_length(pc.cast(table.column("text"), "binary"))
-    per_domain = table.append_column("bytes", sizes).group_by("domain").aggregate(
-        [("bytes", "sum")]).to_pylist()
-    total = sum(r["bytes_sum"] for r in per_domain)
-    return {r["domain"]: r["bytes_sum"] / total for r in sorted(per_domain,
-                                                                key=lambda r: r["domain"])}
-
-
-# ---------------------------------------------------------------- aggregation
 
 def count_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
                 layers: list[int], n_experts: int):
     """counts.parquet rows: assignments per (window, token class, layer, expert)."""
     import pyarrow as pa
 
-    T, L, K = picks_TLK.shape
-    window_T = np.repeat(np.arange(len(windows)), [len(w.token_ids) for w in windows])
+    W, C = len(windows), len(TOKEN_CLASSES)
+    window_T = np.repeat(np.arange(W), [len(w.token_ids) for w in windows])
     document_W = np.array([win.document for win in windows], dtype=np.int32)
     class_T = np.concatenate([w.classes for w in windows]).astype(np.int64)
-    C = len(TOKEN_CLASSES)
-    # flat cell index of every (token, layer, k) assignment
-    cell = ((window_T[:, None, None] * C + class_T[:, None, None]) * L
-            + np.arange(L)[None, :, None]) * n_experts + picks_TLK
-    counts = np.bincount(cell.reshape(-1), minlength=len(windows) * C * L * n_experts)
-    nz = np.flatnonzero(counts)
-    w, rest = np.divmod(nz, C * L * n_experts)
-    c, rest = np.divmod(rest, L * n_experts)
-    layer, expert = np.divmod(rest, n_experts)
+    counts_WCLE = counts_by_group(window_T * C + class_T, W * C, picks_TLK, n_experts).reshape(
+        W, C, len(layers), n_experts)
+    nz = np.flatnonzero(counts_WCLE)
+    w, c, layer, expert = np.unravel_index(nz, counts_WCLE.shape)
     domains = np.array([win.domain for win in windows])
     return pa.table({
         "model": pa.array([model_name] * len(nz), pa.string()),
         "window": w.astype(np.int32), "document": document_W[w], "domain": domains[w],
         "token_class": np.array(TOKEN_CLASSES)[c],
         "layer": np.asarray(layers, dtype=np.int32)[layer], "expert": expert.astype(np.int32),
-        "tokens": counts[nz].astype(np.int64)})
+        "tokens": counts_WCLE.reshape(-1)[nz].astype(np.int64)})
 
 
 def coactivation_table(model_name: str, picks_TLK: np.ndarray, layers: list[int],
                        n_experts: int):
+    """coactivation.parquet rows: per layer, tokens routed to both experts (expert == other:
+    the expert's load)."""
     import pyarrow as pa
 
     T, L, K = picks_TLK.shape
@@ -290,32 +196,30 @@ def coactivation_table(model_name: str, picks_TLK: np.ndarray, layers: list[int]
 
 def vocab_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
                 layers: list[int], n_experts: int, min_count: int):
+    """vocab.parquet rows: assignments per (token id, layer, expert), frequent ids only."""
     import pyarrow as pa
 
-    T, L, K = picks_TLK.shape
     ids_T = np.concatenate([w.token_ids for w in windows])
-    uniq, inverse, freq = np.unique(ids_T, return_inverse=True, return_counts=True)
-    cell = (inverse[:, None, None] * L + np.arange(L)[None, :, None]) * n_experts + picks_TLK
-    counts = np.bincount(cell.reshape(-1), minlength=len(uniq) * L * n_experts)
-    nz = np.flatnonzero(counts)
-    u, rest = np.divmod(nz, L * n_experts)
-    layer, expert = np.divmod(rest, n_experts)
-    keep = freq[u] >= min_count
+    ids_U, id_T, freq_U = np.unique(ids_T, return_inverse=True, return_counts=True)
+    counts_ULE = counts_by_group(id_T, len(ids_U), picks_TLK, n_experts)
+    nz = np.flatnonzero(counts_ULE)
+    u, layer, expert = np.unravel_index(nz, counts_ULE.shape)
+    keep = freq_U[u] >= min_count
     return pa.table({"model": pa.array([model_name] * int(keep.sum()), pa.string()),
                      "layer": np.asarray(layers, dtype=np.int32)[layer[keep]],
-                     "token_id": uniq[u[keep]].astype(np.int64),
+                     "token_id": ids_U[u[keep]].astype(np.int64),
                      "expert": expert[keep].astype(np.int32),
-                     "tokens": counts[nz][keep].astype(np.int64)})
+                     "tokens": counts_ULE.reshape(-1)[nz][keep].astype(np.int64)})
 
 
-def saturation_table(windows: list[Window], picks_a: np.ndarray, picks_b: np.ndarray,
+def saturation_table(windows: list[Window], picks_a_TLK: np.ndarray, picks_b_TLK: np.ndarray,
                      layers: list[int]):
+    """Per domain and layer: held-out tokens and the sum of their top-K overlap (OLMoE Eq. 5
+    summed here, averaged in compare)."""
     import pyarrow as pa
 
     domain_T = np.repeat([w.domain for w in windows], [len(w.token_ids) for w in windows])
-    K = picks_a.shape[2]
-    # |TopK_a ∩ TopK_b| / K per token and layer (OLMoE Eq. 5, summed here, averaged in compare)
-    overlap_TL = (picks_a[:, :, :, None] == picks_b[:, :, None, :]).any(-1).sum(-1) / K
+    overlap_TL = topk_overlap(picks_a_TLK, picks_b_TLK)
     rows = {"layer": [], "domain": [], "tokens": [], "overlap": []}
     for domain in sorted(set(domain_T)):
         mask = domain_T == domain
@@ -326,6 +230,8 @@ def saturation_table(windows: list[Window], picks_a: np.ndarray, picks_b: np.nda
             rows["overlap"].append(float(overlap_TL[mask, slot].sum()))
     return pa.table(rows)
 
+
+# ---------------------------------------------------------------- router saturation over training
 
 def snapshot_folders(snapshots: str | None) -> list[tuple[int, Path]]:
     """(step, folder) of every ``step_NNNNNN`` snapshot, in step order."""
@@ -351,7 +257,7 @@ def final_step(args: argparse.Namespace) -> int:
 
 
 def saturation_over_training(args: argparse.Namespace, windows: list[Window], tokenizer,
-                             final_picks: np.ndarray, layers: list[int]):
+                             final_picks_TLK: np.ndarray, layers: list[int]):
     """saturation_steps.parquet: each snapshot's top-K against the final model's (OLMoE
     Eq. 5), the final model itself closing the curve at saturation 1."""
     import pyarrow as pa
@@ -362,15 +268,14 @@ def saturation_over_training(args: argparse.Namespace, windows: list[Window], to
         return pa.table({"step": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
                          "domain": pa.array([], pa.string()), "tokens": pa.array([], pa.int64()),
                          "overlap": pa.array([], pa.float64())})
+    picks_at = [(step, route(load_model(folder), [w.token_ids for w in windows],
+                             tokenizer.eos_token_id, tokenizer.pad_token_id, args.batch_size)[0])
+                for step, folder in snapshot_folders(args.snapshots)]
+    picks_at.append((final_step(args), final_picks_TLK))
     tables = []
-    for step, folder in snapshot_folders(args.snapshots):
-        picks, _ = route(load_model(folder), windows, tokenizer.eos_token_id,
-                         tokenizer.pad_token_id, args.batch_size)
-        table = saturation_table(windows, picks, final_picks, layers)
+    for step, picks_TLK in picks_at:
+        table = saturation_table(windows, picks_TLK, final_picks_TLK, layers)
         tables.append(table.add_column(0, "step", pa.array([step] * table.num_rows, pa.int64())))
-    table = saturation_table(windows, final_picks, final_picks, layers)
-    tables.append(table.add_column(0, "step", pa.array([final_step(args)] * table.num_rows,
-                                                       pa.int64())))
     return pa.concat_tables(tables)
 
 
@@ -423,53 +328,103 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
 
 
-def route_model(name: str, model, windows: list[Window], tokenizer, args, tables: dict):
-    """Route the held-out windows through one model; append its rows to ``tables``.
-    Returns its top-K picks (T, L, K) and MoE layer indices."""
-    import torch
+@dataclass
+class HeldOutRouting:
+    """Every model's routing of the same held-out windows, and its table rows so far."""
 
-    from moebalance.model.router import moe_layer_indices, routers_of
-
-    bias_before = [r.e_score_correction_bias.clone() for r in routers_of(model)]
-    layers, E = moe_layer_indices(model), model.config.n_routed_experts
-    picks, nll_T = route(model, windows, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                         args.batch_size)
-    for router, before in zip(routers_of(model), bias_before, strict=True):
-        if not torch.equal(router.e_score_correction_bias, before):
-            raise RuntimeError(f"{name}: a router bias changed in an eval forward")
-    tables["documents"].append(document_table(name, windows, nll_T))
-    tables["counts"].append(count_table(name, windows, picks, layers, E))
-    tables["coactivation"].append(coactivation_table(name, picks, layers, E))
-    tables["vocab"].append(vocab_table(name, windows, picks, layers, E, args.vocab_min_count))
-    log.info("%s: %d tokens routed through %d MoE layers", name, len(picks), len(layers))
-    return picks, layers
+    windows: list[Window]
+    layers: list[int] = field(default_factory=list)       # MoE layer indices
+    top_k: int = 0
+    routed_experts: int = 0
+    picks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> (T, L, K)
+    tables: dict[str, list] = field(default_factory=lambda: {
+        "counts": [], "coactivation": [], "vocab": [], "documents": []})
 
 
-def meta_of(config, layers: list[int], models: dict, windows: list[Window], args) -> dict:
+def held_out_windows(args: argparse.Namespace, tokenizer, context: int) -> list[Window]:
+    """The held-out windows every model routes, each fitting ``context`` after its prefix."""
+    from moebalance.errors import UsageError
+    from moebalance.evaluation.generate import load_problems
+
+    windows = make_windows(documents(Path(args.test), load_problems(args.problems)), tokenizer,
+                           max_tokens=args.max_tokens, doc_tokens=args.doc_tokens,
+                           window=min(args.window, context - 1))
+    if not windows:
+        raise UsageError(f"--test: no held-out text in {args.test}")
+    return windows
+
+
+def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace) -> HeldOutRouting:
+    """Route the held-out windows (cut to the first model's context) through every model."""
+    from moebalance.model import load_model
+    from moebalance.model.router import moe_layer_indices
+
+    routing = None
+    for name, folder in models.items():
+        model = load_model(folder)
+        if routing is None:
+            routing = HeldOutRouting(held_out_windows(args, tokenizer,
+                                                      model.config.max_position_embeddings))
+        windows = routing.windows
+        routing.layers = moe_layer_indices(model)
+        routing.top_k = int(model.config.num_experts_per_tok)
+        routing.routed_experts = E = int(model.config.n_routed_experts)
+        picks_TLK, nll_T = route(model, [w.token_ids for w in windows], tokenizer.eos_token_id,
+                                 tokenizer.pad_token_id, args.batch_size)
+        routing.picks[name] = picks_TLK
+        for stem, table in (
+                ("documents", document_table(name, windows, nll_T)),
+                ("counts", count_table(name, windows, picks_TLK, routing.layers, E)),
+                ("coactivation", coactivation_table(name, picks_TLK, routing.layers, E)),
+                ("vocab", vocab_table(name, windows, picks_TLK, routing.layers, E,
+                                      args.vocab_min_count))):
+            routing.tables[stem].append(table)
+        log.info("%s: %d tokens routed through %d MoE layers", name, len(picks_TLK),
+                 len(routing.layers))
+    return routing
+
+
+def meta_of(routing: HeldOutRouting, models: dict, args: argparse.Namespace) -> dict:
     tokens_per_domain: dict[str, int] = {}
     docs_per_domain: dict[str, set] = {}
-    for w in windows:
+    for w in routing.windows:
         tokens_per_domain[w.domain] = tokens_per_domain.get(w.domain, 0) + len(w.token_ids)
         docs_per_domain.setdefault(w.domain, set()).add(w.document)
-    return {"top_k": int(config.num_experts_per_tok),
-            "routed_experts": int(config.n_routed_experts), "layers": layers,
+    return {"top_k": routing.top_k, "routed_experts": routing.routed_experts,
+            "layers": routing.layers,
             "token_classes": list(TOKEN_CLASSES), "models": list(models),
-            "windows": len(windows), "tokens_per_domain": tokens_per_domain,
+            "windows": len(routing.windows), "tokens_per_domain": tokens_per_domain,
             "documents_per_domain": {d: len(v) for d, v in docs_per_domain.items()},
             "training_domain_shares": (training_domain_shares(Path(args.train))
                                        if args.train else None)}
 
 
-def run(args: argparse.Namespace) -> None:
+def output_tables(routing: HeldOutRouting, tokenizer, args: argparse.Namespace) -> dict:
+    """Every Parquet output by file stem: the models' rows, then router saturation."""
     import pyarrow as pa
+
+    tables = {stem: pa.concat_tables(parts) for stem, parts in routing.tables.items()}
+    if "sft" in routing.picks:
+        tables["saturation"] = saturation_table(routing.windows, routing.picks["pretrain"],
+                                                routing.picks["sft"], routing.layers)
+    tables["saturation_steps"] = saturation_over_training(
+        args, routing.windows, tokenizer, routing.picks["pretrain"], routing.layers)
+    return tables
+
+
+def stage_params(args: argparse.Namespace) -> dict:
+    """The arguments tracked as run parameters."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+            if k in ("pretrain_model", "sft_model", "test", "train", "problems", "max_tokens",
+                     "doc_tokens", "window", "vocab_min_count")}
+
+
+def run(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
     import torch
     from transformers import AutoTokenizer
 
-    from moebalance.errors import UsageError
-    from moebalance.evaluation.generate import load_problems
     from moebalance.io import atomic_path, write_json
-    from moebalance.model import load_model
     from moebalance.tracking import stage_run
 
     check_arguments(args)
@@ -479,31 +434,13 @@ def run(args: argparse.Namespace) -> None:
     models = {"pretrain": args.pretrain_model}
     if args.sft_model:
         models["sft"] = args.sft_model
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-              if k in ("pretrain_model", "sft_model", "test", "train", "problems", "max_tokens",
-                       "doc_tokens", "window", "vocab_min_count")}
-    with stage_run(args, "utilization", params) as mlflow:
-        picks, tables = {}, {"counts": [], "coactivation": [], "vocab": [], "documents": []}
-        windows = None
-        for name, folder in models.items():
-            model = load_model(folder)
-            if windows is None:
-                windows = make_windows(
-                    documents(Path(args.test), load_problems(args.problems)), tokenizer,
-                    max_tokens=args.max_tokens, doc_tokens=args.doc_tokens,
-                    window=min(args.window, model.config.max_position_embeddings - 1))
-                if not windows:
-                    raise UsageError(f"--test: no held-out text in {args.test}")
-            picks[name], layers = route_model(name, model, windows, tokenizer, args, tables)
-        meta = meta_of(model.config, layers, models, windows, args)
+    with stage_run(args, "utilization", stage_params(args)) as mlflow:
+        routing = route_models(models, tokenizer, args)
+        meta = meta_of(routing, models, args)
+        tables = output_tables(routing, tokenizer, args)
         with atomic_path(args.out_dir, directory=True) as tmp:
-            for stem, parts in tables.items():
-                pq.write_table(pa.concat_tables(parts), tmp / f"{stem}.parquet")
-            if "sft" in picks:
-                pq.write_table(saturation_table(windows, picks["pretrain"], picks["sft"],
-                                                layers), tmp / "saturation.parquet")
-            pq.write_table(saturation_over_training(args, windows, tokenizer, picks["pretrain"],
-                                                    layers), tmp / "saturation_steps.parquet")
+            for stem, table in tables.items():
+                pq.write_table(table, tmp / f"{stem}.parquet")
             write_json(meta, tmp / "meta.json")
         if mlflow is not None:
             mlflow.log_params({"tokens_per_domain": str(meta["tokens_per_domain"])})

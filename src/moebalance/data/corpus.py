@@ -570,6 +570,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory for train/val/test.parquet and manifest.json")
     parser.add_argument("--decontamination", required=True,
                         help="parquet file listing the documents removed for HumanEval overlap")
+    add_source_arguments(parser, defaults)
+    add_cleaning_arguments(parser, defaults)
+    add_tracking_arguments(parser)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, defaults: CorpusSettings) -> None:
+    """Where documents come from: installed distributions, the stdlib, local files, the Hub."""
     parser.add_argument("--no-site-packages", dest="site_packages", action="store_false",
                         help="leave out the installed distributions (importlib.metadata)")
     parser.add_argument("--site-packages-path", action="append", default=None, metavar="DIR",
@@ -596,6 +603,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extension", dest="extensions", action="append", default=None,
                         help="file extension read from the stdlib and --include trees "
                              "(repeatable; default .py)")
+
+
+def add_cleaning_arguments(parser: argparse.ArgumentParser, defaults: CorpusSettings) -> None:
+    """Which documents stay (size, near-duplicates, HumanEval n-grams) and how they split."""
     parser.add_argument("--min-bytes", type=int, default=defaults.min_bytes)
     parser.add_argument("--max-bytes", type=int, default=defaults.max_bytes)
     parser.add_argument("--max-documents", type=int, default=None,
@@ -617,7 +628,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ngram", dest="decontamination_ngram", type=int,
                         default=defaults.decontamination_ngram,
                         help="drop documents sharing a word n-gram this long with HumanEval")
-    add_tracking_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
