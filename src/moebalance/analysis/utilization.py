@@ -467,7 +467,7 @@ def run(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     from moebalance.errors import UsageError
-    from moebalance.evaluation.generate import load_problems
+    from moebalance.evaluation.humaneval import load_problems
     from moebalance.io import atomic_path, write_json
     from moebalance.model import load_model
     from moebalance.tracking import stage_run
