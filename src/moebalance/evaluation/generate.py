@@ -43,6 +43,27 @@ class FirstTokenStartsWith:
         return scores.masked_fill(~self.allowed_BV.to(scores.device), float("-inf"))
 
 
+def first_token_masks(tokenizer, tails: set[str]) -> dict:
+    """For each healed-away tail, which vocabulary tokens (V,) start with it."""
+    import torch
+
+    token_texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    return {tail: torch.tensor([t.startswith(tail) for t in token_texts]) for tail in tails}
+
+
+def left_padded(rows: list[list[int]], pad_id: int):
+    """(ids_BS, mask_BS): the token-id rows right-aligned in one batch, padded on the left."""
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    ids_BS = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask_BS = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        ids_BS[row, width - len(ids):] = torch.tensor(ids)
+        mask_BS[row, width - len(ids):] = 1
+    return ids_BS, mask_BS
+
+
 def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
                          temperature: float, top_p: float, max_new_tokens: int,
                          batch_size: int, seed: int, progress=None) -> list[list[str]]:
@@ -59,22 +80,15 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
 
     do_sample = temperature > 0
     healed = [heal_prompt(tokenizer, p) for p in prompts]
-    token_texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-    allowed = {tail: torch.tensor([t.startswith(tail) for t in token_texts])
-               for tail in {tail for _, tail in healed}}
+    allowed = first_token_masks(tokenizer, {tail for _, tail in healed})
     order = sorted(range(len(prompts)), key=lambda i: -len(healed[i][0]))
     jobs = [i for i in order for _ in range(samples)]
     results: list[list[str]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
-        width = max(len(healed[i][0]) for i in batch)
-        ids_BS = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask_BS = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding
-            ids = healed[i][0]
-            ids_BS[row, width - len(ids):] = torch.tensor(ids)
-            mask_BS[row, width - len(ids):] = 1
+        ids_BS, mask_BS = left_padded([healed[i][0] for i in batch], tokenizer.pad_token_id)
+        width = ids_BS.shape[1]
         first_token = FirstTokenStartsWith(width, torch.stack([allowed[healed[i][1]]
                                                                for i in batch]))
         torch.manual_seed(seed * 1_000_003 + start)
