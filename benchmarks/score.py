@@ -147,11 +147,13 @@ def generation_section(args: argparse.Namespace) -> list[str]:
     """Generated tokens/s, batched with the KV cache against one prompt at a time."""
     from transformers import AutoTokenizer
 
-    from moebalance.evaluation.generate import generate_completions, load_model
+    from moebalance.evaluation.generate import generate_completions
+    from moebalance.evaluation.humaneval import load_for_evaluation
 
     if not (Path(args.model) / "config.json").is_file():
         return [f"skipped: no model folder at {args.model} (run the study or pass --model)"]
-    model, tokenizer = load_model(args.model, "cpu"), AutoTokenizer.from_pretrained(args.model)
+    model = load_for_evaluation(args.model, "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompts = [p["prompt"] for p in list(read_problems().values())[:args.prompts]]
     kwargs = dict(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
                   seed=0)

@@ -11,7 +11,8 @@ from moe_helpers import humaneval_tokenizer
 from transformers import AutoTokenizer, DeepseekV3Config, DeepseekV3ForCausalLM
 
 from moebalance.cli import main
-from moebalance.evaluation.generate import generate_completions, truncate_at_stop
+from moebalance.evaluation.generate import generate_completions
+from moebalance.evaluation.humaneval import load_for_evaluation, truncate_at_stop
 from moebalance.evaluation.solution_nll import bits_per_byte, solution_nll
 
 
@@ -50,9 +51,7 @@ def tiny(tmp_path_factory):
 
 
 def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny):
-    from moebalance.evaluation.generate import load_model
-
-    model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
+    model, tokenizer = load_for_evaluation(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
     prompts = [p["prompt"] for p in list(read_problems().values())[:4]]
     kwargs = dict(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
     batched = generate_completions(model, tokenizer, prompts, batch_size=4, **kwargs)
@@ -61,9 +60,7 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny):
 
 
 def test_sampling_is_deterministic_under_a_seed(tiny):
-    from moebalance.evaluation.generate import load_model
-
-    model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
+    model, tokenizer = load_for_evaluation(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
     prompts = [read_problems()["HumanEval/0"]["prompt"]]
     kwargs = dict(samples=3, temperature=0.8, top_p=0.95, max_new_tokens=10, batch_size=3)
     first = generate_completions(model, tokenizer, prompts, seed=1, **kwargs)
@@ -82,9 +79,8 @@ def test_generate_stage_writes_a_human_eval_samples_file(tiny, tmp_path):
 
 def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
     from moebalance.data.tokenizer import encode_continuation
-    from moebalance.evaluation.generate import load_model
 
-    model, tokenizer = load_model(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
+    model, tokenizer = load_for_evaluation(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
     prompt, solution = "def f(x):\n", "    return x + 1\n"
     nll, n_tokens, context = solution_nll(model, tokenizer, prompt, solution)
     # prompt and solution tokenized as one text; the loss covers the solution's tokens

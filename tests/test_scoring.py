@@ -94,7 +94,7 @@ def test_nll_means_are_added_to_the_summary(tmp_path):
 
 
 def test_nll_means_cover_the_problems_within_the_trained_length():
-    from moebalance.evaluation.solution_nll import nll_means
+    from moebalance.evaluation.humaneval import nll_means
 
     rows = [{"nll": 2.0, "n_tokens": 4, "bits_per_byte": 0.5, "fits": True},
             {"nll": 6.0, "n_tokens": 2, "bits_per_byte": 1.5, "fits": False}]

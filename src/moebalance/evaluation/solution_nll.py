@@ -10,9 +10,9 @@ the likelihood they give the reference solution moves long before pass@1 does.
     fits           context_tokens <= --fit-tokens, the longest sequence the model was
                    trained on (True for every problem without --fit-tokens)
 
-The means (``nll_means``) are over the problems that fit: positions past the trained
-length are extrapolation, not what pretraining taught (REFERENCE.md §5); ``*_all``
-means cover every problem.
+The means (``nll_means`` in evaluation/humaneval.py, which the score stage uses too) are
+over the problems that fit: positions past the trained length are extrapolation, not what
+pretraining taught (REFERENCE.md §5); ``*_all`` means cover every problem.
 
 Prompt and solution are tokenized as one text (as code appears in training); the tokens
 holding any solution character are scored, the one straddling the boundary included
@@ -27,6 +27,7 @@ import math
 
 import pyarrow as pa
 
+from moebalance.evaluation.humaneval import add_model_arguments, load_inputs, nll_means
 from moebalance.io import write_parquet
 
 HELP = "NLL and bits per byte of every HumanEval canonical solution given its prompt"
@@ -63,28 +64,7 @@ def bits_per_byte(nll_nats: float, text: str) -> float:
     return nll_nats / math.log(2) / max(1, len(text.encode("utf-8")))
 
 
-def nll_means(rows: list[dict]) -> dict[str, float]:
-    """Means over the problems that fit the trained length (all, for rows without a
-    ``fits`` field): nats per solution, nats per token, bits per byte; the same over every
-    problem as ``*_all``; and how many problems fit."""
-    def means(subset: list[dict], suffix: str) -> dict[str, float]:
-        if not subset:
-            return {f"{key}{suffix}": math.nan
-                    for key in ("mean_nll", "nll_per_token", "mean_bits_per_byte")}
-        return {f"mean_nll{suffix}": sum(r["nll"] for r in subset) / len(subset),
-                f"nll_per_token{suffix}": sum(r["nll"] for r in subset)
-                / max(1, sum(r["n_tokens"] for r in subset)),
-                f"mean_bits_per_byte{suffix}": sum(r["bits_per_byte"] for r in subset)
-                / len(subset)}
-
-    fitting = [r for r in rows if r.get("fits", True)]
-    return {**means(fitting, ""), **means(rows, "_all"), "problems_fitting": len(fitting),
-            "problems": len(rows)}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.evaluation.generate import add_model_arguments
-
     add_model_arguments(parser, "solution_nll.parquet to write")
     parser.add_argument("--fit-tokens", type=int, default=None, metavar="N",
                         help="the longest sequence the model was trained on: the means cover "
@@ -94,7 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from moebalance.evaluation.generate import load_inputs
     from moebalance.tracking import log_headline, stage_run
 
     problems, tokenizer, model = load_inputs(args)

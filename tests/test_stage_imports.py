@@ -1,0 +1,70 @@
+"""One home per concept: a stage module (a value of cli.STAGES) imports what it shares with
+other stages from a helper module, never from another stage."""
+
+import pytest
+
+from moebalance.cli import STAGES
+from moebalance.codehash import SOURCE_ROOT, direct_imports
+
+STAGE_MODULES = frozenset(STAGES.values())
+# Stage modules that still hold helpers other stages import, left for a later move (issue 9):
+# tracking is the library every stage logs through (stage_run, add_tracking_arguments) and
+# hosts the init-tracking stage too; data.corpus holds corpus_hash_of, data.tokens the
+# token-file readers (open_split, read_meta), data.tokenizer the prompt tokenization
+# (encode_continuation, heal_prompt).
+SHARED_BY_ALL = {"moebalance.tracking"}
+STILL_IMPORTED = {
+    "moebalance.data.tokens": {"moebalance.data.corpus"},
+    "moebalance.evaluation.baselines": {"moebalance.data.tokens"},
+    "moebalance.training.pretrain": {"moebalance.data.tokens"},
+    "moebalance.training.sft": {"moebalance.data.tokenizer"},
+    "moebalance.evaluation.generate": {"moebalance.data.tokenizer"},
+    "moebalance.evaluation.solution_nll": {"moebalance.data.tokenizer"},
+}
+
+
+def stages_imported_by(stage: str, stages=STAGE_MODULES, root=SOURCE_ROOT) -> set[str]:
+    """The other modules of ``stages`` that ``stage`` imports, at top level or inside
+    functions, itself or through the helper modules it imports (the walk stops at each
+    stage module it meets)."""
+    found, seen, todo = set(), {stage}, [stage]
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        parents = {".".join(parts[:i]) for i in range(1, len(parts))}
+        for name in direct_imports(module, root) | parents:
+            if name in stages and name != stage:
+                found.add(name)
+            elif name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return found
+
+
+def test_a_stage_reached_lazily_through_a_helper_counts(tmp_path):
+    files = {
+        "moebalance/__init__.py": "",
+        "moebalance/first.py": "from moebalance import shared\n",
+        "moebalance/shared.py": "def f():\n    from moebalance.second import g\n",
+        "moebalance/second.py": "from moebalance.third import h\n",
+        "moebalance/third.py": "",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    stages = {"moebalance.first", "moebalance.second", "moebalance.third"}
+    assert stages_imported_by("moebalance.first", stages, tmp_path) == {"moebalance.second"}
+    assert stages_imported_by("moebalance.second", stages, tmp_path) == {"moebalance.third"}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
+def test_a_stage_imports_no_other_stage(stage):
+    allowed = SHARED_BY_ALL | STILL_IMPORTED.get(stage, set())
+    assert stages_imported_by(stage) - allowed == set(), (
+        f"{stage} imports another stage; move what they share into a helper module")
+
+
+@pytest.mark.parametrize("stage", sorted(STILL_IMPORTED))
+def test_the_list_of_stage_imports_left_is_current(stage):
+    """Once a helper moves out of a stage module, its entry above goes too."""
+    assert STILL_IMPORTED[stage] <= stages_imported_by(stage)
