@@ -8,11 +8,8 @@ from moebalance.codehash import SOURCE_ROOT, direct_imports
 
 STAGE_MODULES = frozenset(STAGES.values())
 # Stage modules that still hold helpers other stages import, left for a later move (issue 9):
-# tracking is the library every stage logs through (stage_run, add_tracking_arguments) and
-# hosts the init-tracking stage too; data.corpus holds corpus_hash_of, data.tokens the
-# token-file readers (open_split, read_meta), data.tokenizer the prompt tokenization
-# (encode_continuation, heal_prompt).
-SHARED_BY_ALL = {"moebalance.tracking"}
+# data.corpus holds corpus_hash_of, data.tokens the token-file readers (open_split,
+# read_meta), data.tokenizer the prompt tokenization (encode_continuation, heal_prompt).
 STILL_IMPORTED = {
     "moebalance.data.tokens": {"moebalance.data.corpus"},
     "moebalance.evaluation.baselines": {"moebalance.data.tokens"},
@@ -59,7 +56,7 @@ def test_a_stage_reached_lazily_through_a_helper_counts(tmp_path):
 
 @pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
 def test_a_stage_imports_no_other_stage(stage):
-    allowed = SHARED_BY_ALL | STILL_IMPORTED.get(stage, set())
+    allowed = STILL_IMPORTED.get(stage, set())
     assert stages_imported_by(stage) - allowed == set(), (
         f"{stage} imports another stage; move what they share into a helper module")
 

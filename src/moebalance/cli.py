@@ -17,7 +17,7 @@ from moebalance.errors import UsageError
 
 # sub-command name -> module implementing it, in pipeline order.
 STAGES: dict[str, str] = {
-    "init-tracking": "moebalance.tracking",
+    "init-tracking": "moebalance.init_tracking",
     "corpus": "moebalance.data.corpus",
     "tokenizer": "moebalance.data.tokenizer",
     "tokens": "moebalance.data.tokens",

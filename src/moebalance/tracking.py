@@ -1,4 +1,6 @@
-"""Create the MLflow store and experiment, once, before any stage logs to it.
+"""MLflow tracking for every stage: the shared arguments, one run per stage run, its tags
+and headline metrics (the `init-tracking` stage that creates the store is
+:mod:`moebalance.init_tracking`).
 
 Every stage run is one MLflow run, tagged with stage, variant, seed, git commit, config
 hash, code hash and the machine's provenance. Runs nest: a parent run per study (the
@@ -9,8 +11,6 @@ The experiment is marked as model development, so the MLflow UI opens on its run
 
 The store is an embedded SQLite file by default; the environment variable
 MLFLOW_TRACKING_URI points everything at another store or a server instead.
-Concurrent first writers race while SQLite creates its schema, which is why one
-rule (this sub-command) creates it before the others run.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from moebalance.io import write_json
-
-HELP = "create the MLflow tracking store and experiment (run once, before any stage)"
 DEFAULT_STORE = "results/mlflow.db"
 DEFAULT_EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "moebalance")
 STUDY_ENV = "MOEBALANCE_STUDY"
@@ -70,7 +67,7 @@ def config_hash(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _setup(store: str | os.PathLike, experiment: str):
+def setup_store(store: str | os.PathLike, experiment: str):
     """Point MLflow at the store; create the experiment if it is new.
 
     With the embedded SQLite store, artifacts go to ``mlartifacts/`` beside the database
@@ -200,7 +197,7 @@ def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any]) -
     if args.no_tracking:
         yield None
         return
-    mlflow, experiment = _setup(args.mlflow_store, args.experiment)
+    mlflow, experiment = setup_store(args.mlflow_store, args.experiment)
     from moebalance import provenance
 
     record = provenance.fingerprint()
@@ -220,30 +217,6 @@ def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any]) -
         mlflow.log_params({k: json.dumps(v) if not isinstance(v, str) else v
                            for k, v in params.items()})
         yield mlflow
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=DEFAULT_STORE, help="SQLite file to create")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to create")
-    parser.add_argument(
-        "--out", required=True, help="JSON file recording the tracking URI and experiment id"
-    )
-
-
-def run(args: argparse.Namespace) -> None:
-    from mlflow.tracking import MlflowClient
-
-    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
-    _, experiment = _setup(args.store, args.experiment)
-    for key, value in EXPERIMENT_KIND.items():  # also on a server's existing experiment
-        MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
-    uri = tracking_uri(args.store)
-    log.info("MLflow store %s, experiment %s (%s)", uri, args.experiment, experiment.experiment_id)
-    write_json(
-        {"tracking_uri": uri, "experiment": args.experiment,
-         "experiment_id": experiment.experiment_id},
-        args.out,
-    )
 
 
 def mlflow_logger(mlflow) -> Callable[[list[dict[str, Any]]], None]:

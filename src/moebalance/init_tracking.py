@@ -1,0 +1,48 @@
+"""Create the MLflow store and experiment, once, before any stage logs to it.
+
+Concurrent first writers race while SQLite creates its schema, which is why one rule
+(this sub-command) creates it before the others run. The experiment gets the tag that
+makes the MLflow UI open on its runs table (:data:`moebalance.tracking.EXPERIMENT_KIND`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from moebalance.io import write_json
+from moebalance.tracking import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_STORE,
+    EXPERIMENT_KIND,
+    setup_store,
+    tracking_uri,
+)
+
+HELP = "create the MLflow tracking store and experiment (run once, before any stage)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=DEFAULT_STORE, help="SQLite file to create")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to create")
+    parser.add_argument(
+        "--out", required=True, help="JSON file recording the tracking URI and experiment id"
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    from mlflow.tracking import MlflowClient
+
+    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    _, experiment = setup_store(args.store, args.experiment)
+    for key, value in EXPERIMENT_KIND.items():  # also on a server's existing experiment
+        MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+    uri = tracking_uri(args.store)
+    log.info("MLflow store %s, experiment %s (%s)", uri, args.experiment, experiment.experiment_id)
+    write_json(
+        {"tracking_uri": uri, "experiment": args.experiment,
+         "experiment_id": experiment.experiment_id},
+        args.out,
+    )
