@@ -100,12 +100,12 @@ def test_saved_model_loads_with_stock_transformers_and_generates(pretrained):
 
 def test_load_model_reattaches_the_counting_router(pretrained):
     from moebalance.model import load_model
-    from moebalance.model.router import BalancingRouter
+    from moebalance.model.router import CountingRouter
 
     _, out = pretrained
     model = load_model(out / "model")
     gate = model.model.layers[1].mlp.gate
-    assert isinstance(gate, BalancingRouter)
+    assert isinstance(gate, CountingRouter)
     assert gate.e_score_correction_bias.abs().sum() > 0
 
 

@@ -5,11 +5,11 @@ import torch
 from moe_helpers import VOCAB, tiny_model
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
-from moebalance.model.router import BalancingRouter, routers_of
+from moebalance.model.router import CountingRouter, routers_of
 
 
 def counts(model) -> float:
-    return sum(float(r.tokens_per_expert_E.sum()) for r in routers_of(model))
+    return sum(float(r.counts_E.sum()) for r in routers_of(model))
 
 
 def biases(model) -> torch.Tensor:
@@ -19,7 +19,7 @@ def biases(model) -> torch.Tensor:
 def test_router_keeps_the_stock_parameter_and_buffer_names():
     model = tiny_model()
     gate = model.model.layers[1].mlp.gate
-    assert isinstance(gate, BalancingRouter)
+    assert isinstance(gate, CountingRouter)
     assert set(gate.state_dict()) == {"weight", "e_score_correction_bias"}
 
 
@@ -45,7 +45,7 @@ def test_training_forward_counts_top_k_tokens_per_layer():
     model.train()
     model(input_ids=torch.randint(0, VOCAB, (3, 7)))
     for router in routers_of(model):
-        assert router.tokens_per_expert_E.sum().item() == 3 * 7 * 2  # B * S * K
+        assert router.counts_E.sum().item() == 3 * 7 * 2  # B * S * K
 
 
 def test_eval_no_grad_and_generate_neither_count_nor_move_the_bias():
@@ -72,7 +72,7 @@ def test_counts_once_under_activation_checkpointing():
         model.train()
         model(input_ids=x).logits.sum().backward()
     for a, b in zip(routers_of(plain), routers_of(checkpointed), strict=True):
-        assert torch.equal(a.tokens_per_expert_E, b.tokens_per_expert_E)
+        assert torch.equal(a.counts_E, b.counts_E)
 
 
 def test_bias_and_counters_stay_fp32_under_bf16_autocast():
@@ -82,7 +82,7 @@ def test_bias_and_counters_stay_fp32_under_bf16_autocast():
         model(input_ids=torch.randint(0, VOCAB, (2, 6)))
     for router in routers_of(model):
         assert router.e_score_correction_bias.dtype == torch.float32
-        assert router.tokens_per_expert_E.dtype == torch.float32
+        assert router.counts_E.dtype == torch.float32
         assert router.record.probs_BSE.dtype == torch.float32
 
 

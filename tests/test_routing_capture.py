@@ -31,7 +31,7 @@ def test_routing_capture_leaves_router_bias_and_counters_untouched(model, tokeni
     assert picks.shape == (len(ids), 2, 2)
     for router, b in zip(routers_of(model), before, strict=True):
         assert torch.equal(router.e_score_correction_bias, b)
-        assert router.tokens_per_expert_E.sum() == 0
+        assert router.counts_E.sum() == 0
 
 
 def test_routing_a_window_alone_equals_routing_it_in_a_padded_batch(model, tokenizer):

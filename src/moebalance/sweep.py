@@ -188,10 +188,10 @@ def run_summary(metrics, routing, late_fraction: float) -> dict[str, float]:
     last_step = int(routing["step"].max())
     n_late = max(1, math.ceil(late_fraction * (last_step + 1)))
     late = routing[routing["step"] > last_step - n_late]
-    load_LE = late.pivot_table(index="layer", columns="expert", values="tokens", aggfunc="sum")
+    counts_LE = late.pivot_table(index="layer", columns="expert", values="tokens", aggfunc="sum")
     return {"val_loss": float(val["val_loss"].iloc[-1]),
             "maxvio": float(val["val_maxvio"].iloc[-1]),
-            "maxvio_late": float(max_violation(load_LE.to_numpy()).mean())}
+            "maxvio_late": float(max_violation(counts_LE.to_numpy()).mean())}
 
 
 def _point_row(grid: str, variant: str, key: str | None, value: Any,

@@ -1,6 +1,6 @@
 """Expert-utilization and diversity metrics (REFERENCE.md §4): pure numpy functions.
 
-Shapes (letters of :mod:`moebalance.model.balancing`): the last axis is always the E
+Dimension letters (the legend in :mod:`moebalance`): the last axis is always the E
 routed experts (``counts_E``); any leading axes (L layers, N logged steps, R bootstrap
 replicates, ...) are carried through, so one call handles a whole (L, E) table or an
 (R, L, E) stack of bootstrap replicates. The counts (the papers' expert *loads*) count

@@ -12,8 +12,8 @@ Missing optional files leave their metrics out of the run and are listed. Every 
 keyed by its :mod:`moebalance.analysis.catalogue` identifier; per-problem and
 per-document metrics also keep their unit values (``RunData.units``) for the bootstrap.
 
-Dimension letters as in :mod:`moebalance.model.balancing` (L layers, E routed experts),
-with N logged training steps, D domains and C token classes.
+Dimension letters: the legend in :mod:`moebalance` (L layers, E routed experts,
+N logged training steps, D domains, C token classes).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ Writes, under --out-dir:
                          per domain, and (with --train) each domain's share of the training
                          split's UTF-8 bytes: the mix compare weights the domains with
 
-Shapes (letters of :mod:`moebalance.model.balancing`): T held-out tokens, L MoE layers,
+Dimension letters (the legend in :mod:`moebalance`): T held-out tokens, L MoE layers,
 K experts per token, E routed experts; and W windows, C token classes, U distinct token ids.
 """
 

@@ -51,7 +51,7 @@ def build_hf_config(settings: ModelSettings, vocab_size: int, eot_id: int, pad_i
 
 
 def build_model(settings: ModelSettings, vocab_size: int, eot_id: int, pad_id: int, seed: int):
-    """A freshly initialised model (seeded) with :class:`BalancingRouter` gates attached."""
+    """A freshly initialised model (seeded) with :class:`CountingRouter` gates attached."""
     import torch
     from transformers import DeepseekV3ForCausalLM
 
@@ -70,7 +70,7 @@ def build_model(settings: ModelSettings, vocab_size: int, eot_id: int, pad_id: i
 
 
 def load_model(path: str | os.PathLike, **kwargs):
-    """A saved model folder, with :class:`BalancingRouter` gates re-attached (for training).
+    """A saved model folder, with :class:`CountingRouter` gates re-attached (for training).
 
     Plain ``AutoModelForCausalLM.from_pretrained(path)`` also loads and generates; it routes
     with the stock sigmoid router, which is the same routing unless ``scoring_func`` is softmax.

@@ -9,8 +9,8 @@ combine: ``Balancing`` is a list of them (the DeepSeek-V3 recipe is
 Adding a strategy = one dataclass below + one entry in ``STRATEGIES`` (and the
 schema enum in workflow/schemas/config.schema.yaml).
 
-Shapes: L MoE layers, E routed experts, K experts per token, B sequences of S
-tokens, T = B*S tokens.
+Dimension letters: the legend in :mod:`moebalance` (L MoE layers, E routed experts, K
+experts per token, B sequences of S tokens, T = B*S tokens).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from moebalance.model.router import BalancingRouter, RoutingRecord
+from moebalance.model.router import CountingRouter, RoutingRecord
 
 # ---------------------------------------------------------------------------- the equations
 
@@ -79,12 +79,12 @@ def router_z_loss(record: RoutingRecord) -> torch.Tensor:
     return torch.logsumexp(record.logits_BSE.reshape(-1, E), dim=-1).square().mean()
 
 
-def bias_delta(tokens_LE: torch.Tensor, gamma: float, rule: str = "sign",
+def bias_delta(counts_LE: torch.Tensor, gamma: float, rule: str = "sign",
                recentre: bool = False) -> torch.Tensor:
     """The bias change of one optimizer step from the loads c of that step."""
-    mean_L1 = tokens_LE.mean(-1, keepdim=True)
+    mean_L1 = counts_LE.mean(-1, keepdim=True)
     # Wang et al. 2024 Algorithm 1: e_i = mean(c) - c_i
-    error_LE = mean_L1 - tokens_LE
+    error_LE = mean_L1 - counts_LE
     if rule == "sign":
         # Wang et al. 2024 Algorithm 1 / DeepSeek-V3 §2.1.2: b_i += gamma * sign(e_i)
         delta_LE = gamma * torch.sign(error_LE)
@@ -96,7 +96,7 @@ def bias_delta(tokens_LE: torch.Tensor, gamma: float, rule: str = "sign",
     return delta_LE
 
 
-def smebu_step(tokens_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torch.Tensor,
+def smebu_step(counts_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torch.Tensor,
                gamma: float, beta: float, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One SMEBU step: the new (bias, velocity) from this step's loads c.
 
@@ -108,9 +108,9 @@ def smebu_step(tokens_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torc
         b <- b + gamma v
         b <- b - mean(b)
     """
-    mean_L1 = tokens_LE.mean(-1, keepdim=True)
+    mean_L1 = counts_LE.mean(-1, keepdim=True)
     # our reading of arXiv 2602.17004 (SMEBU): normalised deviation, soft-clamped by tanh
-    clamped_LE = torch.tanh(kappa * (mean_L1 - tokens_LE) / mean_L1.clamp_min(1e-12))
+    clamped_LE = torch.tanh(kappa * (mean_L1 - counts_LE) / mean_L1.clamp_min(1e-12))
     # our reading of arXiv 2602.17004 (SMEBU): momentum on the clamped deviation
     velocity_LE = beta * velocity_LE + (1 - beta) * clamped_LE
     # our reading of arXiv 2602.17004 (SMEBU): step, then mean-centre the bias
@@ -126,10 +126,10 @@ class Strategy:
 
     name: ClassVar[str]
 
-    def loss(self, routers: Sequence[BalancingRouter]) -> torch.Tensor | None:
+    def loss(self, routers: Sequence[CountingRouter]) -> torch.Tensor | None:
         return None
 
-    def after_step(self, routers: Sequence[BalancingRouter], tokens_LE: torch.Tensor,
+    def after_step(self, routers: Sequence[CountingRouter], counts_LE: torch.Tensor,
                    step: int, total_steps: int) -> None:
         return None
 
@@ -149,7 +149,7 @@ class Strategy:
 class LayerMeanLoss(Strategy):
     """A loss term: ``coefficient`` times the mean over MoE layers of ``per_layer``."""
 
-    def per_layer(self, router: BalancingRouter) -> torch.Tensor:
+    def per_layer(self, router: CountingRouter) -> torch.Tensor:
         raise NotImplementedError
 
     @property
@@ -212,7 +212,7 @@ class GlobalAuxLoss(Strategy):
     alpha: float = 1e-2
 
     def loss(self, routers):
-        counts_LE = torch.stack([r.tokens_per_expert_E for r in routers]).clone()
+        counts_LE = torch.stack([r.counts_E for r in routers]).clone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts_LE)
         return self.alpha * torch.stack(
@@ -238,8 +238,8 @@ class LossFree(Strategy):
     def gamma_at(self, step: int, total_steps: int) -> float:
         return self.gamma if step < self.stop_fraction * total_steps else 0.0
 
-    def after_step(self, routers, tokens_LE, step, total_steps):
-        delta_LE = bias_delta(tokens_LE, self.gamma_at(step, total_steps), self.rule,
+    def after_step(self, routers, counts_LE, step, total_steps):
+        delta_LE = bias_delta(counts_LE, self.gamma_at(step, total_steps), self.rule,
                               self.recentre)
         with torch.no_grad():
             for router, delta_E in zip(routers, delta_LE, strict=True):
@@ -260,13 +260,13 @@ class Smebu(Strategy):
     def gamma_at(self, step, total_steps):
         return self.gamma if step < self.stop_fraction * total_steps else 0.0
 
-    def after_step(self, routers, tokens_LE, step, total_steps):
+    def after_step(self, routers, counts_LE, step, total_steps):
         gamma = self.gamma_at(step, total_steps)
         with torch.no_grad():
             bias_LE = torch.stack([r.e_score_correction_bias for r in routers]).float()
             if self.velocity_LE is None:
                 self.velocity_LE = torch.zeros_like(bias_LE)
-            bias_LE, self.velocity_LE = smebu_step(tokens_LE.to(bias_LE), bias_LE,
+            bias_LE, self.velocity_LE = smebu_step(counts_LE.to(bias_LE), bias_LE,
                                                    self.velocity_LE.to(bias_LE), gamma,
                                                    self.beta, self.kappa)
             for router, bias_E in zip(routers, bias_LE, strict=True):
@@ -317,7 +317,7 @@ class Balancing:
         """Names of the loss terms this combination adds (the metrics columns)."""
         return [s.name for s in self.strategies if type(s).loss is not Strategy.loss]
 
-    def losses(self, routers: Sequence[BalancingRouter]) -> dict[str, torch.Tensor]:
+    def losses(self, routers: Sequence[CountingRouter]) -> dict[str, torch.Tensor]:
         terms = {}
         for strategy in self.strategies:
             term = strategy.loss(routers)
@@ -325,9 +325,9 @@ class Balancing:
                 terms[strategy.name] = term
         return terms
 
-    def after_step(self, routers, tokens_LE, step, total_steps) -> None:
+    def after_step(self, routers, counts_LE, step, total_steps) -> None:
         for strategy in self.strategies:
-            strategy.after_step(routers, tokens_LE, step, total_steps)
+            strategy.after_step(routers, counts_LE, step, total_steps)
 
     def gamma_at(self, step: int, total_steps: int) -> float:
         """The bias update speed in force at ``step`` (0 without a bias-updating strategy)."""

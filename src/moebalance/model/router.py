@@ -6,12 +6,13 @@ Face checkpoint. What it adds:
 
 - ``scoring_func`` from the config: sigmoid (DeepSeek-V3) or softmax (classic baselines);
 - in training forwards only, per-expert token counts accumulated over micro-batches
-  (``tokens_per_expert_E``, fp32), the number of tokens whose top-K set the bias changed
+  (``counts_E``, fp32), the number of tokens whose top-K set the bias changed
   (``overridden_tokens``: biased top-K differs from TopK(s), the bias override rate's
   numerator) and a :class:`RoutingRecord` of the last forward for the auxiliary losses.
   It never changes the bias: the trainer does (see :mod:`moebalance.model.balancing`).
 
-Routing and gating are fp32 even under bf16 autocast.
+Routing and gating are fp32 even under bf16 autocast. Dimension letters: the legend in
+:mod:`moebalance`.
 """
 
 from __future__ import annotations
@@ -32,19 +33,19 @@ class RoutingRecord:
     selected_BSE: torch.Tensor  # 1.0 where the expert is in the token's top-K (no grad)
 
 
-class BalancingRouter(DeepseekV3TopkRouter):
+class CountingRouter(DeepseekV3TopkRouter):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.score_function = getattr(config, "scoring_func", "sigmoid")
         E = self.num_experts
-        self.tokens_per_expert_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
+        self.counts_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
                                                    persistent=False)
         self.score_sum_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32), persistent=False)
         self.tokens_seen = torch.nn.Buffer(torch.zeros((), dtype=torch.float32), persistent=False)
         self.overridden_tokens = torch.nn.Buffer(torch.zeros((), dtype=torch.float32),
                                                  persistent=False)
         # tokens per expert of eval-mode forwards (validation): held-out MaxVio_global
-        self.eval_tokens_per_expert_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
+        self.eval_counts_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
                                                         persistent=False)
         self.record: RoutingRecord | None = None
 
@@ -62,7 +63,7 @@ class BalancingRouter(DeepseekV3TopkRouter):
         return self.is_training_forward() and not in_backward
 
     def reset_counts(self) -> None:
-        self.tokens_per_expert_E.zero_()
+        self.counts_E.zero_()
         self.score_sum_E.zero_()
         self.tokens_seen.zero_()
         self.overridden_tokens.zero_()
@@ -71,18 +72,18 @@ class BalancingRouter(DeepseekV3TopkRouter):
     def _group_mask(self, choice_TE: torch.Tensor) -> torch.Tensor:
         """Group-limited routing (DeepSeek-V3 §2.1.2): keep the experts of the top groups only."""
         T, E = choice_TE.shape
-        G = self.num_group
-        group_scores_TG = choice_TE.view(T, G, E // G).topk(min(2, E // G), dim=-1)[0].sum(-1)
-        group_idx = group_scores_TG.topk(self.topk_group, dim=-1, sorted=False)[1]
-        keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool).scatter_(1, group_idx, True)
-        keep_TE = keep_TG.unsqueeze(-1).expand(T, G, E // G).reshape(T, E)
+        P = self.num_group
+        group_scores_TP = choice_TE.view(T, P, E // P).topk(min(2, E // P), dim=-1)[0].sum(-1)
+        group_idx = group_scores_TP.topk(self.topk_group, dim=-1, sorted=False)[1]
+        keep_TP = torch.zeros_like(group_scores_TP, dtype=torch.bool).scatter_(1, group_idx, True)
+        keep_TE = keep_TP.unsqueeze(-1).expand(T, P, E // P).reshape(T, E)
         return choice_TE.masked_fill(~keep_TE, float("-inf"))
 
     def forward(self, hidden_states: torch.Tensor):
         lead_shape = hidden_states.shape[:-1]
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            x_TD = hidden_states.reshape(-1, self.hidden_dim).float()
-            logits_TE = F.linear(x_TD, self.weight.float())
+            x_TH = hidden_states.reshape(-1, self.hidden_dim).float()
+            logits_TE = F.linear(x_TH, self.weight.float())
             # DeepSeek-V3 Eq. 15: s_{i,t} = sigmoid(u_t . e_i); softmax for the classic baselines
             if self.score_function == "softmax":
                 scores_TE = logits_TE.softmax(dim=-1)
@@ -107,7 +108,7 @@ class BalancingRouter(DeepseekV3TopkRouter):
                 if self.is_recording():
                     self._record(lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK)
             elif not self.training:
-                self.eval_tokens_per_expert_E.add_(torch.bincount(
+                self.eval_counts_E.add_(torch.bincount(
                     topk_idx_TK.reshape(-1), minlength=self.num_experts).float())
         return logits_TE, weights_TK, topk_idx_TK
 
@@ -122,7 +123,7 @@ class BalancingRouter(DeepseekV3TopkRouter):
     def _record(self, lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK) -> None:
         selected_TE = torch.zeros_like(scores_TE, dtype=torch.float32).scatter_(1, topk_idx_TK, 1.0)
         # in place (add_, not +=): augmented assignment re-registers the buffer, a graph break
-        self.tokens_per_expert_E.add_(selected_TE.sum(0))
+        self.counts_E.add_(selected_TE.sum(0))
         self.score_sum_E.add_(scores_TE.detach().sum(0))
         self.tokens_seen.add_(scores_TE.shape[0])
         self.overridden_tokens.add_(self._overridden(scores_TE.detach(), selected_TE).sum())
@@ -134,26 +135,26 @@ class BalancingRouter(DeepseekV3TopkRouter):
                                     selected_BSE=selected_TE.view(B_S_E))
 
 
-def attach_routers(model) -> list[BalancingRouter]:
-    """Replace every MoE layer's stock ``mlp.gate`` with a :class:`BalancingRouter`, in place.
+def attach_routers(model) -> list[CountingRouter]:
+    """Replace every MoE layer's stock ``mlp.gate`` with a :class:`CountingRouter`, in place.
 
     Weights and bias are copied, so this is safe on a trained or freshly loaded model.
     Returns the routers in layer order (idempotent: already attached ones are kept).
     """
     for layer in model.model.layers:
         gate = getattr(layer.mlp, "gate", None)
-        if gate is None or isinstance(gate, BalancingRouter):
+        if gate is None or isinstance(gate, CountingRouter):
             continue
-        router = BalancingRouter(model.config).to(gate.weight.device)
+        router = CountingRouter(model.config).to(gate.weight.device)
         router.load_state_dict(gate.state_dict())
         router.train(gate.training)
         layer.mlp.gate = router
     return routers_of(model)
 
 
-def routers_of(model) -> list[BalancingRouter]:
-    """The model's :class:`BalancingRouter` modules in layer order."""
-    return [m for m in model.modules() if isinstance(m, BalancingRouter)]
+def routers_of(model) -> list[CountingRouter]:
+    """The model's :class:`CountingRouter` modules in layer order."""
+    return [m for m in model.modules() if isinstance(m, CountingRouter)]
 
 
 def moe_layer_indices(model) -> list[int]:

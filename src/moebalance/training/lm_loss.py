@@ -14,7 +14,8 @@ is there for larger vocabularies and GPU memory, where the (T, V) logits dominat
 No library does this on CPU (Liger-Kernel's fused linear cross-entropy and Apple's
 cut-cross-entropy are Triton kernels for GPUs), hence the small autograd function below.
 
-Shapes: B sequences of S tokens, T = B*S tokens, D hidden size, V vocabulary.
+Dimension letters: the legend in :mod:`moebalance` (T tokens, M tokens of a chunk, H hidden
+size, V vocabulary).
 """
 
 from __future__ import annotations
@@ -35,42 +36,42 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h_TD, weight_VD, labels_T, chunk_tokens: int,
+    def forward(ctx, h_TH, weight_VH, labels_T, chunk_tokens: int,
                 compute_dtype: torch.dtype | None):
-        dtype = compute_dtype or h_TD.dtype
+        dtype = compute_dtype or h_TH.dtype
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        w_VD = weight_VD.to(dtype)
-        total = h_TD.new_zeros((), dtype=torch.float32)
-        grad_h_chunks, grad_w_VD = [], torch.zeros_like(weight_VD, dtype=torch.float32)
-        for start in range(0, h_TD.shape[0], chunk_tokens):
-            h_CD = h_TD[start:start + chunk_tokens].to(dtype)
-            y_C = labels_T[start:start + chunk_tokens]
-            valid_C = y_C != IGNORE_INDEX
-            target_C1 = torch.where(valid_C, y_C, 0).unsqueeze(1)
-            logits_CV = (h_CD @ w_VD.T).float()
-            lse_C = torch.logsumexp(logits_CV, dim=-1)
+        w_VH = weight_VH.to(dtype)
+        total = h_TH.new_zeros((), dtype=torch.float32)
+        grad_h_chunks, grad_w_VH = [], torch.zeros_like(weight_VH, dtype=torch.float32)
+        for start in range(0, h_TH.shape[0], chunk_tokens):
+            h_MH = h_TH[start:start + chunk_tokens].to(dtype)
+            y_M = labels_T[start:start + chunk_tokens]
+            valid_M = y_M != IGNORE_INDEX
+            target_C1 = torch.where(valid_M, y_M, 0).unsqueeze(1)
+            logits_MV = (h_MH @ w_VH.T).float()
+            lse_M = torch.logsumexp(logits_MV, dim=-1)
             # cross-entropy of softmax: CE_t = logsumexp_v z_{t,v} - z_{t,y_t}
-            ce_C = lse_C - logits_CV.gather(1, target_C1).squeeze(1)
-            total = total + torch.where(valid_C, ce_C, 0.0).sum()
+            ce_M = lse_M - logits_MV.gather(1, target_C1).squeeze(1)
+            total = total + torch.where(valid_M, ce_M, 0.0).sum()
             if need_grad:
                 # Bishop, PRML (2006) Eq. 4.109: dCE/dz_{t,v} = softmax(z_t)_v - 1[v = y_t]
-                grad_CV = torch.exp(logits_CV - lse_C.unsqueeze(1))
-                grad_CV = grad_CV - F.one_hot(target_C1.squeeze(1), grad_CV.shape[1])
-                grad_CV = (grad_CV * valid_C.unsqueeze(1)).to(dtype)
-                grad_h_chunks.append(grad_CV @ w_VD)              # dz/dh = W
-                grad_w_VD = grad_w_VD + (grad_CV.T @ h_CD).float()  # dz/dW = h
+                grad_MV = torch.exp(logits_MV - lse_M.unsqueeze(1))
+                grad_MV = grad_MV - F.one_hot(target_C1.squeeze(1), grad_MV.shape[1])
+                grad_MV = (grad_MV * valid_M.unsqueeze(1)).to(dtype)
+                grad_h_chunks.append(grad_MV @ w_VH)              # dz/dh = W
+                grad_w_VH = grad_w_VH + (grad_MV.T @ h_MH).float()  # dz/dW = h
         if need_grad:
-            ctx.save_for_backward(torch.cat(grad_h_chunks).to(h_TD.dtype),
-                                  grad_w_VD.to(weight_VD.dtype))
+            ctx.save_for_backward(torch.cat(grad_h_chunks).to(h_TH.dtype),
+                                  grad_w_VH.to(weight_VH.dtype))
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_h_TD, grad_w_VD = ctx.saved_tensors
-        return grad_h_TD * grad_total, grad_w_VD * grad_total, None, None, None
+        grad_h_TH, grad_w_VH = ctx.saved_tensors
+        return grad_h_TH * grad_total, grad_w_VH * grad_total, None, None, None
 
 
-def linear_cross_entropy_sum(h_TD: torch.Tensor, weight_VD: torch.Tensor, labels_T: torch.Tensor,
+def linear_cross_entropy_sum(h_TH: torch.Tensor, weight_VH: torch.Tensor, labels_T: torch.Tensor,
                              chunk_tokens: int = 0,
                              compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Summed cross-entropy of the logits ``h W^T`` against ``labels`` (-100: masked), in fp32.
@@ -79,11 +80,11 @@ def linear_cross_entropy_sum(h_TD: torch.Tensor, weight_VD: torch.Tensor, labels
     ``compute_dtype``: the dtype of the matmuls (bf16 under autocast); softmax is fp32.
     """
     if chunk_tokens <= 0:
-        logits_TV = F.linear(h_TD.to(compute_dtype or h_TD.dtype),
-                             weight_VD.to(compute_dtype or h_TD.dtype))
+        logits_TV = F.linear(h_TH.to(compute_dtype or h_TH.dtype),
+                             weight_VH.to(compute_dtype or h_TH.dtype))
         return F.cross_entropy(logits_TV.float(), labels_T, ignore_index=IGNORE_INDEX,
                                reduction="sum")
-    return _ChunkedLinearCrossEntropy.apply(h_TD, weight_VD, labels_T, chunk_tokens,
+    return _ChunkedLinearCrossEntropy.apply(h_TH, weight_VH, labels_T, chunk_tokens,
                                             compute_dtype)
 
 
@@ -103,11 +104,11 @@ class TrainingForward(torch.nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(self, input_ids, labels, **inputs):
-        hidden_BSD = self.model.model(input_ids=input_ids, use_cache=False,
+        hidden_BSH = self.model.model(input_ids=input_ids, use_cache=False,
                                       **inputs).last_hidden_state
-        dtype = torch.get_autocast_dtype(hidden_BSD.device.type) \
-            if torch.is_autocast_enabled(hidden_BSD.device.type) else None
-        ce_sum = linear_cross_entropy_sum(hidden_BSD.flatten(0, 1), self.model.lm_head.weight,
+        dtype = torch.get_autocast_dtype(hidden_BSH.device.type) \
+            if torch.is_autocast_enabled(hidden_BSH.device.type) else None
+        ce_sum = linear_cross_entropy_sum(hidden_BSH.flatten(0, 1), self.model.lm_head.weight,
                                           labels.flatten(), self.chunk_tokens, dtype)
         recording = self.model.training and torch.is_grad_enabled()
         terms = self.balancing.losses(self.routers) if recording else {}

@@ -37,10 +37,10 @@ class Telemetry:
 
     def record_step(self, step: int, *, lm_loss: float, terms: dict[str, float], lr: float,
                     grad_norm: float, gamma: float, tokens_per_s: float, tokens_seen: int,
-                    tokens_LE: torch.Tensor, bias_LE: torch.Tensor,
+                    counts_LE: torch.Tensor, bias_LE: torch.Tensor,
                     mean_score_LE: torch.Tensor,
                     override_rate_L: torch.Tensor) -> dict[str, Any]:
-        maxvio_L = max_violation(tokens_LE.cpu().numpy()).tolist()
+        maxvio_L = max_violation(counts_LE.cpu().numpy()).tolist()
         override_L = override_rate_L.cpu().numpy().astype(np.float32)
         row: dict[str, Any] = {
             "step": step,
@@ -59,7 +59,7 @@ class Telemetry:
             "val_maxvio": math.nan,
         }
         self.metrics.append(row)
-        self.routing.append((step, tokens_LE.cpu().numpy().astype(np.int64),
+        self.routing.append((step, counts_LE.cpu().numpy().astype(np.int64),
                              bias_LE.cpu().numpy().astype(np.float32),
                              mean_score_LE.cpu().numpy().astype(np.float32), override_L))
         return row
@@ -80,13 +80,13 @@ class Telemetry:
                                              "mean_score", "load_share", "override_rate")})
         L, E = self.routing[0][1].shape
         steps = np.array([r[0] for r in self.routing], dtype=np.int64)
-        tokens_NLE = np.stack([r[1] for r in self.routing])
-        share_NLE = tokens_NLE / np.maximum(tokens_NLE.sum(-1, keepdims=True), 1)
+        counts_NLE = np.stack([r[1] for r in self.routing])
+        share_NLE = counts_NLE / np.maximum(counts_NLE.sum(-1, keepdims=True), 1)
         return pa.table({
             "step": np.repeat(steps, L * E),
             "layer": np.tile(np.repeat(np.array(self.layers, dtype=np.int32), E), len(steps)),
             "expert": np.tile(np.arange(E, dtype=np.int32), len(steps) * L),
-            "tokens": tokens_NLE.reshape(-1),
+            "tokens": counts_NLE.reshape(-1),
             "bias": np.stack([r[2] for r in self.routing]).reshape(-1),
             "mean_score": np.stack([r[3] for r in self.routing]).reshape(-1),
             "load_share": share_NLE.reshape(-1).astype(np.float32),

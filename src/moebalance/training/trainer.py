@@ -205,13 +205,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
         with torch.no_grad():
-            tokens_LE = self._all_reduce(torch.stack([r.tokens_per_expert_E for r in self.routers]))
+            counts_LE = self._all_reduce(torch.stack([r.counts_E for r in self.routers]))
             score_LE = self._all_reduce(torch.stack([r.score_sum_E for r in self.routers]))
             seen_L1 = self._all_reduce(torch.stack([r.tokens_seen for r in self.routers]))[:, None]
             overridden_L = self._all_reduce(torch.stack([r.overridden_tokens
                                                          for r in self.routers]))
             bias_LE = torch.stack([r.e_score_correction_bias for r in self.routers]).clone()
-            self.balancing.after_step(self.routers, tokens_LE, step, s.steps)
+            self.balancing.after_step(self.routers, counts_LE, step, s.steps)
             lm_loss = float(self._all_reduce(ce_total) / n_valid)
             terms = {k: float(self._all_reduce(v) / self.world) for k, v in term_totals.items()}
         if self.device.type == "cuda":
@@ -222,7 +222,7 @@ class Trainer:
         row = self.telemetry.record_step(
             step, lm_loss=lm_loss, terms=terms, lr=lr, grad_norm=float(grad_norm),
             gamma=self.balancing.gamma_at(step, s.steps), tokens_per_s=n_tokens / seconds,
-            tokens_seen=previous + n_tokens, tokens_LE=tokens_LE, bias_LE=bias_LE,
+            tokens_seen=previous + n_tokens, counts_LE=counts_LE, bias_LE=bias_LE,
             mean_score_LE=score_LE / seen_L1.clamp_min(1),
             override_rate_L=overridden_L / seen_L1[:, 0].clamp_min(1))
         self.step += 1
@@ -235,7 +235,7 @@ class Trainer:
         validation tokens, per MoE layer, averaged over layers). Training counts are untouched."""
         self.model.eval()
         for router in self.routers:
-            router.eval_tokens_per_expert_E.zero_()
+            router.eval_counts_E.zero_()
         ce, n = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for i in range(self.s.eval_batches):
             ce_sum, n_valid = self._ce_sum(self.val_batches.micro_batch(0, i))
@@ -244,7 +244,7 @@ class Trainer:
         # every rank scores the same validation batches, as for the loss: no all-reduce
         maxvio = math.nan
         if self.routers:
-            counts_LE = torch.stack([r.eval_tokens_per_expert_E for r in self.routers])
+            counts_LE = torch.stack([r.eval_counts_E for r in self.routers])
             maxvio = float(max_violation(counts_LE.cpu().numpy()).mean())
         return float(ce / n), maxvio
 
