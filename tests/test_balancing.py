@@ -1,6 +1,8 @@
 """The balancing equations against hand-computed values on tiny inputs."""
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import jsonschema
 import pytest
@@ -8,11 +10,16 @@ import torch
 import yaml
 
 from moebalance.model.balancing import (
+    SCHEMA_HEADER,
+    STRATEGIES,
     Balancing,
     LossFree,
+    Strategy,
     bias_delta,
     expert_balance_loss,
     global_balance_loss,
+    option,
+    options_schema,
     router_z_loss,
     sequence_balance_loss,
     smebu_step,
@@ -20,6 +27,7 @@ from moebalance.model.balancing import (
 from moebalance.model.router import RoutingRecord
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+BALANCING_SCHEMA = SCHEMA.with_name("balancing.schema.yaml")
 
 
 def record(probs, experts) -> RoutingRecord:
@@ -154,17 +162,66 @@ def test_unknown_strategy_name_is_rejected_naming_it():
         Balancing.from_dict({"strategies": ["aux_loss", "bogus"]})
 
 
+def config_validator() -> jsonschema.Draft202012Validator:
+    """The config schema with its generated balancing part, resolved as Snakemake does
+    (relative $refs against the schema file's own location)."""
+    from referencing import Registry, Resource
+
+    schema = yaml.safe_load(SCHEMA.read_text()) | {"$id": SCHEMA.as_uri()}
+    registry = Registry().with_resource(
+        BALANCING_SCHEMA.as_uri(), Resource.from_contents(yaml.safe_load(
+            BALANCING_SCHEMA.read_text())))
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
 def test_config_with_unknown_strategy_fails_schema_validation_naming_the_key():
-    schema = yaml.safe_load(SCHEMA.read_text())
     config = {"variants": {"mine": {"balancing": {"strategies": ["aux_loss", "bogus"]}}}}
     with pytest.raises(jsonschema.ValidationError) as err:
-        jsonschema.validate(config, schema)
+        config_validator().validate(config)
     assert "bogus" in err.value.message
     assert list(err.value.absolute_path) == ["variants", "mine", "balancing", "strategies", 1]
 
 
 def test_config_with_smebu_options_passes_schema_validation():
-    schema = yaml.safe_load(SCHEMA.read_text())
     config = {"balancing": {"smebu": {"gamma": 0.01, "beta": 0.9, "kappa": 2.0}},
               "variants": {"smebu": {"balancing": {"strategies": ["smebu"]}}}}
-    jsonschema.validate(config, schema)
+    config_validator().validate(config)
+
+
+def test_an_option_out_of_its_bounds_fails_schema_validation_naming_it():
+    config = {"balancing": {"smebu": {"beta": 1.0}}}
+    with pytest.raises(jsonschema.ValidationError) as err:
+        config_validator().validate(config)
+    assert list(err.value.absolute_path) == ["balancing", "smebu", "beta"]
+
+
+def test_the_committed_balancing_schema_is_generated_from_the_classes():
+    generated = SCHEMA_HEADER + yaml.safe_dump(options_schema(), sort_keys=False)
+    assert BALANCING_SCHEMA.read_text() == generated, (
+        "stale: python -m moebalance.model.balancing > workflow/schemas/balancing.schema.yaml")
+
+
+def test_a_new_strategy_is_one_class_registered_with_its_options_in_the_schema():
+    @dataclass
+    class Halve(Strategy):
+        """Halve every bias after each step (a newcomer's strategy)."""
+
+        name: ClassVar[str] = "halve_probe"
+        factor: float = option(0.5, exclusiveMinimum=0, description="bias multiplier")
+
+    try:
+        assert STRATEGIES["halve_probe"] is Halve
+        plan = Balancing.from_dict({"strategies": ["halve_probe"], "halve_probe": {"factor": 0.25}})
+        assert plan.strategies[0].factor == 0.25
+        options = options_schema()["$defs"]["balancing_settings"]["properties"]
+        assert "halve_probe" in options["strategies"]["items"]["enum"]
+        assert options["halve_probe"]["properties"]["factor"] == {
+            "type": "number", "exclusiveMinimum": 0, "description": "bias multiplier"}
+    finally:
+        del STRATEGIES["halve_probe"]
+
+
+def test_an_option_outside_its_choices_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"balancing\.loss_free\.rule must be one of sign, "
+                                         r"proportional"):
+        Balancing.from_dict({"strategies": ["loss_free"], "loss_free": {"rule": "bogus"}})

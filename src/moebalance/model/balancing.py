@@ -6,8 +6,11 @@ and ranks (``after_step``). The router only counts; these decide. Strategies
 combine: ``Balancing`` is a list of them (the DeepSeek-V3 recipe is
 ``[loss_free, seq_aux_loss]``; ``none`` is the empty list).
 
-Adding a strategy = one dataclass below + one entry in ``STRATEGIES`` (and the
-schema enum in workflow/schemas/config.schema.yaml).
+Adding a strategy = one dataclass below: a subclass of :class:`Strategy` with a ``name``
+registers itself in ``STRATEGIES``, and its fields (with :func:`option` bounds) are its
+config options. The config schema of the options is generated from the classes:
+``python -m moebalance.model.balancing > workflow/schemas/balancing.schema.yaml``
+(a test fails, naming that command, while the committed file is stale).
 
 Dimension letters: the legend in :mod:`moebalance` (L MoE layers, E routed experts, K
 experts per token, B sequences of S tokens, T = B*S tokens).
@@ -16,12 +19,14 @@ experts per token, B sequences of S tokens, T = B*S tokens).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from moebalance.config import settings_from_dict
 from moebalance.model.router import CountingRouter, RoutingRecord
 
 # ---------------------------------------------------------------------------- the equations
@@ -120,11 +125,30 @@ def smebu_step(counts_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torc
 # ---------------------------------------------------------------------------- the strategies
 
 
+STRATEGIES: dict[str, type[Strategy]] = {}  # filled by Strategy.__init_subclass__
+
+
+def option(default: Any, *, description: str = "", **bounds: float) -> Any:
+    """A strategy option: its default, a description and JSON-schema bounds (``minimum``,
+    ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``) for the generated schema."""
+    return field(default=default, metadata={"description": description, **bounds})
+
+
 @dataclass
 class Strategy:
-    """Interface: ``loss`` per micro-batch (None: no term), ``after_step`` per optimizer step."""
+    """Interface: ``loss`` per micro-batch (None: no term), ``after_step`` per optimizer step.
+
+    A subclass that sets ``name`` is registered in ``STRATEGIES`` under it; its init fields
+    are the options of ``balancing.<name>`` in the config."""
 
     name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if cls.name in STRATEGIES:
+                raise TypeError(f"two balancing strategies named {cls.name!r}")
+            STRATEGIES[cls.name] = cls
 
     def loss(self, routers: Sequence[CountingRouter]) -> torch.Tensor | None:
         return None
@@ -165,7 +189,7 @@ class AuxLoss(LayerMeanLoss):
     """Expert-level balance loss per micro-batch."""
 
     name: ClassVar[str] = "aux_loss"
-    alpha: float = 1e-2
+    alpha: float = option(1e-2, minimum=0, description="coefficient of the loss term")
 
     coefficient = property(lambda self: self.alpha)
 
@@ -178,7 +202,7 @@ class SeqAuxLoss(LayerMeanLoss):
     """Sequence-wise balance loss (DeepSeek-V3), averaged over sequences."""
 
     name: ClassVar[str] = "seq_aux_loss"
-    alpha: float = 1e-4
+    alpha: float = option(1e-4, minimum=0, description="coefficient of the loss term")
 
     coefficient = property(lambda self: self.alpha)
 
@@ -191,7 +215,7 @@ class ZLoss(LayerMeanLoss):
     """Router z-loss: keeps logits small; combinable with any strategy."""
 
     name: ClassVar[str] = "z_loss"
-    beta: float = 1e-3
+    beta: float = option(1e-3, minimum=0, description="coefficient of the loss term")
 
     coefficient = property(lambda self: self.beta)
 
@@ -209,7 +233,7 @@ class GlobalAuxLoss(Strategy):
     """
 
     name: ClassVar[str] = "global_aux_loss"
-    alpha: float = 1e-2
+    alpha: float = option(1e-2, minimum=0, description="coefficient of the loss term")
 
     def loss(self, routers):
         counts_LE = torch.stack([r.counts_E for r in routers]).clone()
@@ -225,15 +249,12 @@ class LossFree(Strategy):
     """Auxiliary-loss-free balancing: move each bias against its expert's load, once per step."""
 
     name: ClassVar[str] = "loss_free"
-    gamma: float = 1e-3
-    rule: str = "sign"            # "sign" (papers) or "proportional"
-    recentre: bool = False        # subtract the mean update (torchtitan option)
-    stop_fraction: float = 1.0    # gamma = 0 from this fraction of the run on (DeepSeek-V3)
-
-    def __post_init__(self) -> None:
-        if self.rule not in ("sign", "proportional"):
-            raise ValueError(f"balancing.loss_free.rule must be sign or proportional, "
-                             f"got {self.rule!r}")
+    gamma: float = option(1e-3, minimum=0, description="bias update speed per optimizer step")
+    rule: Literal["sign", "proportional"] = option(
+        "sign", description="sign (the papers) or proportional to the load error")
+    recentre: bool = option(False, description="subtract the mean update (torchtitan option)")
+    stop_fraction: float = option(1.0, minimum=0, maximum=1, description=(
+        "gamma = 0 from this fraction of the run on (DeepSeek-V3)"))
 
     def gamma_at(self, step: int, total_steps: int) -> float:
         return self.gamma if step < self.stop_fraction * total_steps else 0.0
@@ -251,10 +272,14 @@ class Smebu(Strategy):
     """Soft-clamped momentum expert bias updates (Trinity Large; our reading, see smebu_step)."""
 
     name: ClassVar[str] = "smebu"
-    gamma: float = 1e-2           # bias step; as loss_free's, sized for short runs
-    beta: float = 0.9             # momentum of the clamped deviation
-    kappa: float = 2.0            # tanh sharpness: |deviation| >~ 1/kappa saturates
-    stop_fraction: float = 1.0    # gamma = 0 from this fraction of the run on (as loss_free)
+    gamma: float = option(1e-2, minimum=0, description=(
+        "bias step per optimizer step; as loss_free's, sized for short runs"))
+    beta: float = option(0.9, minimum=0, exclusiveMaximum=1,
+                         description="momentum of the clamped deviation")
+    kappa: float = option(2.0, exclusiveMinimum=0, description=(
+        "tanh sharpness: |deviation| >~ 1/kappa saturates"))
+    stop_fraction: float = option(1.0, minimum=0, maximum=1, description=(
+        "gamma = 0 from this fraction of the run on (as loss_free)"))
     velocity_LE: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def gamma_at(self, step, total_steps):
@@ -279,11 +304,6 @@ class Smebu(Strategy):
         self.velocity_LE = state.get("velocity_LE")
 
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (AuxLoss, SeqAuxLoss, GlobalAuxLoss, LossFree, Smebu, ZLoss)
-}
-
-
 @dataclass
 class Balancing:
     """The strategies of one variant, applied together."""
@@ -302,15 +322,8 @@ class Balancing:
         stray = sorted(set(values) - set(STRATEGIES))
         if stray:
             raise ValueError(f"unknown key(s) in balancing: {', '.join(stray)}")
-        strategies = []
-        for name in names:
-            options = values.get(name) or {}
-            known = {f.name for f in dataclasses.fields(STRATEGIES[name]) if f.init}
-            bad = sorted(set(options) - known)
-            if bad:
-                raise ValueError(f"unknown key(s) in balancing.{name}: {', '.join(bad)}")
-            strategies.append(STRATEGIES[name](**options))
-        return cls(strategies)
+        return cls([settings_from_dict(STRATEGIES[name], values.get(name) or {},
+                                       f"balancing.{name}") for name in names])
 
     @property
     def loss_names(self) -> list[str]:
@@ -340,3 +353,48 @@ class Balancing:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for strategy in self.strategies:
             strategy.load_state_dict(state.get(strategy.name, {}))
+
+
+# ---------------------------------------------------------------------------- the schema
+
+_JSON_TYPES = {float: "number", int: "integer", bool: "boolean", str: "string"}
+
+
+def _option_schema(hint: Any, f: dataclasses.Field) -> dict[str, Any]:
+    if typing.get_origin(hint) is Literal:
+        schema: dict[str, Any] = {"enum": list(typing.get_args(hint))}
+    else:
+        schema = {"type": _JSON_TYPES[hint]}
+    bounds = {k: v for k, v in f.metadata.items() if k != "description"}
+    description = f.metadata.get("description")
+    return schema | bounds | ({"description": description} if description else {})
+
+
+def options_schema() -> dict[str, Any]:
+    """The JSON schema of the `balancing` section, from the registered strategy classes."""
+    properties: dict[str, Any] = {"strategies": {
+        "type": "array", "uniqueItems": True, "items": {"enum": list(STRATEGIES)},
+        "description": "the strategies applied together ([] = no balancing)"}}
+    for name, cls in STRATEGIES.items():
+        hints = typing.get_type_hints(cls)
+        properties[name] = {
+            "type": "object", "additionalProperties": False,
+            "description": (cls.__doc__ or name).strip().splitlines()[0],
+            "properties": {f.name: _option_schema(hints[f.name], f)
+                           for f in dataclasses.fields(cls) if f.init}}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$defs": {"balancing_settings": {"type": "object", "additionalProperties": False,
+                                             "properties": properties}}}
+
+
+SCHEMA_HEADER = ("# Generated from the strategy classes of moebalance/model/balancing.py; do not\n"
+                 "# edit. Regenerate: python -m moebalance.model.balancing > "
+                 "workflow/schemas/balancing.schema.yaml\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    import yaml
+
+    sys.stdout.write(SCHEMA_HEADER + yaml.safe_dump(options_schema(), sort_keys=False))
