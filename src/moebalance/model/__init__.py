@@ -9,6 +9,20 @@ import os
 
 from moebalance.config import ModelSettings
 
+# ModelSettings field -> DeepseekV3Config argument, for the fields that pass through as-is
+HF_CONFIG_NAMES = {
+    "hidden_size": "hidden_size", "dense_size": "intermediate_size",
+    "expert_size": "moe_intermediate_size", "layers": "num_hidden_layers",
+    "heads": "num_attention_heads", "shared_experts": "n_shared_experts",
+    "routed_experts": "n_routed_experts", "top_k": "num_experts_per_tok",
+    "first_k_dense": "first_k_dense_replace", "n_group": "n_group",
+    "topk_group": "topk_group", "routed_scaling_factor": "routed_scaling_factor",
+    "q_lora_rank": "q_lora_rank", "kv_lora_rank": "kv_lora_rank",
+    "qk_rope_head_dim": "qk_rope_head_dim", "qk_nope_head_dim": "qk_nope_head_dim",
+    "v_head_dim": "v_head_dim", "max_seq_len": "max_position_embeddings",
+    "init_std": "initializer_range",
+}
+
 
 def build_hf_config(settings: ModelSettings, vocab_size: int, eot_id: int, pad_id: int):
     """A ``DeepseekV3Config`` for ``settings`` (no multi-token prediction, untied embeddings)."""
@@ -16,33 +30,15 @@ def build_hf_config(settings: ModelSettings, vocab_size: int, eot_id: int, pad_i
 
     config = DeepseekV3Config(
         vocab_size=vocab_size,
-        hidden_size=settings.hidden_size,
-        intermediate_size=settings.dense_size,
-        moe_intermediate_size=settings.expert_size,
-        num_hidden_layers=settings.layers,
-        num_attention_heads=settings.heads,
         num_key_value_heads=settings.heads,
-        n_shared_experts=settings.shared_experts,
-        n_routed_experts=settings.routed_experts,
-        num_experts_per_tok=settings.top_k,
-        first_k_dense_replace=settings.first_k_dense,
-        n_group=settings.n_group,
-        topk_group=settings.topk_group,
         norm_topk_prob=True,
-        routed_scaling_factor=settings.routed_scaling_factor,
-        q_lora_rank=settings.q_lora_rank,
-        kv_lora_rank=settings.kv_lora_rank,
-        qk_rope_head_dim=settings.qk_rope_head_dim,
-        qk_nope_head_dim=settings.qk_nope_head_dim,
-        v_head_dim=settings.v_head_dim,
-        max_position_embeddings=settings.max_seq_len,
-        initializer_range=settings.init_std,
         num_mtp_layers=0,
         tie_word_embeddings=False,
         bos_token_id=eot_id,
         eos_token_id=eot_id,
         pad_token_id=pad_id,
         use_cache=True,
+        **{hf: getattr(settings, ours) for ours, hf in HF_CONFIG_NAMES.items()},
     )
     config.scoring_func = settings.score_function
     config._experts_implementation = settings.experts_implementation
