@@ -136,7 +136,6 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
     import torch.distributed as dist
 
     from moebalance import provenance
-    from moebalance.io import atomic_path, write_parquet
     from moebalance.tracking import config_hash, log_headline, mlflow_logger, stage_run
     from moebalance.training.trainer import Trainer
 
@@ -153,28 +152,13 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
             if rank != 0:
                 return
             out = Path(args.out_dir)
-            with atomic_path(out / "model", directory=True) as tmp:
-                trainer.model.save_pretrained(tmp)
-                if tokenizer_dir:
-                    for f in Path(tokenizer_dir).iterdir():
-                        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens",
-                                                              "moebalance_tokenizer")):
-                            shutil.copy2(f, tmp / f.name)
-            if snapshots:
-                with atomic_path(out / "snapshots", directory=True) as tmp:
-                    kept = trainer.checkpoints.snapshot_dir
-                    for folder in sorted(kept.iterdir()) if kept.is_dir() else []:
-                        shutil.move(folder, tmp / folder.name)
-            write_parquet(telemetry.metrics_table(), out / "metrics.parquet")
-            write_parquet(telemetry.routing_table(), out / "routing.parquet")
-            record = provenance.write(out / "provenance.json", data or {})
+            record = write_outputs(trainer, telemetry, out, tokenizer_dir, snapshots, data)
             last = telemetry.metrics[-1]
             log.info("%s done: %d steps, lm_loss %.4f, val_loss %.4f, maxvio_batch %.3f", stage,
                      last["step"] + 1, last["lm_loss"], last["val_loss"], last["maxvio_batch"])
             if mlflow is not None:
-                mlflow.log_artifact(str(out / "metrics.parquet"))
-                mlflow.log_artifact(str(out / "routing.parquet"))
-                mlflow.log_artifact(str(out / "provenance.json"))
+                for name in ("metrics.parquet", "routing.parquet", "provenance.json"):
+                    mlflow.log_artifact(str(out / name))
                 mlflow.set_tags(provenance.as_tags(record))  # threads as the run set them
                 log_headline(mlflow, {f"{stage}_val_loss": last["val_loss"],
                                       f"{stage}_maxvio_batch": last["maxvio_batch"]})
@@ -182,3 +166,27 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
     finally:
         if distributed:
             dist.destroy_process_group()
+
+
+def write_outputs(trainer, telemetry, out: Path, tokenizer_dir: str | None, snapshots: bool,
+                  data: dict[str, Any] | None) -> dict[str, Any]:
+    """model/ (with the tokenizer files, so it loads on its own), snapshots/ when asked,
+    metrics.parquet, routing.parquet and provenance.json; returns the provenance record."""
+    from moebalance import provenance
+    from moebalance.io import atomic_path, write_parquet
+
+    with atomic_path(out / "model", directory=True) as tmp:
+        trainer.model.save_pretrained(tmp)
+        if tokenizer_dir:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file() and f.name.startswith(("tokenizer", "special_tokens",
+                                                      "moebalance_tokenizer")):
+                    shutil.copy2(f, tmp / f.name)
+    if snapshots:
+        with atomic_path(out / "snapshots", directory=True) as tmp:
+            kept = trainer.checkpoints.snapshot_dir
+            for folder in sorted(kept.iterdir()) if kept.is_dir() else []:
+                shutil.move(folder, tmp / folder.name)
+    write_parquet(telemetry.metrics_table(), out / "metrics.parquet")
+    write_parquet(telemetry.routing_table(), out / "routing.parquet")
+    return provenance.write(out / "provenance.json", data or {})

@@ -99,17 +99,7 @@ class Trainer:
         # model + cross-entropy + balancing terms: one module, so compile and DDP see it whole
         self.training_forward = TrainingForward(self.model, balancing, self.routers,
                                                 settings.loss_chunk_tokens)
-        self.ddp = None
-        if self.world > 1:
-            # counters are buffers that differ per rank until the all-reduce: never broadcast
-            # them in forward (torch >= 2.13 names the option forward_sync_buffers)
-            DDP = torch.nn.parallel.DistributedDataParallel
-            no_sync_option = ("forward_sync_buffers" if "forward_sync_buffers"
-                              in inspect.signature(DDP).parameters else "broadcast_buffers")
-            self.ddp = DDP(self.training_forward, **{no_sync_option: False})
-        self.forward_loss = self.training_forward if self.ddp is None else self.ddp
-        if settings.compile:
-            self.forward_loss = torch.compile(self.forward_loss)
+        self.ddp, self.forward_loss = self._wrap(self.training_forward)
         self.checkpoints = Checkpoints(checkpoint_dir) if checkpoint_dir else None
         self.fingerprint = fingerprint  # a checkpoint of other settings or code is not resumed
         self.telemetry = Telemetry(self.layers)
@@ -117,6 +107,19 @@ class Trainer:
         self.progress, self.on_log = execution.progress and self.rank == 0, on_log
         self._logged = 0
         self.resume()
+
+    def _wrap(self, forward: TrainingForward):
+        """(the DDP wrapper or None, the forward a training step calls: DDP and/or compiled)."""
+        ddp = None
+        if self.world > 1:
+            # counters are buffers that differ per rank until the all-reduce: never broadcast
+            # them in forward (torch >= 2.13 names the option forward_sync_buffers)
+            DDP = torch.nn.parallel.DistributedDataParallel
+            no_sync_option = ("forward_sync_buffers" if "forward_sync_buffers"
+                              in inspect.signature(DDP).parameters else "broadcast_buffers")
+            ddp = DDP(forward, **{no_sync_option: False})
+        wrapped = forward if ddp is None else ddp
+        return ddp, torch.compile(wrapped) if self.s.compile else wrapped
 
     # ------------------------------------------------------------------ state
 
@@ -174,6 +177,8 @@ class Trainer:
         return ce_sum, (batch["labels"] != IGNORE_INDEX).sum().to(self.device)
 
     def train_step(self) -> dict[str, Any]:
+        """One optimizer step: forward/backward over the micro-batches, the optimizer step,
+        then the after-step block (counts summed over ranks, bias updates, telemetry)."""
         s, step = self.s, self.step
         started = time.perf_counter()
         lr = lr_at(step, s)
@@ -186,32 +191,12 @@ class Trainer:
         n_valid = self._all_reduce(torch.tensor(
             sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro),
             dtype=torch.float32, device=self.device))
-        ce_total = torch.zeros((), device=self.device)
-        term_totals: dict[str, torch.Tensor] = {}
-        for m, batch in enumerate(micro):
-            last = m == len(micro) - 1
-            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-            with sync:
-                ce_sum, terms = self._forward(batch, self.forward_loss)
-                # mean over every unmasked target of the global batch; DDP averages over ranks
-                loss = ce_sum * self.world / n_valid
-                for name, term in terms.items():
-                    loss = loss + term / s.grad_accum
-                    term_totals[name] = term_totals.get(name, 0.0) + term.detach() / s.grad_accum
-                loss.backward()
-            ce_total += ce_sum.detach()
+        ce_total, term_totals = self._forward_backward(micro, n_valid)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-
+        routing = self._after_step(step)
         with torch.no_grad():
-            counts_LE = self._all_reduce(torch.stack([r.counts_E for r in self.routers]))
-            score_LE = self._all_reduce(torch.stack([r.score_sum_E for r in self.routers]))
-            seen_L1 = self._all_reduce(torch.stack([r.tokens_seen for r in self.routers]))[:, None]
-            overridden_L = self._all_reduce(torch.stack([r.overridden_tokens
-                                                         for r in self.routers]))
-            bias_LE = torch.stack([r.e_score_correction_bias for r in self.routers]).clone()
-            self.balancing.after_step(self.routers, counts_LE, step, s.steps)
             lm_loss = float(self._all_reduce(ce_total) / n_valid)
             terms = {k: float(self._all_reduce(v) / self.world) for k, v in term_totals.items()}
         if self.device.type == "cuda":
@@ -222,11 +207,44 @@ class Trainer:
         row = self.telemetry.record_step(
             step, lm_loss=lm_loss, terms=terms, lr=lr, grad_norm=float(grad_norm),
             gamma=self.balancing.gamma_at(step, s.steps), tokens_per_s=n_tokens / seconds,
-            tokens_seen=previous + n_tokens, counts_LE=counts_LE, bias_LE=bias_LE,
-            mean_score_LE=score_LE / seen_L1.clamp_min(1),
-            override_rate_L=overridden_L / seen_L1[:, 0].clamp_min(1))
+            tokens_seen=previous + n_tokens, **routing)
         self.step += 1
         return row
+
+    def _forward_backward(self, micro: list[dict[str, torch.Tensor]], n_valid: torch.Tensor
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Accumulate the gradients of the micro-batches; (summed cross-entropy, mean of each
+        balancing term over the micro-batches)."""
+        ce_total = torch.zeros((), device=self.device)
+        term_totals: dict[str, torch.Tensor] = {}
+        for m, batch in enumerate(micro):
+            last = m == len(micro) - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                ce_sum, terms = self._forward(batch, self.forward_loss)
+                # mean over every unmasked target of the global batch; DDP averages over ranks
+                loss = ce_sum * self.world / n_valid
+                for name, term in terms.items():
+                    loss = loss + term / self.s.grad_accum
+                    term_totals[name] = (term_totals.get(name, 0.0)
+                                         + term.detach() / self.s.grad_accum)
+                loss.backward()
+            ce_total += ce_sum.detach()
+        return ce_total, term_totals
+
+    @torch.no_grad()
+    def _after_step(self, step: int) -> dict[str, torch.Tensor]:
+        """After the optimizer step: the routers' counts summed over ranks, the bias that
+        routed this step, then the strategies' bias updates. Returns the telemetry inputs."""
+        counts_LE = self._all_reduce(torch.stack([r.counts_E for r in self.routers]))
+        score_LE = self._all_reduce(torch.stack([r.score_sum_E for r in self.routers]))
+        seen_L1 = self._all_reduce(torch.stack([r.tokens_seen for r in self.routers]))[:, None]
+        overridden_L = self._all_reduce(torch.stack([r.overridden_tokens for r in self.routers]))
+        bias_LE = torch.stack([r.e_score_correction_bias for r in self.routers]).clone()
+        self.balancing.after_step(self.routers, counts_LE, step, self.s.steps)
+        return {"counts_LE": counts_LE, "bias_LE": bias_LE,
+                "mean_score_LE": score_LE / seen_L1.clamp_min(1),
+                "override_rate_L": overridden_L / seen_L1[:, 0].clamp_min(1)}
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
