@@ -153,7 +153,6 @@ def test_strategies_combine_into_one_plan():
     plan = Balancing.from_dict({"strategies": ["loss_free", "seq_aux_loss"],
                                 "seq_aux_loss": {"alpha": 1e-4}, "loss_free": {"gamma": 0.01}})
     assert [s.name for s in plan.strategies] == ["loss_free", "seq_aux_loss"]
-    assert plan.loss_names == ["seq_aux_loss"]
     assert plan.gamma_at(0, 10) == 0.01
 
 

@@ -325,11 +325,6 @@ class Balancing:
         return cls([settings_from_dict(STRATEGIES[name], values.get(name) or {},
                                        f"balancing.{name}") for name in names])
 
-    @property
-    def loss_names(self) -> list[str]:
-        """Names of the loss terms this combination adds (the metrics columns)."""
-        return [s.name for s in self.strategies if type(s).loss is not Strategy.loss]
-
     def losses(self, routers: Sequence[CountingRouter]) -> dict[str, torch.Tensor]:
         terms = {}
         for strategy in self.strategies:
