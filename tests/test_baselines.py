@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from moe_helpers import humaneval_tokenizer, write_tokens_dir
+from moe_helpers import write_tokens_dir
 
 from moebalance.cli import main
 from moebalance.evaluation.baselines import CountModel, scored_pairs, token_bytes, tune_lambda
@@ -14,11 +14,9 @@ from moebalance.evaluation.baselines import CountModel, scored_pairs, token_byte
 TOKENS = np.array([0, 1, 0, 1, 2])
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tok")
-    humaneval_tokenizer(folder)
-    return folder
+@pytest.fixture
+def tokenizer_dir(humaneval_tokenizer_dir):
+    return humaneval_tokenizer_dir
 
 
 def test_unigram_is_add_one_smoothed():

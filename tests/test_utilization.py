@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from moe_helpers import humaneval_tokenizer
+from moe_helpers import TINY as TINY_MOE
+from moe_helpers import tokenizer_in
 from transformers import AutoTokenizer
 
 from moebalance.analysis import utilization as u
@@ -16,9 +17,7 @@ from moebalance.model import build_model, load_model
 from moebalance.model.config import ModelSettings
 from moebalance.model.router import routers_of
 
-TINY = dict(hidden_size=32, layers=3, heads=2, routed_experts=8, top_k=2, expert_size=16,
-            dense_size=64, kv_lora_rank=16, v_head_dim=8, qk_rope_head_dim=8, qk_nope_head_dim=8,
-            max_seq_len=128, bias_init_skew=0.05)
+TINY = {**TINY_MOE, "layers": 3, "max_seq_len": 128, "bias_init_skew": 0.05}
 SOURCE = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n'
 
 
@@ -55,9 +54,9 @@ def test_bpe_tokens_take_the_class_of_their_first_non_space_character():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, humaneval_tokenizer_dir):
     folder = tmp_path_factory.mktemp("tiny_moe")
-    tokenizer = humaneval_tokenizer(folder)
+    tokenizer = tokenizer_in(folder, humaneval_tokenizer_dir)
     for name, seed in (("pretrain", 0), ("sft", 1)):
         model = build_model(ModelSettings(**TINY), len(tokenizer), tokenizer.eos_token_id,
                             tokenizer.pad_token_id, seed=seed)
