@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moebalance.analysis import metrics as m
+from moebalance.analysis.utilization import Window, saturation_table
 
 N, K = 8, 2
 
@@ -138,7 +139,10 @@ def test_coactivation_hand_computed():
 
 
 def test_router_saturation_counts_shared_choices_whatever_their_order():
-    final = np.array([[0, 1], [2, 3]])
-    early = np.array([[1, 0], [2, 5]])  # 2 of 2, then 1 of 2
-    assert m.router_saturation(early, final) == pytest.approx(0.75)
-    assert m.router_saturation(final, final) == 1.0
+    # as the utilization stage computes it (OLMoE Eq. 5): per layer, overlap over tokens
+    final = np.array([[0, 1], [2, 3]])[:, None, :]  # (tokens, layers, K)
+    early = np.array([[1, 0], [2, 5]])[:, None, :]  # 2 of 2, then 1 of 2
+    windows = [Window("library", np.arange(2), np.zeros(2, dtype=np.int8))]
+    for picks, saturation in ((early, 0.75), (final, 1.0)):
+        table = saturation_table(windows, picks, final, [1]).to_pandas()
+        assert table.overlap.sum() / table.tokens.sum() == pytest.approx(saturation)
