@@ -413,9 +413,10 @@ def test_the_candidate_cannot_open_the_checkers_fds_or_memory(privilege):
 
 
 @pytest.mark.parametrize("privilege", ["unprivileged"], indirect=True)
-def test_without_root_the_candidate_can_reach_the_checker_as_documented(privilege):
-    """sandbox.py: without the uid layer the candidate runs as the scorer's own user and
-    reaches the checker through /proc (its verdicts still cannot be forged: see above)."""
+def test_without_root_the_candidate_reaches_the_scorers_processes_as_documented(privilege):
+    """README (limits) and sandbox.py: without the uid layer the candidate runs as the
+    scorer's own user and reaches its processes (the scorer, the zygote) through /proc;
+    the checker, not dumpable, is not among them, and verdicts still cannot be forged."""
     layers, runs = score_as(privilege, [pair(REACH_OTHER_PROCESSES.lstrip("\n")),
                                         pair(REACH_MEMORY.lstrip("\n"))], workers=1)
     assert layers["uid"] == NOT_ROOT
