@@ -133,9 +133,9 @@ def test_whole_dag_runs_end_to_end_on_smoke(workdir):
     # forced to run again; the other variants' chains are those stages with other settings.
     again = workdir / "results" / "smoke_again"
     shutil.copytree(results, again, symlinks=True)
-    proc = run_snakemake(workdir, *PROFILE, "--configfile", "config/smoke.yaml",
-                         "--config", "results=results/smoke_again", "--forcerun", "corpus",
-                         *(f"results/smoke_again/{rel}" for rel in AGAIN))
+    proc = run_snakemake(workdir, *(f"results/smoke_again/{rel}" for rel in AGAIN), *PROFILE,
+                         "--configfile", "config/smoke.yaml", "--config",
+                         "results=results/smoke_again", "--forcerun", "corpus")
     assert planned_jobs(proc.stdout) == {"corpus", "tokenizer", "tokens", "sft_data",
                                          "baselines", *RUN_STAGES}
     assert_same_outputs(results, again)
