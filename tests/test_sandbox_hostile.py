@@ -167,6 +167,32 @@ def completion(code: str) -> str:
     return "    return None\n\n" + textwrap.dedent(code) + "\n"
 
 
+def write_samples(path: Path, hostile: dict[str, str]) -> Path:
+    """The hostile programs as samples, with one good sample among them and one that
+    prints megabytes and then passes."""
+    records = [{"task_id": TASK, "completion": completion(code), "name": name}
+               for name, code in hostile.items()]
+    loud = PROBLEM["canonical_solution"] + "\nprint('x' * (64 << 20))\n"
+    records[5:5] = [{"task_id": TASK, "completion": PROBLEM["canonical_solution"], "name": "good"},
+                    {"task_id": TASK, "completion": loud, "name": "loud"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def verdicts(out: Path, hostile: dict[str, str], isolation: str):
+    """The score stage's verdicts on write_samples' programs, by name, and its table; what
+    holds with or without root is checked here."""
+    results = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").open())}
+    assert set(results) == set(hostile) | {"good", "loud"}
+    assert results["good"]["passed"] and results["loud"]["passed"]
+    assert not any(results[name]["passed"] for name in hostile), results
+    assert results["endless_loop_ignoring_sigalrm"]["result"] == "timed out"
+    assert results["allocate_9_gib"]["result"] == "failed: MemoryError"
+    table = pq.read_table(out / "executions.parquet")
+    assert set(table.column("isolation").to_pylist()) == {isolation}
+    return results, table
+
+
 def sandbox_processes(uids: set[int]) -> list[int]:
     pids = []
     for name in filter(str.isdigit, os.listdir("/proc")):
@@ -182,29 +208,14 @@ def sandbox_processes(uids: set[int]) -> list[int]:
 @pytest.mark.parametrize("isolation", ["process-pair", "in-process"])
 def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener, isolation):
     hostile = hostile_programs(canaries, listener.getsockname()[1])
-    # One good sample among them, plus one that prints megabytes and then passes.
-    good = PROBLEM["canonical_solution"]
-    loud = PROBLEM["canonical_solution"] + "\nprint('x' * (64 << 20))\n"
-    records = [{"task_id": TASK, "completion": completion(code), "name": name}
-               for name, code in hostile.items()]
-    records[5:5] = [{"task_id": TASK, "completion": good, "name": "good"},
-                    {"task_id": TASK, "completion": loud, "name": "loud"}]
-    samples = tmp_path / "hostile.jsonl"
-    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    samples = write_samples(tmp_path / "hostile.jsonl", hostile)
 
     out = tmp_path / "out"
     assert main(["score", str(samples), "--out", str(out), "--workers", str(WORKERS),
                  "--timeout", TIMEOUT, "--memory-gib", MEMORY_GIB, "--no-reliability-guard",
                  "--isolation", isolation]) == 0
 
-    results = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").open())}
-    assert set(results) == set(hostile) | {"good", "loud"}
-    assert results["good"]["passed"] and results["loud"]["passed"]
-    assert not any(results[name]["passed"] for name in hostile), results
-    assert results["endless_loop_ignoring_sigalrm"]["result"] == "timed out"
-    assert results["allocate_9_gib"]["result"] == "failed: MemoryError"
-    table = pq.read_table(out / "executions.parquet")
-    assert set(table.column("isolation").to_pylist()) == {isolation}
+    results, table = verdicts(out, hostile, isolation)
     statuses = table.column("status").to_pylist()
     assert dict(zip(results, statuses, strict=True))["fork_and_fill_memory"] == "memory_exceeded"
     assert "OSError" in results["socket_connect"]["result"]
@@ -245,13 +256,7 @@ def test_without_root_hostile_programs_still_fail_within_their_limits(shared_tmp
                                                                       isolation):
     hostile = {name: code for name, code in hostile_programs(["/nonexistent"] * 2, 0).items()
                if name in UNPRIVILEGED_HOSTILE}
-    records = [{"task_id": TASK, "completion": completion(code), "name": name}
-               for name, code in hostile.items()]
-    records[3:3] = [{"task_id": TASK, "completion": PROBLEM["canonical_solution"], "name": "good"},
-                    {"task_id": TASK, "name": "loud", "completion": PROBLEM["canonical_solution"]
-                     + "\nprint('x' * (64 << 20))\n"}]
-    samples = shared_tmp / "hostile.jsonl"
-    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    samples = write_samples(shared_tmp / "hostile.jsonl", hostile)
     samples.chmod(0o644)
 
     out = shared_tmp / "out"
@@ -261,14 +266,7 @@ def test_without_root_hostile_programs_still_fail_within_their_limits(shared_tmp
                              "--isolation", isolation, "--no-tracking"], env=child_env())
     assert proc.returncode == 0, proc.stderr
 
-    results = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").open())}
-    assert set(results) == set(hostile) | {"good", "loud"}
-    assert results["good"]["passed"] and results["loud"]["passed"]
-    assert not any(results[name]["passed"] for name in hostile), results
-    assert results["endless_loop_ignoring_sigalrm"]["result"] == "timed out"
-    assert results["allocate_9_gib"]["result"] == "failed: MemoryError"
-    assert set(pq.read_table(out / "executions.parquet").column("isolation").to_pylist()) == \
-        {isolation}
+    verdicts(out, hostile, isolation)
     if unprivileged.ROOT:  # killed programs the zygotes had no time to reap die shortly
         deadline = time.monotonic() + 10
         while sandbox_processes({unprivileged.NOBODY}) and time.monotonic() < deadline:

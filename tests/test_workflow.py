@@ -136,8 +136,8 @@ def test_whole_dag_runs_end_to_end_on_smoke(workdir):
     proc = run_snakemake(workdir, *(f"results/smoke_again/{rel}" for rel in AGAIN), *PROFILE,
                          "--configfile", "config/smoke.yaml", "--config",
                          "results=results/smoke_again", "--forcerun", "corpus")
-    assert planned_jobs(proc.stdout) == {"corpus", "tokenizer", "tokens", "sft_data",
-                                         "baselines", *RUN_STAGES}
+    assert planned_jobs(proc.stdout + proc.stderr) == {
+        "corpus", "tokenizer", "tokens", "sft_data", "baselines", *RUN_STAGES}
     assert_same_outputs(results, again)
 
 
