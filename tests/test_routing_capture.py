@@ -4,7 +4,7 @@ routers left as they were."""
 import numpy as np
 import pytest
 import torch
-from moe_helpers import PY_SOURCE, ROUTED_TINY, humaneval_tokenizer
+from moe_helpers import PY_SOURCE, ROUTED_TINY, tokenizer_in
 
 from moebalance.analysis.routing_capture import route
 from moebalance.config import ModelSettings
@@ -13,8 +13,8 @@ from moebalance.model.router import routers_of
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return humaneval_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+def tokenizer(tmp_path_factory, humaneval_tokenizer_dir):
+    return tokenizer_in(tmp_path_factory.mktemp("tokenizer"), humaneval_tokenizer_dir)
 
 
 @pytest.fixture

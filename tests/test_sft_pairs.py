@@ -59,9 +59,11 @@ def test_stage_writes_train_and_val_with_the_contract_columns(tmp_path):
     train = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(
         [{"doc_id": "d1", "path": "sample_module.py", "text": FIXTURE}]), train)
-    rc = main(["sft-data", "--train", str(train), "--out-dir", str(tmp_path / "sft"),
-               "--val-fraction", "0.01", "--no-tracking"])
-    assert rc == 0
+    for out in ("sft", "again"):
+        assert main(["sft-data", "--train", str(train), "--out-dir", str(tmp_path / out),
+                     "--val-fraction", "0.01", "--no-tracking"]) == 0
+    for name in ("train.parquet", "val.parquet"):  # the same input, the same bytes
+        assert (tmp_path / "sft" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     rows = pq.read_table(tmp_path / "sft" / "train.parquet").to_pylist()
     rows += pq.read_table(tmp_path / "sft" / "val.parquet").to_pylist()
     assert {r["entry_point"] for r in rows} == {"count_words", "join_paths"}

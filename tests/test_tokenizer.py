@@ -27,13 +27,8 @@ def corpus_rows(texts):
             for t, d in zip(texts, DOMAINS, strict=False)]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tok")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for split, texts in (("train", TEXTS), ("val", TEXTS[:5]), ("test", TEXTS[:3])):
-        pq.write_table(pa.Table.from_pylist(corpus_rows(texts)), corpus / f"{split}.parquet")
+def build(root, corpus):
+    """The tokenizer and tokens stages on ``corpus``, into ``root``."""
     assert main(["tokenizer", "--train", str(corpus / "train.parquet"),
                  "--val", str(corpus / "val.parquet"),
                  "--out-dir", str(root / "tokenizer"), "--vocab-size", "300",
@@ -42,6 +37,27 @@ def built(tmp_path_factory):
                  str(root / "tokenizer"), "--out-dir", str(root / "tokens"),
                  "--batch-size", "7", "--no-tracking"]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for split, texts in (("train", TEXTS), ("val", TEXTS[:5]), ("test", TEXTS[:3])):
+        pq.write_table(pa.Table.from_pylist(corpus_rows(texts)), corpus / f"{split}.parquet")
+    return build(root, corpus)
+
+
+def test_the_same_corpus_gives_byte_identical_tokenizer_and_tokens(built, tmp_path):
+    again = build(tmp_path, built / "corpus")
+    files = sorted(p.relative_to(built) for folder in ("tokenizer", "tokens")
+                   for p in (built / folder).rglob("*") if p.is_file())
+    assert len(files) >= 5
+    assert files == sorted(p.relative_to(again) for folder in ("tokenizer", "tokens")
+                           for p in (again / folder).rglob("*") if p.is_file())
+    for rel in files:
+        assert (built / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
 def test_autotokenizer_loads_with_eot_and_pad(built):

@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from moe_helpers import QUIET, VOCAB, random_tokens, tiny_model, tiny_train
+from moe_helpers import VOCAB, tiny_model, tiny_train, tiny_trainer
 
 from moebalance.config import ExecutionSettings
-from moebalance.model.balancing import Balancing
 from moebalance.model.router import routers_of
-from moebalance.training.batches import IGNORE_INDEX, TokenWindows
-from moebalance.training.trainer import Trainer, build_optimizer, lr_at
+from moebalance.training.batches import IGNORE_INDEX
+from moebalance.training.trainer import build_optimizer, lr_at
 
 LOSS_FREE = {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}}
 SMEBU = {"strategies": ["smebu"], "smebu": {"gamma": 0.01, "beta": 0.9}}
@@ -36,8 +35,7 @@ def biases(model) -> torch.Tensor:
 
 
 def trainer(model=None, balancing=LOSS_FREE, batches=None, **train):
-    return Trainer(model or tiny_model(), Balancing.from_dict(balancing), tiny_train(**train),
-                   batches or TokenWindows(random_tokens(3000), 16, 4, seed=0), execution=QUIET)
+    return tiny_trainer(balancing, model=model, batches=batches, train=train)
 
 
 def test_lr_warms_up_then_decays_to_min_ratio():
@@ -148,15 +146,12 @@ def test_gpu_preset_path_bf16_compiled_accumulated_ddp_runs_on_cpu():
 
 
 def test_checkpoint_round_trips_bias_and_optimizer_state(tmp_path):
-    t = Trainer(tiny_model(bias_init_skew=0.05), Balancing.from_dict(LOSS_FREE),
-                tiny_train(steps=4), TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                checkpoint_dir=tmp_path,
-                execution=QUIET)
+    t = tiny_trainer(LOSS_FREE, model=tiny_model(bias_init_skew=0.05), train={"steps": 4},
+                     checkpoint_dir=tmp_path)
     t.train(stop_after=2)
     t.save_checkpoint()
-    restored = Trainer(tiny_model(seed=1), Balancing.from_dict(LOSS_FREE), tiny_train(steps=4),
-                       TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                       checkpoint_dir=tmp_path, execution=QUIET)
+    restored = tiny_trainer(LOSS_FREE, model=tiny_model(seed=1), train={"steps": 4},
+                            checkpoint_dir=tmp_path)
     assert restored.step == 2
     assert torch.equal(biases(restored.model), biases(t.model))
     assert biases(t.model).abs().sum() > 0
@@ -170,10 +165,8 @@ def test_checkpoint_round_trips_bias_and_optimizer_state(tmp_path):
 def test_killed_run_resumes_to_the_same_final_weights(tmp_path, balancing):
     # SMEBU carries a momentum between steps: resuming must restore it too
     def run(checkpoint_dir, stop_after=None):
-        t = Trainer(tiny_model(), Balancing.from_dict(balancing),
-                    tiny_train(steps=6), TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                    checkpoint_dir=checkpoint_dir,
-                    execution=ExecutionSettings(checkpoint_every=2, progress=False))
+        t = tiny_trainer(balancing, train={"steps": 6}, checkpoint_dir=checkpoint_dir,
+                         execution=ExecutionSettings(checkpoint_every=2, progress=False))
         t.train(stop_after=stop_after)
         return t
 
@@ -188,9 +181,8 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path, balancing):
 
 def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     def make(fingerprint):
-        return Trainer(tiny_model(), Balancing.from_dict(LOSS_FREE), tiny_train(steps=4),
-                       TokenWindows(random_tokens(3000), 16, 4, seed=0),
-                       checkpoint_dir=tmp_path, fingerprint=fingerprint, execution=QUIET)
+        return tiny_trainer(LOSS_FREE, train={"steps": 4}, checkpoint_dir=tmp_path,
+                            fingerprint=fingerprint)
 
     first = make("a")
     first.train(stop_after=2)

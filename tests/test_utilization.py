@@ -5,7 +5,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moe_helpers import PY_SOURCE, ROUTED_TINY, humaneval_tokenizer
+from moe_helpers import PY_SOURCE, ROUTED_TINY, tokenizer_in
 
 from moebalance.cli import main
 from moebalance.config import ModelSettings
@@ -14,9 +14,9 @@ from moebalance.model import build_model
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, humaneval_tokenizer_dir):
     folder = tmp_path_factory.mktemp("tiny_moe")
-    tokenizer = humaneval_tokenizer(folder)
+    tokenizer = tokenizer_in(folder, humaneval_tokenizer_dir)
     for name, seed in (("pretrain", 0), ("sft", 1)):
         model = build_model(ModelSettings(**ROUTED_TINY), len(tokenizer), tokenizer.eos_token_id,
                             tokenizer.pad_token_id, seed=seed)
