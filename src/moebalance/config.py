@@ -21,10 +21,15 @@ plans no job and a killed run still resumes:
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
 import dataclasses
+import json
+import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 EXECUTION_KEYS = ("threads", "log_every", "checkpoint_every", "progress")
@@ -51,19 +56,117 @@ class ExecutionSettings:
 
 
 def settings_from_dict(cls, values: dict[str, Any], section: str):
-    """``cls(**values)``, refusing keys ``cls`` lacks and values outside a ``Literal``'s
-    choices; each error names ``section`` and the key."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - names)
+    """``cls(**values)``, each value checked against its field's type; errors name
+    ``section`` and the key. Refused: unknown keys, a required field left out, a value
+    outside a ``Literal``'s choices or of the wrong JSON type. A field holding settings (a
+    dataclass, or a tuple or ``dict[str, ...]`` of them) is built the same way from its
+    mapping; JSON lists become tuples."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{section} must be a mapping; got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) in {section}: {', '.join(unknown)}")
-    for name, hint in typing.get_type_hints(cls).items():
-        if name in values and typing.get_origin(hint) is Literal:
-            choices = typing.get_args(hint)
-            if values[name] not in choices:
-                raise ValueError(f"{section}.{name} must be one of "
-                                 f"{', '.join(map(str, choices))}; got {values[name]!r}")
-    return cls(**values)
+    missing = [name for name, f in fields.items() if name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"missing key(s) in {section}: {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _checked(hints[name], value, f"{section}.{name}")
+                  for name, value in values.items()})
+
+
+def _checked(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as a field of type ``hint`` holds it (see :func:`settings_from_dict`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where} must be one of {', '.join(map(str, args))}; "
+                             f"got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            with contextlib.suppress(ValueError):
+                return _checked(option, value, where)
+        raise ValueError(f"{where} must be {' or '.join(map(_type_name, args))}; got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return settings_from_dict(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list; got {value!r}")
+        if args[-1] is not Ellipsis and len(args) != len(value):
+            raise ValueError(f"{where} must hold {len(args)} items; got {value!r}")
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_checked(kind, item, f"{where}[{i}]")
+                     for i, (kind, item) in enumerate(zip(kinds, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping; got {value!r}")
+        return {key: _checked(args[1], item, f"{where}.{key}") for key, item in value.items()}
+    if hint in _JSON_TYPES and not _JSON_TYPES[hint](value):
+        raise ValueError(f"{where} must be {_type_name(hint)}; got {value!r}")
+    return value
+
+
+# the JSON values a field of each plain type accepts (an int is a float; a bool is no number)
+_JSON_TYPES = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    type(None): lambda v: v is None,
+}
+
+
+def _type_name(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def section_of(cls, section: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config section that are fields of ``cls``: a stage whose settings are
+    part of a shared section (``analysis``, ``pretrain``) takes only its own keys, so that
+    changing another stage's key does not re-run it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in section.items() if key in names}
+
+
+def settings_keys(cls) -> str:
+    """``key=default`` for each field of a settings class (nested classes in braces): what
+    a ``--settings`` help lists."""
+    parts = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            part = f"{f.name}={f.default!r}"
+        elif f.default_factory is not dataclasses.MISSING:
+            part = f"{f.name}={f.default_factory()!r}"
+        else:
+            part = f"{f.name} (required)"
+        inner = [arg for arg in (f.type, *typing.get_args(typing.get_type_hints(cls)[f.name]))
+                 if dataclasses.is_dataclass(arg)]
+        parts.append(part + (f" {{{settings_keys(inner[0])}}}" if inner else ""))
+    return ", ".join(parts)
+
+
+def add_settings_argument(parser: argparse.ArgumentParser, cls, section: str) -> None:
+    """``--settings JSON|@FILE``: a stage's science, its config section, read by
+    :func:`parse_settings`; left out, every key takes its default."""
+    parser.add_argument(
+        "--settings", default="{}", metavar="JSON|@FILE",
+        help=f"the study config's `{section}` settings as a JSON object, or @FILE holding "
+        f"it: what changes this stage's outputs. Keys left out take their defaults: "
+        f"{settings_keys(cls)}")
+
+
+def parse_settings(cls, text: str):
+    """``cls.from_dict`` of a ``--settings`` value (inline JSON or @FILE); a bad value is a
+    UsageError naming --settings and the key."""
+    from moebalance.errors import UsageError
+
+    try:
+        values = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+        return cls.from_dict(values)
+    except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise UsageError(f"--settings: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -213,7 +316,6 @@ def execution_settings(loop: dict[str, Any]) -> dict[str, Any]:
 def study_hash(config: dict[str, Any]) -> str:
     """A short hash naming a study: its whole config, execution knobs left out."""
     import hashlib
-    import json
 
     science = copy.deepcopy(config)
     for loop in (science.get("pretrain", {}), science.get("finetune", {}).get("train", {})):
