@@ -330,3 +330,86 @@ def trained_length(pretrain_settings: dict[str, Any], finetune_settings: dict[st
     solutions longer than this are scored by positions no training step reached."""
     return max(loop.get("train", {}).get("seq_len", DEFAULT_SEQ_LEN)
                for loop in (pretrain_settings, finetune_settings))
+
+
+# ---- the data stages' settings ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HfDataset:
+    """One `corpus.hf_datasets` item: rows read with `datasets` (moebalance.data.corpus)."""
+
+    name: str                         # a Hub name (needs network), or a local folder of
+                                      # Parquet/JSON files or of `save_to_disk` output
+    config: str | None = None         # the dataset's configuration, as load_dataset takes it
+    split: str = "train"
+    streaming: bool = True            # stream the rows instead of loading the split first
+    text_field: str = "content"       # the column holding the text
+    path_field: str = "path"          # the column holding the file path (else SOURCE#ROW)
+    license_field: str | None = None  # a column holding each row's licence; non-open rows dropped
+    license: str | None = None        # the licence of every row, if no license_field
+    domain_field: str | None = None   # a column holding each row's domain
+    domain: str | None = None         # every row's domain, if no domain_field (else by path)
+    max_documents: int | None = None  # read at most this many rows; None: all
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HfDataset:
+        return settings_from_dict(cls, values, "hf_dataset")
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """The `corpus` section: the sources, filters and splits of moebalance.data.corpus."""
+
+    site_packages: bool = True        # installed distributions' files and METADATA (open licences)
+    site_packages_path: tuple[str, ...] | None = None  # look for distributions here; None: sys.path
+    site_packages_root: str | None = "moebalance"  # only its dependency closure; None: every one
+    stdlib: bool = True               # the running Python's standard-library source
+    include: tuple[str, ...] = ()     # extra local directories or glob patterns of source files
+    files: tuple[str, ...] = ()       # local .parquet/.jsonl tables with `text` and `path` columns
+    hf_datasets: tuple[HfDataset, ...] = ()
+    extensions: tuple[str, ...] = (".py",)  # file extensions read from the stdlib and include trees
+    min_bytes: int = 200              # documents outside [min_bytes, max_bytes] are dropped
+    max_bytes: int = 262144
+    max_documents: int | None = None  # per domain, a hash-chosen subset; None: the full corpus
+    val_fraction: float = 0.02        # of each domain's documents
+    test_fraction: float = 0.02
+    heldout_min_documents: int = 50   # per domain, in val and in test
+    heldout_min_bytes: int = 400_000  # per domain: >= 100k tokens at <= 4 bytes per token
+    near_duplicate_threshold: float = 0.8  # MinHash Jaccard over word shingles (BigCode's)
+    shingle_words: int = 5            # words per near-deduplication shingle
+    num_perm: int = 128               # MinHash permutations
+    decontamination_ngram: int = 13   # a document sharing a word n-gram with HumanEval is dropped
+
+    def __post_init__(self) -> None:
+        if not (self.site_packages or self.stdlib or self.include or self.files
+                or self.hf_datasets):
+            raise ValueError("corpus has no source: enable site_packages or stdlib, or give "
+                             "include, files or hf_datasets")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("corpus.val_fraction + corpus.test_fraction must be below 1")
+        if not 0 < self.near_duplicate_threshold <= 1:
+            raise ValueError("corpus.near_duplicate_threshold must be in (0, 1]")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CorpusSettings:
+        return settings_from_dict(cls, values, "corpus")
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """The `tokenizer` section: the byte-level BPE of moebalance.data.tokenizer."""
+
+    vocab_size: int = 8192
+    min_frequency: int = 2                    # merges seen fewer times are not learned
+    sample_bytes_per_domain: int = 4_000_000  # BPE training bytes per domain; 0: the whole split
+    model_max_length: int = 4096              # the tokenizer_config.json's model_max_length
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 258:
+            raise ValueError(f"tokenizer.vocab_size {self.vocab_size} is below 256 bytes + 2 "
+                             "special tokens")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TokenizerSettings:
+        return settings_from_dict(cls, values, "tokenizer")

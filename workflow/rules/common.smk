@@ -13,6 +13,8 @@ from snakemake.utils import min_version, validate
 from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
 from moebalance.config import (
+    CorpusSettings,
+    TokenizerSettings,
     execution_settings,
     sft_settings,
     study_hash,
@@ -108,6 +110,15 @@ def primary_flags(analysis):
     return cli_flags({"primary": flags})
 
 
+def settings_param(cls, values):
+    """A stage's science settings (its config section, or the part of one that is its) as its
+    `--settings` param: validated now, so a bad value stops Snakemake before any job starts;
+    JSON with sorted keys, so a change re-runs exactly the stages it reaches. Keys left out
+    take their defaults in moebalance.config."""
+    cls.from_dict(values)
+    return json.dumps(values, sort_keys=True)
+
+
 def parent_of(kind, name):
     """A params function: the folder holding the named input or output file."""
     return lambda wildcards, input, output: str(Path(dict(input=input, output=output)[kind][name]).parent)
@@ -123,25 +134,3 @@ def cli_flags(options):
                 continue
             flags.append(flag if item is True else f"{flag} {shlex.quote(str(item))}")
     return " ".join(flags)
-
-
-def corpus_flags(corpus):
-    """The corpus settings as `moebalance corpus` flags."""
-    return cli_flags({
-        "no_site_packages": not corpus["site_packages"],
-        "site_packages_root": corpus["site_packages_root"] or "all",
-        "no_stdlib": not corpus["stdlib"],
-        "include": corpus["include"],
-        "file": corpus["files"],
-        "hf_dataset": [json.dumps(spec, sort_keys=True) for spec in corpus["hf_datasets"]],
-        "extension": corpus["extensions"],
-        "min_bytes": corpus["min_bytes"],
-        "max_bytes": corpus["max_bytes"],
-        "max_documents": corpus["max_documents"],
-        "val_fraction": corpus["val_fraction"],
-        "test_fraction": corpus["test_fraction"],
-        "heldout_min_documents": corpus["heldout_min_documents"],
-        "heldout_min_bytes": corpus["heldout_min_bytes"],
-        "near_duplicate_threshold": corpus["near_duplicate_threshold"],
-        "ngram": corpus["decontamination_ngram"],
-    })
