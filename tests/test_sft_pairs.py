@@ -5,13 +5,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moebalance.cli import main
-from moebalance.data.sft_pairs import PairFilter, mine_pairs
+from moebalance.config import SftDataSettings
+from moebalance.data.sft_pairs import mine_pairs
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "sample_module.py").read_text()
 
 
 def mined(limits=None):
-    limits = limits or PairFilter()
+    limits = limits or SftDataSettings()
     return {entry: (prompt, completion)
             for prompt, completion, entry in mine_pairs(FIXTURE, limits, Counter())}
 
@@ -45,13 +46,13 @@ def test_completion_is_the_verbatim_body_after_the_docstring():
 
 
 def test_length_filter_applies_to_non_blank_body_lines():
-    assert "too_short" in mined(PairFilter(min_completion_lines=1))
-    assert set(mined(PairFilter(max_completion_lines=1))) == set()
+    assert "too_short" in mined(SftDataSettings(min_completion_lines=1))
+    assert set(mined(SftDataSettings(max_completion_lines=1))) == set()
 
 
 def test_unparsable_module_yields_nothing_and_is_counted():
     counts = Counter()
-    assert list(mine_pairs("def broken(:\n", PairFilter(), counts)) == []
+    assert list(mine_pairs("def broken(:\n", SftDataSettings(), counts)) == []
     assert counts["modules_unparsable"] == 1
 
 
@@ -60,7 +61,7 @@ def test_stage_writes_train_and_val_with_the_contract_columns(tmp_path):
     pq.write_table(pa.Table.from_pylist(
         [{"doc_id": "d1", "path": "sample_module.py", "text": FIXTURE}]), train)
     rc = main(["sft-data", "--train", str(train), "--out-dir", str(tmp_path / "sft"),
-               "--val-fraction", "0.01", "--no-tracking"])
+               "--settings", '{"val_fraction": 0.01}', "--no-tracking"])
     assert rc == 0
     rows = pq.read_table(tmp_path / "sft" / "train.parquet").to_pylist()
     rows += pq.read_table(tmp_path / "sft" / "val.parquet").to_pylist()

@@ -413,3 +413,19 @@ class TokenizerSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TokenizerSettings:
         return settings_from_dict(cls, values, "tokenizer")
+
+
+@dataclass(frozen=True)
+class SftDataSettings:
+    """The `sft` section: which mined (prompt, completion) pairs moebalance.data.sft_pairs
+    keeps, and how they split."""
+
+    min_completion_lines: int = 2     # fewest non-blank body lines
+    max_completion_lines: int = 40    # most non-blank body lines
+    max_prompt_chars: int = 2000      # imports + signature + docstring
+    min_docstring_chars: int = 20
+    val_fraction: float = 0.05        # of the pairs, by the hash of the prompt
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SftDataSettings:
+        return settings_from_dict(cls, values, "sft")

@@ -14,6 +14,7 @@ from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
 from moebalance.config import (
     CorpusSettings,
+    SftDataSettings,
     TokenizerSettings,
     execution_settings,
     sft_settings,

@@ -87,16 +87,15 @@ rule sft_data:
         val=f"{DATA}/sft/val.parquet",
     params:
         out_dir=parent_of("output", "train"),
-        flags=cli_flags({key: config["sft"][key] for key in (
-            "min_completion_lines", "max_completion_lines", "max_prompt_chars",
-            "min_docstring_chars", "val_fraction")}),
+        settings=settings_param(SftDataSettings, config["sft"]),
         code=stage_code("sft-data"),
     log:
         f"{LOGS}/sft_data.log",
     benchmark:
         f"{BENCH}/sft_data.tsv"
     shell:
-        "moebalance sft-data --train {input.train} --out-dir {params.out_dir} {params.flags}"
+        "moebalance sft-data --train {input.train} --out-dir {params.out_dir}"
+        " --settings {params.settings:q}"
         " --source-hash {params.code} > {log:q} 2>&1"
 
 
