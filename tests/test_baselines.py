@@ -70,8 +70,8 @@ def test_stage_writes_the_documented_json(tmp_path, tokenizer_dir):
     tokens = write_tokens_dir(tmp_path / "tokens")
     out = tmp_path / "baselines.json"
     assert main(["baselines", "--tokens-dir", str(tokens), "--tokenizer-dir",
-                 str(tokenizer_dir), "--out", str(out), "--seq-len", "16",
-                 "--micro-batch-size", "4", "--eval-batches", "2", "--no-tracking"]) == 0
+                 str(tokenizer_dir), "--out", str(out), "--no-tracking", "--settings",
+                 '{"seq_len": 16, "micro_batch_size": 4, "eval_batches": 2}']) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"split", "tokens", "bytes", "scored_on", "unigram", "bigram"}
     assert result["split"] == "val" and result["tokens"] == 2 * 4 * 16

@@ -429,3 +429,17 @@ class SftDataSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SftDataSettings:
         return settings_from_dict(cls, values, "sft")
+
+
+@dataclass(frozen=True)
+class BaselinesSettings:
+    """The validation windows the count baselines are scored on: the `pretrain` keys that
+    choose them (moebalance.evaluation.baselines), with the pretraining loop's defaults."""
+
+    seq_len: int = TrainSettings.seq_len                    # tokens per validation window
+    micro_batch_size: int = TrainSettings.micro_batch_size  # windows per validation batch
+    eval_batches: int = TrainSettings.eval_batches          # validation batches scored
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BaselinesSettings:
+        return settings_from_dict(cls, values, "pretrain")

@@ -13,10 +13,12 @@ from snakemake.utils import min_version, validate
 from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
 from moebalance.config import (
+    BaselinesSettings,
     CorpusSettings,
     SftDataSettings,
     TokenizerSettings,
     execution_settings,
+    section_of,
     sft_settings,
     study_hash,
     trained_length,

@@ -112,11 +112,11 @@ rule baselines:
     params:
         tokens_dir=parent_of("input", "meta"),
         tokenizer_dir=parent_of("input", "tokenizer"),
-        # the validation windows the models are scored on (moebalance.training.stage); keys
-        # left out take the TrainSettings defaults, as in pretraining. A variant overriding
-        # one of these keys is scored on other windows than the baselines.
-        flags=cli_flags({key: config["pretrain"][key] for key in (
-            "seq_len", "micro_batch_size", "eval_batches") if key in config["pretrain"]}),
+        # the validation windows the models are scored on (moebalance.training.stage): the
+        # pretrain keys that choose them; keys left out take the TrainSettings defaults, as
+        # in pretraining. A variant overriding one of them is scored on other windows.
+        settings=settings_param(BaselinesSettings,
+                                section_of(BaselinesSettings, config["pretrain"])),
         code=stage_code("baselines"),
     log:
         f"{LOGS}/baselines.log",
@@ -124,7 +124,7 @@ rule baselines:
         f"{BENCH}/baselines.tsv"
     shell:
         "moebalance baselines --tokens-dir {params.tokens_dir:q}"
-        " --tokenizer-dir {params.tokenizer_dir:q} --out {output:q} {params.flags}"
+        " --tokenizer-dir {params.tokenizer_dir:q} --out {output:q} --settings {params.settings:q}"
         " --source-hash {params.code} > {log:q} 2>&1"
 
 
