@@ -443,3 +443,69 @@ class BaselinesSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BaselinesSettings:
         return settings_from_dict(cls, values, "pretrain")
+
+
+# ---- the analysis stages' settings --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UtilizationSettings:
+    """The `analysis` keys of held-out routing (moebalance.analysis.utilization)."""
+
+    max_tokens: int = 16384       # held-out tokens per domain (each domain capped at this)
+    doc_tokens: int = 2048        # tokens taken from the start of each document at most
+    window: int = 256             # tokens per forward window (capped at the model's context - 1)
+    vocab_min_count: int = 10     # token ids seen fewer times are left out of vocab.parquet
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "doc_tokens", "window", "vocab_min_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"analysis.{name} must be at least 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> UtilizationSettings:
+        return settings_from_dict(cls, values, "analysis")
+
+
+@dataclass(frozen=True)
+class PrimaryEndpoint:
+    """One `analysis.primary` item: a pre-registered primary endpoint."""
+
+    metric: str                         # an identifier of moebalance.analysis.catalogue
+    better: Literal["lower", "higher"]  # the direction that counts as an improvement
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """The `analysis` keys of the comparison (moebalance.analysis.compare): the pair, the
+    pre-registered primaries with their equivalence margins, and the statistics."""
+
+    pair: tuple[str, str] = ("loss_free", "aux_loss")  # treatment, baseline: primaries test A - B
+    primary: tuple[PrimaryEndpoint, ...] = (          # Holm-adjusted together
+        PrimaryEndpoint("maxvio_global_pretrain", "lower"),
+        PrimaryEndpoint("heldout_bpb_pretrain", "lower"),
+        PrimaryEndpoint("solution_bpb", "lower"))
+    equivalence: dict[str, float] = dataclasses.field(default_factory=lambda: {  # TOST margins
+        "maxvio_global_pretrain": 0.05, "heldout_bpb_pretrain": 0.01, "solution_bpb": 0.01})
+    control_margin: float = 0.3   # nats/token every seed must beat the bigram's val loss by
+    bootstrap: int = 2000         # bootstrap replicates (two-stage resampling)
+    confidence: float = 0.95      # interval level; the tests run at alpha = 1 - confidence
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        metrics = [p.metric for p in self.primary]
+        if not metrics or len(set(metrics)) != len(metrics):
+            raise ValueError(f"analysis.primary must name each metric once; got {metrics}")
+        for metric in metrics:
+            if metric not in self.equivalence:
+                raise ValueError(f"analysis.equivalence has no margin for primary {metric!r}")
+        if not all(margin > 0 for margin in self.equivalence.values()):
+            raise ValueError("analysis.equivalence margins must be positive")
+        if not 0 < self.confidence < 1:
+            raise ValueError("analysis.confidence must be between 0 and 1")
+        if self.bootstrap < 10:
+            raise ValueError("analysis.bootstrap must be at least 10")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CompareSettings:
+        return settings_from_dict(cls, values, "analysis")

@@ -14,9 +14,11 @@ from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
 from moebalance.config import (
     BaselinesSettings,
+    CompareSettings,
     CorpusSettings,
     SftDataSettings,
     TokenizerSettings,
+    UtilizationSettings,
     execution_settings,
     section_of,
     sft_settings,
@@ -99,18 +101,6 @@ def checkpoint_dir(stage):
     """Checkpoints sit outside the declared outputs: Snakemake deletes those of a failed
     job, and a rerun resumes from the checkpoint instead."""
     return lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.variant}/seed{wildcards.seed}/{stage}"
-
-
-def primary_flags(analysis):
-    """`--primary METRIC:BETTER:MARGIN` for each pre-registered primary endpoint."""
-    flags = []
-    for primary in analysis["primary"]:
-        if primary["metric"] not in analysis["equivalence"]:
-            raise ValueError(f"analysis.equivalence has no margin for primary "
-                             f"{primary['metric']!r}")
-        margin = analysis["equivalence"][primary["metric"]]
-        flags.append(f"{primary['metric']}:{primary['better']}:{margin}")
-    return cli_flags({"primary": flags})
 
 
 def settings_param(cls, values):
