@@ -87,3 +87,11 @@ def test_parse_settings_reads_inline_json_or_a_file_and_names_the_option(tmp_pat
         parse_settings(TrainSettings, '{"stpes": 3}')
     with pytest.raises(UsageError, match="--settings: train must be a mapping"):
         parse_settings(TrainSettings, "[1]")
+
+
+def test_the_settings_help_lists_every_key_with_its_default_as_json():
+    from moebalance.config import CompareSettings, settings_keys
+
+    keys = settings_keys(CompareSettings)
+    assert 'pair=["loss_free", "aux_loss"]' in keys and "bootstrap=2000" in keys
+    assert "{metric (required), better (required)}" in keys

@@ -131,14 +131,13 @@ def section_of(cls, section: dict[str, Any]) -> dict[str, Any]:
 
 
 def settings_keys(cls) -> str:
-    """``key=default`` for each field of a settings class (nested classes in braces): what
-    a ``--settings`` help lists."""
+    """``key=default`` for each field of a settings class, the default as JSON (a nested
+    class's keys in braces): what a ``--settings`` help lists."""
     parts = []
     for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            part = f"{f.name}={f.default!r}"
-        elif f.default_factory is not dataclasses.MISSING:
-            part = f"{f.name}={f.default_factory()!r}"
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            part = f"{f.name}={json.dumps(default, default=dataclasses.asdict)}"
         else:
             part = f"{f.name} (required)"
         inner = [arg for arg in (f.type, *typing.get_args(typing.get_type_hints(cls)[f.name]))
