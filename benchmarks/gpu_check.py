@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -78,11 +79,12 @@ def wait(proc: subprocess.Popen, what: str, log: Path) -> None:
 def build_tokens(out: Path, vocab_size: int, tiny: bool) -> subprocess.Popen:
     """corpus -> tokenizer -> tokens on the stdlib, as one background shell pipeline."""
     data, py = out / "data", f"{sys.executable} -m moebalance"
-    limit = " --max-documents 400" if tiny else ""
+    corpus = shlex.quote(json.dumps({"max_documents": 400} if tiny else {}))
+    tokenizer = shlex.quote(json.dumps({"vocab_size": vocab_size}))
     script = (f"set -e; {py} corpus --out-dir {data}/corpus --decontamination "
-              f"{data}/decontamination.parquet --no-tracking{limit}; "
+              f"{data}/decontamination.parquet --settings {corpus} --no-tracking; "
               f"{py} tokenizer --train {data}/corpus/train.parquet --out-dir {data}/tokenizer "
-              f"--vocab-size {vocab_size} --no-tracking; "
+              f"--settings {tokenizer} --no-tracking; "
               f"{py} tokens --corpus-dir {data}/corpus --tokenizer-dir {data}/tokenizer "
               f"--out-dir {data}/tokens --no-tracking")
     with open(out / "tokens.log", "w") as stream:

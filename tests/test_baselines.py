@@ -69,8 +69,8 @@ def test_stage_writes_the_documented_json(tmp_path, tokenizer_dir):
     out = tmp_path / "baselines.json"
     for path in (out, tmp_path / "again.json"):
         assert main(["baselines", "--tokens-dir", str(tokens), "--tokenizer-dir",
-                     str(tokenizer_dir), "--out", str(path), "--seq-len", "16",
-                     "--micro-batch-size", "4", "--eval-batches", "2", "--no-tracking"]) == 0
+                     str(tokenizer_dir), "--out", str(path), "--no-tracking", "--settings",
+                     '{"seq_len": 16, "micro_batch_size": 4, "eval_batches": 2}']) == 0
     assert out.read_bytes() == (tmp_path / "again.json").read_bytes()  # same input, same bytes
     result = json.loads(out.read_text())
     assert set(result) == {"split", "tokens", "bytes", "scored_on", "unigram", "bigram"}

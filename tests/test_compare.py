@@ -101,7 +101,7 @@ def make_runs(root, seeds, *, lf_shift=0.0, lf_passes=0, aux_passes=0, seed_sd=0
 def compare(out, runs_dir, seeds, *extra):
     assert main(["compare", "--runs-dir", str(runs_dir), "--variants", "loss_free", "aux_loss",
                  "--seeds", *map(str, seeds), "--tables-dir", str(out / "tables"),
-                 "--figures-dir", str(out / "figures"), "--bootstrap", "200",
+                 "--figures-dir", str(out / "figures"), "--settings", '{"bootstrap": 200}',
                  "--no-tracking", *extra]) == 0
     tables = out / "tables"
     return {"table": pd.read_csv(tables / "comparison.csv"),
@@ -263,11 +263,20 @@ def test_a_missing_pretrain_run_is_a_usage_error(tmp_path, capsys):
 
 
 def test_an_unknown_primary_metric_is_named_in_the_error(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["compare", "--runs-dir", str(tmp_path), "--variants", "x", "--seeds", "0",
-              "--tables-dir", str(tmp_path), "--figures-dir", str(tmp_path),
-              "--primary", "perplexity:lower:0.1", "--no-tracking"])
+    settings = {"primary": [{"metric": "perplexity", "better": "lower"}],
+                "equivalence": {"perplexity": 0.1}}
+    assert main(["compare", "--runs-dir", str(tmp_path), "--variants", "x", "--seeds", "0",
+                 "--tables-dir", str(tmp_path), "--figures-dir", str(tmp_path),
+                 "--settings", json.dumps(settings), "--no-tracking"]) == 2
     assert "unknown metric 'perplexity'" in capsys.readouterr().err
+
+
+def test_a_primary_without_a_margin_is_a_usage_error_naming_it(tmp_path, capsys):
+    settings = {"primary": [{"metric": "val_loss_pretrain", "better": "lower"}]}
+    assert main(["compare", "--runs-dir", str(tmp_path), "--variants", "x", "--seeds", "0",
+                 "--tables-dir", str(tmp_path), "--figures-dir", str(tmp_path),
+                 "--settings", json.dumps(settings), "--no-tracking"]) == 2
+    assert "no margin for primary 'val_loss_pretrain'" in capsys.readouterr().err
 
 
 def test_missing_optional_inputs_are_listed_and_their_rows_left_out(one_seed, tmp_path):

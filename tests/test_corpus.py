@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moebalance.cli import main
+from moebalance.config import CorpusSettings
 from moebalance.data.corpus import (
-    CorpusSettings,
     Document,
     assign_splits,
     build_corpus,
@@ -67,8 +67,9 @@ def make_dist(root, name, files, headers=MIT, description="", version="1.0"):
 
 
 def small_settings(root, **kw):
-    return CorpusSettings(site_packages_path=[str(root)], site_packages_root=None, stdlib=False,
-                          min_bytes=1, heldout_min_documents=2, heldout_min_bytes=0, **kw)
+    return CorpusSettings.from_dict({
+        "site_packages_path": [str(root)], "site_packages_root": None, "stdlib": False,
+        "min_bytes": 1, "heldout_min_documents": 2, "heldout_min_bytes": 0, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +184,7 @@ def test_heldout_documents_are_the_first_in_split_key_order(built):
 
 
 def test_a_domain_too_small_for_the_minimum_is_reported(tree):
-    settings = small_settings(tree)
-    settings.heldout_min_documents = 50
+    settings = small_settings(tree, heldout_min_documents=50)
     _, _, manifest = build_corpus(settings)
     assert {(s["split"], s["domain"]) for s in manifest["heldout_shortfall"]} >= {
         ("test", "c-cpp"), ("val", "prose")}
@@ -199,13 +199,10 @@ def test_root_reads_its_dependency_closure_without_extras(tmp_path):
     make_dist(tmp_path, "libc", {"libc/c.py": python(3)})
     for other in ("devtool", "winonly", "unrelated"):
         make_dist(tmp_path, other, {f"{other}/x.py": python(len(other))})
-    settings = small_settings(tmp_path)
-    settings.site_packages_root = "app"
-    rows, _, manifest = build_corpus(settings)
+    rows, _, manifest = build_corpus(small_settings(tmp_path, site_packages_root="app"))
     assert sorted(manifest["distributions"]) == ["app", "lib-b", "libc"]
-    settings.site_packages_root = "missing"
     with pytest.raises(ValueError, match="'missing'"):
-        build_corpus(settings)
+        build_corpus(small_settings(tmp_path, site_packages_root="missing"))
 
 
 def test_near_duplicates_are_removed_and_distinct_files_kept(tmp_path):
@@ -279,12 +276,11 @@ def test_a_documents_split_depends_only_on_its_text(rng):
     assert set(split_of_text(docs).values()) == {"train", "val", "test"}
 
 
-def run_stage(out, tree, *extra):
-    return main(["corpus", "--no-stdlib", "--site-packages-path", str(tree),
-                 "--site-packages-root", "all", "--min-bytes", "1",
-                 "--heldout-min-documents", "2", "--heldout-min-bytes", "0",
-                 "--out-dir", str(out), "--decontamination", str(out) + ".decon.parquet",
-                 "--no-tracking", *extra])
+def run_stage(out, tree):
+    settings = {"stdlib": False, "site_packages_path": [str(tree)], "site_packages_root": None,
+                "min_bytes": 1, "heldout_min_documents": 2, "heldout_min_bytes": 0}
+    return main(["corpus", "--settings", json.dumps(settings), "--out-dir", str(out),
+                 "--decontamination", str(out) + ".decon.parquet", "--no-tracking"])
 
 
 def test_stage_output_is_byte_identical_across_runs(tree, tmp_path):
@@ -300,12 +296,20 @@ def test_stage_output_is_byte_identical_across_runs(tree, tmp_path):
 
 
 def test_missing_include_is_an_error_naming_it(tmp_path, capsys):
-    rc = main(["corpus", "--no-stdlib", "--no-site-packages", "--include",
-               str(tmp_path / "nope"), "--out-dir", str(tmp_path / "c"),
+    settings = {"stdlib": False, "site_packages": False, "include": [str(tmp_path / "nope")]}
+    rc = main(["corpus", "--settings", json.dumps(settings), "--out-dir", str(tmp_path / "c"),
                "--decontamination", str(tmp_path / "d.parquet"), "--no-tracking"])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_bad_settings_value_is_a_usage_error_naming_the_key(tmp_path, capsys):
+    rc = main(["corpus", "--settings", '{"val_fraction": 0.6, "test_fraction": 0.5}',
+               "--out-dir", str(tmp_path / "c"), "--decontamination", str(tmp_path / "d.parquet"),
+               "--no-tracking"])
+    assert rc == 2
+    assert "--settings: corpus.val_fraction + corpus.test_fraction" in capsys.readouterr().err
 
 
 # --- the datasets path, offline ------------------------------------------------------------
@@ -342,8 +346,9 @@ def test_local_datasets_source_applies_fields_licence_dedup_and_decontamination(
         local_dataset, streaming):
     spec = {"name": local_dataset, "text_field": "content", "path_field": "repo_path",
             "license_field": "lic", "domain_field": "dom", "streaming": streaming}
-    settings = CorpusSettings(site_packages=False, stdlib=False, hf_datasets=[spec],
-                              min_bytes=1, heldout_min_documents=1, heldout_min_bytes=0)
+    settings = CorpusSettings.from_dict(dict(
+        site_packages=False, stdlib=False, hf_datasets=[spec], min_bytes=1,
+        heldout_min_documents=1, heldout_min_bytes=0))
     rows, removed, manifest = build_corpus(settings)
     kept = all_rows(rows)
     assert sorted(r["path"] for r in kept) == sorted(
@@ -355,7 +360,8 @@ def test_local_datasets_source_applies_fields_licence_dedup_and_decontamination(
 
 
 def test_datasets_source_without_the_text_field_names_it(local_dataset):
-    settings = CorpusSettings(site_packages=False, stdlib=False,
-                              hf_datasets=[{"name": local_dataset, "text_field": "body"}])
+    settings = CorpusSettings.from_dict(dict(
+        site_packages=False, stdlib=False,
+        hf_datasets=[{"name": local_dataset, "text_field": "body"}]))
     with pytest.raises(ValueError, match="'body'"):
         build_corpus(settings)

@@ -5,13 +5,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moebalance.cli import main
-from moebalance.data.sft_pairs import PairFilter, mine_pairs
+from moebalance.config import SftDataSettings
+from moebalance.data.sft_pairs import mine_pairs
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "sample_module.py").read_text()
 
 
 def mined(limits=None):
-    limits = limits or PairFilter()
+    limits = limits or SftDataSettings()
     return {entry: (prompt, completion)
             for prompt, completion, entry in mine_pairs(FIXTURE, limits, Counter())}
 
@@ -45,13 +46,13 @@ def test_completion_is_the_verbatim_body_after_the_docstring():
 
 
 def test_length_filter_applies_to_non_blank_body_lines():
-    assert "too_short" in mined(PairFilter(min_completion_lines=1))
-    assert set(mined(PairFilter(max_completion_lines=1))) == set()
+    assert "too_short" in mined(SftDataSettings(min_completion_lines=1))
+    assert set(mined(SftDataSettings(max_completion_lines=1))) == set()
 
 
 def test_unparsable_module_yields_nothing_and_is_counted():
     counts = Counter()
-    assert list(mine_pairs("def broken(:\n", PairFilter(), counts)) == []
+    assert list(mine_pairs("def broken(:\n", SftDataSettings(), counts)) == []
     assert counts["modules_unparsable"] == 1
 
 
@@ -61,7 +62,7 @@ def test_stage_writes_train_and_val_with_the_contract_columns(tmp_path):
         [{"doc_id": "d1", "path": "sample_module.py", "text": FIXTURE}]), train)
     for out in ("sft", "again"):
         assert main(["sft-data", "--train", str(train), "--out-dir", str(tmp_path / out),
-                     "--val-fraction", "0.01", "--no-tracking"]) == 0
+                     "--settings", '{"val_fraction": 0.01}', "--no-tracking"]) == 0
     for name in ("train.parquet", "val.parquet"):  # the same input, the same bytes
         assert (tmp_path / "sft" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     rows = pq.read_table(tmp_path / "sft" / "train.parquet").to_pylist()

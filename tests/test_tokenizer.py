@@ -31,8 +31,8 @@ def build(root, corpus):
     """The tokenizer and tokens stages on ``corpus``, into ``root``."""
     assert main(["tokenizer", "--train", str(corpus / "train.parquet"),
                  "--val", str(corpus / "val.parquet"),
-                 "--out-dir", str(root / "tokenizer"), "--vocab-size", "300",
-                 "--min-frequency", "1", "--no-tracking"]) == 0
+                 "--out-dir", str(root / "tokenizer"),
+                 "--settings", '{"vocab_size": 300, "min_frequency": 1}', "--no-tracking"]) == 0
     assert main(["tokens", "--corpus-dir", str(corpus), "--tokenizer-dir",
                  str(root / "tokenizer"), "--out-dir", str(root / "tokens"),
                  "--batch-size", "7", "--no-tracking"]) == 0
@@ -89,8 +89,9 @@ def test_meta_describes_the_shards(built):
 
 def test_vocab_size_below_the_byte_alphabet_is_refused(built, tmp_path, capsys):
     rc = main(["tokenizer", "--train", str(built / "corpus" / "train.parquet"),
-               "--out-dir", str(tmp_path / "t"), "--vocab-size", "100", "--no-tracking"])
-    assert rc == 2 and "--vocab-size" in capsys.readouterr().err
+               "--out-dir", str(tmp_path / "t"), "--settings", '{"vocab_size": 100}',
+               "--no-tracking"])
+    assert rc == 2 and "--settings: tokenizer.vocab_size 100" in capsys.readouterr().err
 
 
 def test_balanced_sample_takes_equal_bytes_per_domain_in_hash_order():

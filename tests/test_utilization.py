@@ -35,7 +35,7 @@ def run_stage(tiny, out, *extra):
     return main(["utilization", "--pretrain-model", str(tiny / "pretrain"),
                  "--sft-model", str(tiny / "sft"), "--tokenizer", str(tiny),
                  "--test", str(tiny / "test.parquet"), "--out-dir", str(out),
-                 "--max-tokens", "300", "--window", "64", "--no-tracking", *extra])
+                 "--settings", '{"max_tokens": 300, "window": 64}', "--no-tracking", *extra])
 
 
 def test_utilization_stage_counts_every_token_k_times_per_layer(tiny, tmp_path):

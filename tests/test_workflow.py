@@ -69,6 +69,27 @@ def test_schema_fills_in_defaults(workdir):
     assert "elsewhere/data/tokens/meta.json" in proc.stdout
 
 
+def test_stage_settings_left_out_take_the_settings_classes_defaults(workdir):
+    """A key the config leaves out is left out of the stage's --settings, which the stage
+    reads with its settings class's default (config.yaml sets no utilization key and no
+    corpus.extensions)."""
+    import shlex
+
+    from moebalance.config import CorpusSettings, UtilizationSettings, parse_settings
+
+    proc = run_snakemake(workdir, "-n", "-p")
+    commands = [shlex.split(line.split("Shell command:", 1)[1])
+                for line in proc.stdout.splitlines() if "Shell command: moebalance " in line]
+    settings = {words[1]: words[words.index("--settings") + 1] for words in commands
+                if "--settings" in words}
+    assert {"corpus", "tokenizer", "sft-data", "baselines", "utilization", "compare"} <= \
+        set(settings)
+    assert settings["utilization"] == "{}"
+    assert parse_settings(UtilizationSettings, settings["utilization"]).window == 256
+    assert "extensions" not in json.loads(settings["corpus"])
+    assert parse_settings(CorpusSettings, settings["corpus"]).extensions == (".py",)
+
+
 @pytest.mark.e2e
 def test_whole_dag_runs_end_to_end_on_smoke(workdir):
     run_snakemake(workdir, *PROFILE, "--configfile", "config/smoke.yaml")

@@ -21,10 +21,15 @@ plans no job and a killed run still resumes:
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
 import dataclasses
+import json
+import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 EXECUTION_KEYS = ("threads", "log_every", "checkpoint_every", "progress")
@@ -51,19 +56,116 @@ class ExecutionSettings:
 
 
 def settings_from_dict(cls, values: dict[str, Any], section: str):
-    """``cls(**values)``, refusing keys ``cls`` lacks and values outside a ``Literal``'s
-    choices; each error names ``section`` and the key."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - names)
+    """``cls(**values)``, each value checked against its field's type; errors name
+    ``section`` and the key. Refused: unknown keys, a required field left out, a value
+    outside a ``Literal``'s choices or of the wrong JSON type. A field holding settings (a
+    dataclass, or a tuple or ``dict[str, ...]`` of them) is built the same way from its
+    mapping; JSON lists become tuples."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{section} must be a mapping; got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) in {section}: {', '.join(unknown)}")
-    for name, hint in typing.get_type_hints(cls).items():
-        if name in values and typing.get_origin(hint) is Literal:
-            choices = typing.get_args(hint)
-            if values[name] not in choices:
-                raise ValueError(f"{section}.{name} must be one of "
-                                 f"{', '.join(map(str, choices))}; got {values[name]!r}")
-    return cls(**values)
+    missing = [name for name, f in fields.items() if name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"missing key(s) in {section}: {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _checked(hints[name], value, f"{section}.{name}")
+                  for name, value in values.items()})
+
+
+def _checked(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as a field of type ``hint`` holds it (see :func:`settings_from_dict`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where} must be one of {', '.join(map(str, args))}; "
+                             f"got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            with contextlib.suppress(ValueError):
+                return _checked(option, value, where)
+        raise ValueError(f"{where} must be {' or '.join(map(_type_name, args))}; got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return settings_from_dict(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list; got {value!r}")
+        if args[-1] is not Ellipsis and len(args) != len(value):
+            raise ValueError(f"{where} must hold {len(args)} items; got {value!r}")
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_checked(kind, item, f"{where}[{i}]")
+                     for i, (kind, item) in enumerate(zip(kinds, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping; got {value!r}")
+        return {key: _checked(args[1], item, f"{where}.{key}") for key, item in value.items()}
+    if hint in _JSON_TYPES and not _JSON_TYPES[hint](value):
+        raise ValueError(f"{where} must be {_type_name(hint)}; got {value!r}")
+    return value
+
+
+# the JSON values a field of each plain type accepts (an int is a float; a bool is no number)
+_JSON_TYPES = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    type(None): lambda v: v is None,
+}
+
+
+def _type_name(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def section_of(cls, section: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config section that are fields of ``cls``: a stage whose settings are
+    part of a shared section (``analysis``, ``pretrain``) takes only its own keys, so that
+    changing another stage's key does not re-run it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in section.items() if key in names}
+
+
+def settings_keys(cls) -> str:
+    """``key=default`` for each field of a settings class, the default as JSON (a nested
+    class's keys in braces): what a ``--settings`` help lists."""
+    parts = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            part = f"{f.name}={json.dumps(default, default=dataclasses.asdict)}"
+        else:
+            part = f"{f.name} (required)"
+        inner = [arg for arg in (f.type, *typing.get_args(typing.get_type_hints(cls)[f.name]))
+                 if dataclasses.is_dataclass(arg)]
+        parts.append(part + (f" {{{settings_keys(inner[0])}}}" if inner else ""))
+    return ", ".join(parts)
+
+
+def add_settings_argument(parser: argparse.ArgumentParser, cls, section: str) -> None:
+    """``--settings JSON|@FILE``: a stage's science, its config section, read by
+    :func:`parse_settings`; left out, every key takes its default."""
+    parser.add_argument(
+        "--settings", default="{}", metavar="JSON|@FILE",
+        help=f"the study config's `{section}` settings as a JSON object, or @FILE holding "
+        f"it: what changes this stage's outputs. Keys left out take their defaults: "
+        f"{settings_keys(cls)}")
+
+
+def parse_settings(cls, text: str):
+    """``cls.from_dict`` of a ``--settings`` value (inline JSON or @FILE); a bad value is a
+    UsageError naming --settings and the key."""
+    from moebalance.errors import UsageError
+
+    try:
+        values = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+        return cls.from_dict(values)
+    except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise UsageError(f"--settings: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -213,7 +315,6 @@ def execution_settings(loop: dict[str, Any]) -> dict[str, Any]:
 def study_hash(config: dict[str, Any]) -> str:
     """A short hash naming a study: its whole config, execution knobs left out."""
     import hashlib
-    import json
 
     science = copy.deepcopy(config)
     for loop in (science.get("pretrain", {}), science.get("finetune", {}).get("train", {})):
@@ -228,3 +329,182 @@ def trained_length(pretrain_settings: dict[str, Any], finetune_settings: dict[st
     solutions longer than this are scored by positions no training step reached."""
     return max(loop.get("train", {}).get("seq_len", DEFAULT_SEQ_LEN)
                for loop in (pretrain_settings, finetune_settings))
+
+
+# ---- the data stages' settings ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HfDataset:
+    """One `corpus.hf_datasets` item: rows read with `datasets` (moebalance.data.corpus)."""
+
+    name: str                         # a Hub name (needs network), or a local folder of
+                                      # Parquet/JSON files or of `save_to_disk` output
+    config: str | None = None         # the dataset's configuration, as load_dataset takes it
+    split: str = "train"
+    streaming: bool = True            # stream the rows instead of loading the split first
+    text_field: str = "content"       # the column holding the text
+    path_field: str = "path"          # the column holding the file path (else SOURCE#ROW)
+    license_field: str | None = None  # a column holding each row's licence; non-open rows dropped
+    license: str | None = None        # the licence of every row, if no license_field
+    domain_field: str | None = None   # a column holding each row's domain
+    domain: str | None = None         # every row's domain, if no domain_field (else by path)
+    max_documents: int | None = None  # read at most this many rows; None: all
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HfDataset:
+        return settings_from_dict(cls, values, "hf_dataset")
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """The `corpus` section: the sources, filters and splits of moebalance.data.corpus."""
+
+    site_packages: bool = True        # installed distributions' files and METADATA (open licences)
+    site_packages_path: tuple[str, ...] | None = None  # look for distributions here; None: sys.path
+    site_packages_root: str | None = "moebalance"  # only its dependency closure; None: every one
+    stdlib: bool = True               # the running Python's standard-library source
+    include: tuple[str, ...] = ()     # extra local directories or glob patterns of source files
+    files: tuple[str, ...] = ()       # local .parquet/.jsonl tables with `text` and `path` columns
+    hf_datasets: tuple[HfDataset, ...] = ()
+    extensions: tuple[str, ...] = (".py",)  # file extensions read from the stdlib and include trees
+    min_bytes: int = 200              # documents outside [min_bytes, max_bytes] are dropped
+    max_bytes: int = 262144
+    max_documents: int | None = None  # per domain, a hash-chosen subset; None: the full corpus
+    val_fraction: float = 0.02        # of each domain's documents
+    test_fraction: float = 0.02
+    heldout_min_documents: int = 50   # per domain, in val and in test
+    heldout_min_bytes: int = 400_000  # per domain: >= 100k tokens at <= 4 bytes per token
+    near_duplicate_threshold: float = 0.8  # MinHash Jaccard over word shingles (BigCode's)
+    shingle_words: int = 5            # words per near-deduplication shingle
+    num_perm: int = 128               # MinHash permutations
+    decontamination_ngram: int = 13   # a document sharing a word n-gram with HumanEval is dropped
+
+    def __post_init__(self) -> None:
+        if not (self.site_packages or self.stdlib or self.include or self.files
+                or self.hf_datasets):
+            raise ValueError("corpus has no source: enable site_packages or stdlib, or give "
+                             "include, files or hf_datasets")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("corpus.val_fraction + corpus.test_fraction must be below 1")
+        if not 0 < self.near_duplicate_threshold <= 1:
+            raise ValueError("corpus.near_duplicate_threshold must be in (0, 1]")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CorpusSettings:
+        return settings_from_dict(cls, values, "corpus")
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """The `tokenizer` section: the byte-level BPE of moebalance.data.tokenizer."""
+
+    vocab_size: int = 8192
+    min_frequency: int = 2                    # merges seen fewer times are not learned
+    sample_bytes_per_domain: int = 4_000_000  # BPE training bytes per domain; 0: the whole split
+    model_max_length: int = 4096              # the tokenizer_config.json's model_max_length
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 258:
+            raise ValueError(f"tokenizer.vocab_size {self.vocab_size} is below 256 bytes + 2 "
+                             "special tokens")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TokenizerSettings:
+        return settings_from_dict(cls, values, "tokenizer")
+
+
+@dataclass(frozen=True)
+class SftDataSettings:
+    """The `sft` section: which mined (prompt, completion) pairs moebalance.data.sft_pairs
+    keeps, and how they split."""
+
+    min_completion_lines: int = 2     # fewest non-blank body lines
+    max_completion_lines: int = 40    # most non-blank body lines
+    max_prompt_chars: int = 2000      # imports + signature + docstring
+    min_docstring_chars: int = 20
+    val_fraction: float = 0.05        # of the pairs, by the hash of the prompt
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SftDataSettings:
+        return settings_from_dict(cls, values, "sft")
+
+
+@dataclass(frozen=True)
+class BaselinesSettings:
+    """The validation windows the count baselines are scored on: the `pretrain` keys that
+    choose them (moebalance.evaluation.baselines), with the pretraining loop's defaults."""
+
+    seq_len: int = TrainSettings.seq_len                    # tokens per validation window
+    micro_batch_size: int = TrainSettings.micro_batch_size  # windows per validation batch
+    eval_batches: int = TrainSettings.eval_batches          # validation batches scored
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BaselinesSettings:
+        return settings_from_dict(cls, values, "pretrain")
+
+
+# ---- the analysis stages' settings --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UtilizationSettings:
+    """The `analysis` keys of held-out routing (moebalance.analysis.utilization)."""
+
+    max_tokens: int = 16384       # held-out tokens per domain (each domain capped at this)
+    doc_tokens: int = 2048        # tokens taken from the start of each document at most
+    window: int = 256             # tokens per forward window (capped at the model's context - 1)
+    vocab_min_count: int = 10     # token ids seen fewer times are left out of vocab.parquet
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "doc_tokens", "window", "vocab_min_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"analysis.{name} must be at least 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> UtilizationSettings:
+        return settings_from_dict(cls, values, "analysis")
+
+
+@dataclass(frozen=True)
+class PrimaryEndpoint:
+    """One `analysis.primary` item: a pre-registered primary endpoint."""
+
+    metric: str                         # an identifier of moebalance.analysis.catalogue
+    better: Literal["lower", "higher"]  # the direction that counts as an improvement
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """The `analysis` keys of the comparison (moebalance.analysis.compare): the pair, the
+    pre-registered primaries with their equivalence margins, and the statistics."""
+
+    pair: tuple[str, str] = ("loss_free", "aux_loss")  # treatment, baseline: primaries test A - B
+    primary: tuple[PrimaryEndpoint, ...] = (          # Holm-adjusted together
+        PrimaryEndpoint("maxvio_global_pretrain", "lower"),
+        PrimaryEndpoint("heldout_bpb_pretrain", "lower"),
+        PrimaryEndpoint("solution_bpb", "lower"))
+    equivalence: dict[str, float] = dataclasses.field(default_factory=lambda: {  # TOST margins
+        "maxvio_global_pretrain": 0.05, "heldout_bpb_pretrain": 0.01, "solution_bpb": 0.01})
+    control_margin: float = 0.3   # nats/token every seed must beat the bigram's val loss by
+    bootstrap: int = 2000         # bootstrap replicates (two-stage resampling)
+    confidence: float = 0.95      # interval level; the tests run at alpha = 1 - confidence
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        metrics = [p.metric for p in self.primary]
+        if not metrics or len(set(metrics)) != len(metrics):
+            raise ValueError(f"analysis.primary must name each metric once; got {metrics}")
+        for metric in metrics:
+            if metric not in self.equivalence:
+                raise ValueError(f"analysis.equivalence has no margin for primary {metric!r}")
+        if not all(margin > 0 for margin in self.equivalence.values()):
+            raise ValueError("analysis.equivalence margins must be positive")
+        if not 0 < self.confidence < 1:
+            raise ValueError("analysis.confidence must be between 0 and 1")
+        if self.bootstrap < 10:
+            raise ValueError("analysis.bootstrap must be at least 10")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CompareSettings:
+        return settings_from_dict(cls, values, "analysis")

@@ -13,7 +13,14 @@ from snakemake.utils import min_version, validate
 from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
 from moebalance.config import (
+    BaselinesSettings,
+    CompareSettings,
+    CorpusSettings,
+    SftDataSettings,
+    TokenizerSettings,
+    UtilizationSettings,
     execution_settings,
+    section_of,
     sft_settings,
     study_hash,
     trained_length,
@@ -96,16 +103,13 @@ def checkpoint_dir(stage):
     return lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.variant}/seed{wildcards.seed}/{stage}"
 
 
-def primary_flags(analysis):
-    """`--primary METRIC:BETTER:MARGIN` for each pre-registered primary endpoint."""
-    flags = []
-    for primary in analysis["primary"]:
-        if primary["metric"] not in analysis["equivalence"]:
-            raise ValueError(f"analysis.equivalence has no margin for primary "
-                             f"{primary['metric']!r}")
-        margin = analysis["equivalence"][primary["metric"]]
-        flags.append(f"{primary['metric']}:{primary['better']}:{margin}")
-    return cli_flags({"primary": flags})
+def settings_param(cls, values):
+    """A stage's science settings (its config section, or the part of one that is its) as its
+    `--settings` param: validated now, so a bad value stops Snakemake before any job starts;
+    JSON with sorted keys, so a change re-runs exactly the stages it reaches. Keys left out
+    take their defaults in moebalance.config."""
+    cls.from_dict(values)
+    return json.dumps(values, sort_keys=True)
 
 
 def parent_of(kind, name):
@@ -123,25 +127,3 @@ def cli_flags(options):
                 continue
             flags.append(flag if item is True else f"{flag} {shlex.quote(str(item))}")
     return " ".join(flags)
-
-
-def corpus_flags(corpus):
-    """The corpus settings as `moebalance corpus` flags."""
-    return cli_flags({
-        "no_site_packages": not corpus["site_packages"],
-        "site_packages_root": corpus["site_packages_root"] or "all",
-        "no_stdlib": not corpus["stdlib"],
-        "include": corpus["include"],
-        "file": corpus["files"],
-        "hf_dataset": [json.dumps(spec, sort_keys=True) for spec in corpus["hf_datasets"]],
-        "extension": corpus["extensions"],
-        "min_bytes": corpus["min_bytes"],
-        "max_bytes": corpus["max_bytes"],
-        "max_documents": corpus["max_documents"],
-        "val_fraction": corpus["val_fraction"],
-        "test_fraction": corpus["test_fraction"],
-        "heldout_min_documents": corpus["heldout_min_documents"],
-        "heldout_min_bytes": corpus["heldout_min_bytes"],
-        "near_duplicate_threshold": corpus["near_duplicate_threshold"],
-        "ngram": corpus["decontamination_ngram"],
-    })

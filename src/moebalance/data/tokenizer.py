@@ -3,7 +3,7 @@
 Trained on the whole train split, the merges would follow its largest domain (Python
 library code is ~70% of the bytes) and C and prose would be tokenised almost byte by
 byte. So each domain contributes the same number of bytes (up to
-``--sample-bytes-per-domain``; a smaller domain contributes all it has), drawn in sha256
+``sample_bytes_per_domain``; a smaller domain contributes all it has), drawn in sha256
 order. The bytes per token of each domain, measured on the val split, go into
 ``moebalance_tokenizer.json``.
 
@@ -12,6 +12,8 @@ encodes and decodes back to itself exactly: no unknown token, no normalisation, 
 spaces and indentation survive (`clean_up_tokenization_spaces` is off for that reason).
 The folder loads with ``AutoTokenizer.from_pretrained``; ``moebalance_tokenizer.json``
 beside it records the special-token ids the other stages use.
+
+``--settings`` takes the config's `tokenizer` section (moebalance.config.TokenizerSettings).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from moebalance.config import TokenizerSettings, add_settings_argument, parse_settings
 from moebalance.io import atomic_path, write_json
 
 HELP = "train the byte-level BPE tokenizer on the train split"
@@ -32,7 +35,6 @@ EOT = "<|endoftext|>"
 PAD = "<|pad|>"
 META_FILE = "moebalance_tokenizer.json"
 ROUND_TRIP_CHECKS = 200
-SAMPLE_BYTES_PER_DOMAIN = 4_000_000
 log = logging.getLogger(__name__)
 
 
@@ -163,13 +165,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val", default=None,
                         help="val.parquet of the corpus stage, to measure bytes per token per "
                              "domain (default: measured on the training sample)")
-    parser.add_argument("--sample-bytes-per-domain", type=int, default=SAMPLE_BYTES_PER_DOMAIN,
-                        help="train on at most this many bytes of each domain (0: everything)")
     parser.add_argument("--out-dir", required=True, help="tokenizer folder to write")
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--min-frequency", type=int, default=2,
-                        help="merges seen fewer times than this are not learned")
-    parser.add_argument("--model-max-length", type=int, default=4096)
+    add_settings_argument(parser, TokenizerSettings, "tokenizer")
     add_tracking_arguments(parser)
 
 
@@ -177,21 +174,20 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
-    if args.vocab_size < 258:
-        raise UsageError(f"--vocab-size {args.vocab_size} is below 256 bytes + 2 special tokens")
+    settings = parse_settings(TokenizerSettings, args.settings)
     if not Path(args.train).is_file():
         raise UsageError(f"missing corpus train split {args.train}; run the corpus stage first")
     if args.val is not None and not Path(args.val).is_file():
         raise UsageError(f"missing corpus val split {args.val}")
-    sample = balanced_sample(read_split(args.train), args.sample_bytes_per_domain or None)
+    sample = balanced_sample(read_split(args.train), settings.sample_bytes_per_domain or None)
     texts = [text for domain_texts in sample.values() for text in domain_texts]
-    params = {"train": str(args.train), "vocab_size": args.vocab_size,
-              "min_frequency": args.min_frequency,
-              "sample_bytes_per_domain": args.sample_bytes_per_domain}
+    params = {"train": str(args.train), "vocab_size": settings.vocab_size,
+              "min_frequency": settings.min_frequency,
+              "sample_bytes_per_domain": settings.sample_bytes_per_domain}
     with stage_run(args, "tokenizer", params) as mlflow, \
             atomic_path(args.out_dir, directory=True) as tmp:
-        tokenizer = train_bpe(texts, args.vocab_size, args.min_frequency)
-        save_pretrained(tokenizer, tmp, args.model_max_length)
+        tokenizer = train_bpe(texts, settings.vocab_size, settings.min_frequency)
+        save_pretrained(tokenizer, tmp, settings.model_max_length)
         # Every document's exact round trip costs as much as encoding the corpus; check a
         # spread-out sample here and leave the exhaustive check to the tests.
         stride = max(1, len(texts) // ROUND_TRIP_CHECKS)

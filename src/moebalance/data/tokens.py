@@ -8,6 +8,9 @@ Layout of the output directory:
                          manifest's content hash, so later stages can tell corpora apart)
                          and, per split, the file, its number of tokens and documents
 
+The stage has no science settings of its own: the shards follow from the corpus and the
+tokenizer. Its one option, ``--batch-size``, is an execution knob.
+
 The trainer memory-maps a split with :func:`open_split` and samples fixed-length
 windows from it; nothing is loaded into RAM.
 """
@@ -75,7 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory with the train/val/test.parquet of the corpus stage")
     parser.add_argument("--tokenizer-dir", required=True, help="tokenizer folder (tokenizer stage)")
     parser.add_argument("--out-dir", required=True, help="directory to write the shards into")
-    parser.add_argument("--batch-size", type=int, default=256, help="documents per encode batch")
+    # An execution knob (the config's tokens.batch_size, outside the rule's params): each
+    # document is encoded on its own whatever the batch, so the shards do not depend on it.
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="documents per encode batch (speed only: the shards are the same)")
     add_tracking_arguments(parser)
 
 

@@ -11,8 +11,10 @@ the pretraining stage reports its validation loss on:
 minimiser). The scored tokens are the pretraining stage's fixed validation windows:
 ``eval_batches`` micro-batches of ``micro_batch_size`` windows of ``seq_len`` targets drawn
 with VAL_SEED from the val shard (see moebalance.training.batches), each target
-predicted from the token before it. They are a subset of the tuning data, so the bigram
-is, if anything, slightly favoured: a model clearing it clears a fairly tuned one.
+predicted from the token before it; ``--settings`` takes those three keys of the config's
+`pretrain` section (moebalance.config.BaselinesSettings). They are a subset of the tuning
+data, so the bigram is, if anything, slightly favoured: a model clearing it clears a
+fairly tuned one.
 
 Bits per byte divide the summed loss by the UTF-8 bytes of the scored targets: the
 tokenizer is byte-level BPE, so each character of a vocabulary entry stands for one
@@ -30,11 +32,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from moebalance.config import BaselinesSettings, add_settings_argument, parse_settings
 from moebalance.io import write_json
 
 HELP = "unigram and interpolated-bigram baselines on the held-out tokens the models are scored on"
@@ -146,25 +149,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-dir", required=True,
                         help="tokenizer folder with tokenizer.json (bytes per token)")
     parser.add_argument("--out", required=True, help="JSON file to write (baselines.json)")
-    for flag, what in (("--seq-len", "seq_len: the validation windows' length"),
-                       ("--micro-batch-size", "micro_batch_size: windows per validation batch"),
-                       ("--eval-batches", "eval_batches: validation batches scored")):
-        parser.add_argument(flag, type=int, default=None,
-                            help=f"pretrain {what} (default: the pretrain default)")
+    add_settings_argument(parser, BaselinesSettings, "pretrain")
     add_tracking_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
-    from moebalance.config import TrainSettings
     from moebalance.data.tokens import open_split, read_meta
     from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
-    for key in ("seq_len", "micro_batch_size", "eval_batches"):
-        if getattr(args, key) is None:
-            setattr(args, key, getattr(TrainSettings, key))
+    windows = parse_settings(BaselinesSettings, args.settings)
     meta_path = Path(args.tokens_dir) / "meta.json"
     tok_path = Path(args.tokenizer_dir) / "tokenizer.json"
     for path, stage in ((meta_path, "tokens"), (tok_path, "tokenizer")):
@@ -172,11 +168,11 @@ def run(args: argparse.Namespace) -> None:
             raise UsageError(f"missing {path}; run the {stage} stage first")
     try:
         train, val = open_split(args.tokens_dir, "train"), open_split(args.tokens_dir, "val")
-        prev, nxt = scored_pairs(val, args.seq_len, args.micro_batch_size, args.eval_batches)
+        prev, nxt = scored_pairs(val, windows.seq_len, windows.micro_batch_size,
+                                 windows.eval_batches)
     except (KeyError, ValueError) as err:
         raise UsageError(f"{args.tokens_dir}: {err}") from err
-    params = {"tokens_dir": str(args.tokens_dir), "seq_len": args.seq_len,
-              "micro_batch_size": args.micro_batch_size, "eval_batches": args.eval_batches}
+    params = {"tokens_dir": str(args.tokens_dir), **asdict(windows)}
     with stage_run(args, "baselines", params) as mlflow:
         log.info("counting %d train tokens", len(train))
         model = CountModel.fit(train, read_meta(args.tokens_dir)["vocab_size"])
@@ -184,8 +180,9 @@ def run(args: argparse.Namespace) -> None:
         log.info("lambda %.4f tuned on %d val tokens", lam, len(val))
         result = baselines(model, lam, prev, nxt, token_bytes(Tokenizer.from_file(str(tok_path))))
         result["scored_on"] = (
-            f"the pretrain validation targets: {args.eval_batches} batches x "
-            f"{args.micro_batch_size} windows x {args.seq_len} tokens of val.bin (VAL_SEED); "
+            f"the pretrain validation targets: {windows.eval_batches} batches x "
+            f"{windows.micro_batch_size} windows x {windows.seq_len} tokens of val.bin "
+            "(VAL_SEED); "
             f"lambda tuned on all {len(val)} val tokens")
         write_json(result, args.out)
         log.info("unigram %.4f, bigram %.4f nats/token on %d tokens",
