@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.out:
         import pyarrow as pa
 
-        from moebalance.io import write_parquet
+        from moebalance.atomic import write_parquet
 
         write_parquet(pa.Table.from_pylist(rows), args.out)
     return rows

@@ -416,7 +416,7 @@ class TokenizerSettings:
 
 @dataclass(frozen=True)
 class SftDataSettings:
-    """The `sft` section: which mined (prompt, completion) pairs moebalance.data.sft_pairs
+    """The `sft_data` section: which mined (prompt, completion) pairs moebalance.data.sft_pairs
     keeps, and how they split."""
 
     min_completion_lines: int = 2     # fewest non-blank body lines

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from moebalance.io import write_json
+from moebalance.atomic import write_json
 from moebalance.tracking import (
     DEFAULT_EXPERIMENT,
     DEFAULT_STORE,

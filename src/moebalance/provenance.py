@@ -146,7 +146,7 @@ def describe(records: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[str
 def write(path: str | Path, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write this process's fingerprint, with ``data`` (what the run read, e.g. the corpus
     hash), to ``path`` (atomically) and return it."""
-    from moebalance.io import write_json
+    from moebalance.atomic import write_json
 
     record = {**fingerprint(), **(data or {})}
     write_json(record, path)

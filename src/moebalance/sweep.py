@@ -265,8 +265,8 @@ def run(args: argparse.Namespace) -> None:
 
     import pandas as pd
 
+    from moebalance.atomic import atomic_path, write_json
     from moebalance.errors import UsageError
-    from moebalance.io import atomic_path, write_json
 
     text = args.sweep
     try:

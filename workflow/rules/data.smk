@@ -87,7 +87,7 @@ rule sft_data:
         val=f"{DATA}/sft/val.parquet",
     params:
         out_dir=parent_of("output", "train"),
-        settings=settings_param(SftDataSettings, config["sft"]),
+        settings=settings_param(SftDataSettings, config["sft_data"]),
         code=stage_code("sft-data"),
     log:
         f"{LOGS}/sft_data.log",

@@ -71,7 +71,7 @@ def plan_of(settings: CompareSettings):
 
 
 def write_tables(tables_dir: Path, frames: dict, texts: dict) -> list[Path]:
-    from moebalance.io import atomic_path
+    from moebalance.atomic import atomic_path
 
     written = []
     for name, df in frames.items():
@@ -148,8 +148,8 @@ def load_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
 def update_readme(readme: Path, answer: str) -> None:
     """Write the answer between the README's markers (see claims.fill_readme)."""
     from moebalance.analysis import claims
+    from moebalance.atomic import atomic_path
     from moebalance.errors import UsageError
-    from moebalance.io import atomic_path
 
     try:
         text = claims.fill_readme(readme.read_text(), answer)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from moebalance.analysis.catalogue import metric
-from moebalance.io import atomic_path
+from moebalance.atomic import atomic_path
 
 
 def _save(fig, path: Path) -> Path:

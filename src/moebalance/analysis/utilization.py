@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from moebalance.io import atomic_path, write_json
+    from moebalance.atomic import atomic_path, write_json
     from moebalance.tracking import stage_run
 
     check_arguments(args)

@@ -53,10 +53,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moebalance.atomic import atomic_path, write_json, write_parquet
 from moebalance.config import CorpusSettings, HfDataset, add_settings_argument, parse_settings
 from moebalance.data import site_packages
 from moebalance.data.site_packages import DOMAINS, Candidate
-from moebalance.io import atomic_path, write_json, write_parquet
 
 HELP = "gather, label, de-duplicate, decontaminate and split the corpus"
 SPLITS = ("train", "val", "test")

@@ -27,8 +27,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moebalance.atomic import atomic_path, write_parquet
 from moebalance.config import SftDataSettings, add_settings_argument, parse_settings
-from moebalance.io import atomic_path, write_parquet
 
 HELP = "mine HumanEval-style (prompt, completion) pairs from the train split for SFT"
 SFT_SCHEMA = pa.schema([("prompt", pa.string()), ("completion", pa.string()),

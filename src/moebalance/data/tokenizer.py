@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from moebalance.atomic import atomic_path, write_json
 from moebalance.config import TokenizerSettings, add_settings_argument, parse_settings
-from moebalance.io import atomic_path, write_json
 
 HELP = "train the byte-level BPE tokenizer on the train split"
 EOT = "<|endoftext|>"

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from moebalance.atomic import atomic_path, write_json
 from moebalance.data.corpus import corpus_hash_of
-from moebalance.io import atomic_path, write_json
 
 HELP = "encode the train/val corpus splits into memory-mappable token shards"
 SPLITS = ("train", "val")

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moebalance.atomic import write_json
 from moebalance.config import BaselinesSettings, add_settings_argument, parse_settings
-from moebalance.io import write_json
 
 HELP = "unigram and interpolated-bigram baselines on the held-out tokens the models are scored on"
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ import argparse
 import json
 import logging
 
+from moebalance.atomic import atomic_path
 from moebalance.evaluation.humaneval import (
     STOP_SEQUENCES,
     add_model_arguments,
     load_inputs,
     truncate_at_stop,
 )
-from moebalance.io import atomic_path
 
 HELP = "generate HumanEval completions (samples.jsonl) with a trained model"
 log = logging.getLogger(__name__)

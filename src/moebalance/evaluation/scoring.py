@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from moebalance.atomic import atomic_path, write_json, write_parquet
 from moebalance.errors import UsageError
 from moebalance.evaluation.humaneval import load_problems, nll_means_of_file
 from moebalance.evaluation.sandbox import (
@@ -48,7 +49,6 @@ from moebalance.evaluation.sandbox import (
     Program,
     SandboxPool,
 )
-from moebalance.io import atomic_path, write_json, write_parquet
 
 HELP = "run human-eval samples against their tests in a sandbox; write verdicts and pass@k"
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ import math
 
 import pyarrow as pa
 
+from moebalance.atomic import write_parquet
 from moebalance.evaluation.humaneval import add_model_arguments, load_inputs, nll_means
-from moebalance.io import write_parquet
 
 HELP = "NLL and bits per byte of every HumanEval canonical solution given its prompt"
 NLL_SCHEMA = pa.schema([("task_id", pa.string()), ("nll", pa.float64()),

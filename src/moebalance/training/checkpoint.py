@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from moebalance.io import atomic_path
+from moebalance.atomic import atomic_path
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 

@@ -173,7 +173,7 @@ def write_outputs(trainer, telemetry, out: Path, tokenizer_dir: str | None, snap
     """model/ (with the tokenizer files, so it loads on its own), snapshots/ when asked,
     metrics.parquet, routing.parquet and provenance.json; returns the provenance record."""
     from moebalance import provenance
-    from moebalance.io import atomic_path, write_parquet
+    from moebalance.atomic import atomic_path, write_parquet
 
     with atomic_path(out / "model", directory=True) as tmp:
         trainer.model.save_pretrained(tmp)

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from moebalance.io import atomic_path
+from moebalance.atomic import atomic_path
 
 
 def test_failure_leaves_the_previous_output_untouched(tmp_path):
@@ -33,7 +33,7 @@ def test_a_killed_writer_leaves_no_output_and_the_next_run_cleans_up(tmp_path):
     target = tmp_path / "corpus"
     script = textwrap.dedent(f"""
         import os, signal
-        from moebalance.io import atomic_path
+        from moebalance.atomic import atomic_path
         with atomic_path({str(target)!r}, directory=True) as tmp:
             (tmp / "part").write_text("half")
             os.kill(os.getpid(), signal.SIGKILL)
