@@ -15,10 +15,10 @@ from moebalance.data.corpus import (
     assign_splits,
     build_corpus,
     contamination,
-    corpus_hash_of,
     humaneval_ngrams,
     split_key,
 )
+from moebalance.data.corpus_files import corpus_hash_of
 from moebalance.data.site_packages import domain_of, kind_of, parse_license
 
 WORDS = ("alpha beta gamma delta value index total count result item node tree graph "

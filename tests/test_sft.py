@@ -13,7 +13,7 @@ from moe_helpers import TINY, assert_same_weights, kill_at_first_checkpoint
 
 from moebalance.cli import main
 from moebalance.config import ModelSettings, sft_settings
-from moebalance.data.tokenizer import encode_continuation, heal_prompt
+from moebalance.data.encoding import encode_continuation, heal_prompt
 from moebalance.model import build_model
 from moebalance.training.batches import IGNORE_INDEX
 from moebalance.training.sft import PairBatches

@@ -7,19 +7,6 @@ from moebalance.cli import STAGES
 from moebalance.codehash import SOURCE_ROOT, direct_imports
 
 STAGE_MODULES = frozenset(STAGES.values())
-# Stage modules that still hold helpers other stages import, left for a later move (issue 9):
-# data.corpus holds corpus_hash_of, data.tokens the token-file readers (open_split,
-# read_meta), data.tokenizer the prompt tokenization (encode_continuation, heal_prompt).
-STILL_IMPORTED = {
-    "moebalance.data.tokens": {"moebalance.data.corpus"},
-    "moebalance.evaluation.baselines": {"moebalance.data.tokens"},
-    "moebalance.training.pretrain": {"moebalance.data.tokens"},
-    "moebalance.training.sft": {"moebalance.data.tokenizer"},
-    "moebalance.evaluation.generate": {"moebalance.data.tokenizer"},
-    "moebalance.evaluation.solution_nll": {"moebalance.data.tokenizer"},
-}
-
-
 def stages_imported_by(stage: str, stages=STAGE_MODULES, root=SOURCE_ROOT) -> set[str]:
     """The other modules of ``stages`` that ``stage`` imports, at top level or inside
     functions, itself or through the helper modules it imports (the walk stops at each
@@ -56,12 +43,5 @@ def test_a_stage_reached_lazily_through_a_helper_counts(tmp_path):
 
 @pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
 def test_a_stage_imports_no_other_stage(stage):
-    allowed = STILL_IMPORTED.get(stage, set())
-    assert stages_imported_by(stage) - allowed == set(), (
+    assert stages_imported_by(stage) == set(), (
         f"{stage} imports another stage; move what they share into a helper module")
-
-
-@pytest.mark.parametrize("stage", sorted(STILL_IMPORTED))
-def test_the_list_of_stage_imports_left_is_current(stage):
-    """Once a helper moves out of a stage module, its entry above goes too."""
-    assert STILL_IMPORTED[stage] <= stages_imported_by(stage)

@@ -8,9 +8,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from moebalance.cli import main
-from moebalance.data.corpus import corpus_hash_of
+from moebalance.data.corpus_files import corpus_hash_of
+from moebalance.data.shards import open_split, read_meta
 from moebalance.data.tokenizer import balanced_sample
-from moebalance.data.tokens import open_split, read_meta
 
 TEXTS = [
     "def f(x):\n    return x  # trailing spaces   \n",

@@ -56,10 +56,10 @@ import pyarrow.parquet as pq
 from moebalance.atomic import atomic_path, write_json, write_parquet
 from moebalance.config import CorpusSettings, HfDataset, add_settings_argument, parse_settings
 from moebalance.data import site_packages
+from moebalance.data.corpus_files import SPLITS, content_hash
 from moebalance.data.site_packages import DOMAINS, Candidate
 
 HELP = "gather, label, de-duplicate, decontaminate and split the corpus"
-SPLITS = ("train", "val", "test")
 REMOVAL_STEPS = ("license", "subset", "format", "size", "exact", "near_duplicate",
                  "decontamination")
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -458,28 +458,6 @@ def to_row(doc: Document) -> dict:
             "domain": doc.domain, "text": doc.text, "sha256": digest,
             "distribution": doc.distribution, "version": doc.version,
             "license": doc.license, "kind": doc.kind}
-
-
-def content_hash(rows_by_split: dict[str, Iterable[dict]]) -> str:
-    """A hash of the corpus content: per split, each document's sha256 and domain in
-    file order. Two corpora with equal hashes train on the same text."""
-    digest = hashlib.sha256()
-    for split in SPLITS:
-        digest.update(f"{split}\n".encode())
-        for row in rows_by_split[split]:
-            digest.update(f"{row['sha256']}\t{row['domain']}\n".encode())
-    return digest.hexdigest()
-
-
-def corpus_hash_of(corpus_dir: str | os.PathLike) -> str:
-    """:func:`content_hash` of a written corpus (every split parquet in ``corpus_dir``)."""
-    rows = {}
-    for split in SPLITS:
-        path = Path(corpus_dir) / f"{split}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"missing corpus split {path}")
-        rows[split] = pq.read_table(path, columns=["sha256", "domain"]).to_pylist()
-    return content_hash(rows)
 
 
 def size_table(rows: dict[str, list[dict]]) -> dict:

@@ -11,8 +11,8 @@ Layout of the output directory:
 The stage has no science settings of its own: the shards follow from the corpus and the
 tokenizer. Its one option, ``--batch-size``, is an execution knob.
 
-The trainer memory-maps a split with :func:`open_split` and samples fixed-length
-windows from it; nothing is loaded into RAM.
+The trainer memory-maps a split with :func:`moebalance.data.shards.open_split` and samples
+fixed-length windows from it; nothing is loaded into RAM.
 """
 
 from __future__ import annotations
@@ -20,32 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from moebalance.atomic import atomic_path, write_json
-from moebalance.data.corpus import corpus_hash_of
+from moebalance.data.corpus_files import corpus_hash_of
 
 HELP = "encode the train/val corpus splits into memory-mappable token shards"
 SPLITS = ("train", "val")
 log = logging.getLogger(__name__)
-
-
-def read_meta(tokens_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(tokens_dir) / "meta.json").read_text())
-
-
-def open_split(tokens_dir: str | os.PathLike, split: str) -> np.memmap:
-    """The token ids of one split, memory-mapped read-only (1-D)."""
-    meta = read_meta(tokens_dir)
-    if split not in meta["splits"]:
-        raise KeyError(f"split {split!r} not in {Path(tokens_dir) / 'meta.json'}")
-    info = meta["splits"][split]
-    return np.memmap(Path(tokens_dir) / info["file"], dtype=np.dtype(meta["dtype"]), mode="r",
-                     shape=(info["n_tokens"],))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

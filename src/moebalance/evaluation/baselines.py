@@ -156,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
-    from moebalance.data.tokens import open_split, read_meta
+    from moebalance.data.shards import open_split, read_meta
     from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 

@@ -3,7 +3,7 @@
 The prompt is each problem's ``prompt`` unchanged; the completion is the generated text
 after it, cut at the first stop sequence (``STOP_SEQUENCES`` in evaluation/humaneval.py,
 which holds what the HumanEval stages share). The prompt's trailing newline token is healed
-(:func:`moebalance.data.tokenizer.heal_prompt`): generation resumes before it and its
+(:func:`moebalance.data.encoding.heal_prompt`): generation resumes before it and its
 first token must start with a newline, so the model can emit the newline-plus-indent
 token that code shows in training instead of facing a lone newline it only ever saw at
 the end of a file. Generation is batched with the KV cache and
@@ -76,7 +76,7 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
     import torch
     from transformers import LogitsProcessorList
 
-    from moebalance.data.tokenizer import heal_prompt
+    from moebalance.data.encoding import heal_prompt
 
     do_sample = temperature > 0
     healed = [heal_prompt(tokenizer, p) for p in prompts]

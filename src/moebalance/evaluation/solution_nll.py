@@ -16,7 +16,7 @@ pretraining taught (REFERENCE.md §5); ``*_all`` means cover every problem.
 
 Prompt and solution are tokenized as one text (as code appears in training); the tokens
 holding any solution character are scored, the one straddling the boundary included
-(see :func:`moebalance.data.tokenizer.encode_continuation`).
+(see :func:`moebalance.data.encoding.encode_continuation`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def solution_nll(model, tokenizer, prompt: str, solution: str) -> tuple[float, i
     ``solution`` following ``prompt``."""
     import torch
 
-    from moebalance.data.tokenizer import encode_continuation
+    from moebalance.data.encoding import encode_continuation
 
     token_ids, first = encode_continuation(tokenizer, prompt, solution)
     if first == len(token_ids):

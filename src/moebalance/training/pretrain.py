@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from moebalance.data.tokens import open_split, read_meta
+    from moebalance.data.shards import open_split, read_meta
     from moebalance.errors import UsageError
     from moebalance.model import build_model
     from moebalance.training.batches import VAL_SEED, TokenWindows

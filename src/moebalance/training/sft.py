@@ -45,9 +45,9 @@ class PairBatches:
         """(token ids of prompt + completion + eot, True where the token is a target).
 
         Prompt and completion are tokenized as one text, the way generation and the
-        solution NLL see them (:func:`moebalance.data.tokenizer.encode_continuation`).
+        solution NLL see them (:func:`moebalance.data.encoding.encode_continuation`).
         """
-        from moebalance.data.tokenizer import encode_continuation
+        from moebalance.data.encoding import encode_continuation
 
         token_ids, first = encode_continuation(tokenizer, prompt, completion)
         ids = np.array(token_ids + [tokenizer.eos_token_id], dtype=np.int64)
