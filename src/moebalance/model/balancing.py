@@ -125,7 +125,8 @@ def smebu_step(counts_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torc
 # ---------------------------------------------------------------------------- the strategies
 
 
-STRATEGIES: dict[str, type[Strategy]] = {}  # filled by Strategy.__init_subclass__
+STRATEGIES: dict[str, type[Strategy]] = {}  # filled by Strategy.__init_subclass__, in
+# definition order, which is also the order of the loss columns of metrics.parquet
 
 
 def option(default: Any, *, description: str = "", **bounds: float) -> Any:
@@ -211,19 +212,6 @@ class SeqAuxLoss(LayerMeanLoss):
 
 
 @dataclass
-class ZLoss(LayerMeanLoss):
-    """Router z-loss: keeps logits small; combinable with any strategy."""
-
-    name: ClassVar[str] = "z_loss"
-    beta: float = option(1e-3, minimum=0, description="coefficient of the loss term")
-
-    coefficient = property(lambda self: self.beta)
-
-    def per_layer(self, router):
-        return router_z_loss(router.record)
-
-
-@dataclass
 class GlobalAuxLoss(Strategy):
     """Batch-wise balance loss: f_i over the global batch (Qwen; DeepSeek-V3 §4.5.3).
 
@@ -302,6 +290,19 @@ class Smebu(Strategy):
 
     def load_state_dict(self, state):
         self.velocity_LE = state.get("velocity_LE")
+
+
+@dataclass
+class ZLoss(LayerMeanLoss):
+    """Router z-loss: keeps logits small; combinable with any strategy."""
+
+    name: ClassVar[str] = "z_loss"
+    beta: float = option(1e-3, minimum=0, description="coefficient of the loss term")
+
+    coefficient = property(lambda self: self.beta)
+
+    def per_layer(self, router):
+        return router_z_loss(router.record)
 
 
 @dataclass
