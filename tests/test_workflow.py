@@ -71,23 +71,34 @@ def test_schema_fills_in_defaults(workdir):
 
 def test_stage_settings_left_out_take_the_settings_classes_defaults(workdir):
     """A key the config leaves out is left out of the stage's --settings, which the stage
-    reads with its settings class's default (config.yaml sets no utilization key and no
-    corpus.extensions)."""
+    reads with its settings class's default (config.yaml sets no utilization key, no
+    corpus.extensions and no humaneval.memory_gib)."""
     import shlex
 
-    from moebalance.config import CorpusSettings, UtilizationSettings, parse_settings
+    from moebalance.config import (
+        CorpusSettings,
+        ScoreSettings,
+        UtilizationSettings,
+        parse_settings,
+    )
 
     proc = run_snakemake(workdir, "-n", "-p")
     commands = [shlex.split(line.split("Shell command:", 1)[1])
-                for line in proc.stdout.splitlines() if "Shell command: moebalance " in line]
-    settings = {words[1]: words[words.index("--settings") + 1] for words in commands
-                if "--settings" in words}
-    assert {"corpus", "tokenizer", "sft-data", "baselines", "utilization", "compare"} <= \
-        set(settings)
+                for line in proc.stdout.splitlines() if "Shell command:" in line]
+    # `moebalance STAGE ...`, some after an environment assignment (OMP_NUM_THREADS=1)
+    settings = {words[words.index("moebalance") + 1]: words[words.index("--settings") + 1]
+                for words in commands if "moebalance" in words and "--settings" in words}
+    assert {"corpus", "tokenizer", "sft-data", "baselines", "utilization", "compare",
+            "generate", "solution-nll", "score"} <= set(settings)
     assert settings["utilization"] == "{}"
     assert parse_settings(UtilizationSettings, settings["utilization"]).window == 256
     assert "extensions" not in json.loads(settings["corpus"])
     assert parse_settings(CorpusSettings, settings["corpus"]).extensions == (".py",)
+    # the shared `humaneval` section: each stage gets its own keys only
+    assert json.loads(settings["score"]) == {"timeout": 3.0, "isolation": "process-pair"}
+    assert parse_settings(ScoreSettings, settings["score"]).memory_gib == 4.0
+    assert "timeout" not in json.loads(settings["generate"])
+    assert json.loads(settings["solution-nll"]) == {"fit_tokens": 256}  # the trained length
 
 
 @pytest.mark.e2e
