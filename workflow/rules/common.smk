@@ -118,15 +118,3 @@ def settings_param(cls, values):
 def parent_of(kind, name):
     """A params function: the folder holding the named input or output file."""
     return lambda wildcards, input, output: str(Path(dict(input=input, output=output)[kind][name]).parent)
-
-
-def cli_flags(options):
-    """`--key value` flags from a mapping; lists repeat the flag, None and False are left out."""
-    flags = []
-    for key, value in options.items():
-        flag = f"--{key.replace('_', '-')}"
-        for item in value if isinstance(value, list) else [value]:
-            if item is None or item is False:
-                continue
-            flags.append(flag if item is True else f"{flag} {shlex.quote(str(item))}")
-    return " ".join(flags)
