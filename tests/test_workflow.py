@@ -35,12 +35,20 @@ def test_dag_dry_runs(workdir, config):
 
 
 def test_long_study_tune_phase_plans_the_grid_on_the_tuning_seeds(workdir):
-    proc = run_snakemake(workdir, "sweep_select", "-n", "--configfile", "config/long.yaml",
+    import shlex
+
+    from moebalance.config import SweepSettings, parse_settings
+
+    proc = run_snakemake(workdir, "sweep_select", "-n", "-p", "--configfile", "config/long.yaml",
                          "--config", "sweep={phase: tune}")
     assert {"pretrain", "sweep_select"} <= planned_jobs(proc.stdout)
     assert "runs/aux_loss@alpha=1e-3/seed100/pretrain/metrics.parquet" in proc.stdout
     assert "runs/loss_free@gamma=3e-2/seed101/pretrain/metrics.parquet" in proc.stdout
     assert "seed0/" not in proc.stdout  # the reporting seeds are not trained for tuning
+    select = next(shlex.split(line.split("Shell command:", 1)[1])
+                  for line in proc.stdout.splitlines() if "moebalance sweep-select" in line)
+    sweep = parse_settings(SweepSettings, select[select.index("--settings") + 1])
+    assert sweep.seeds == (100, 101) and sweep.selection.max_maxvio == 0.2
 
 
 def test_negative_vocab_size_fails_naming_the_key(workdir):

@@ -573,3 +573,40 @@ class ScoreSettings:
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.memory_gib <= 0:
             raise ValueError("humaneval.timeout and humaneval.memory_gib must be positive")
+
+
+# ---- fair tuning ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """One `sweep.grids` item: one setting of a base variant, a grid point per value."""
+
+    base: str                                      # the variant whose setting is swept
+    key: str                                       # its dotted path, e.g. balancing.aux_loss.alpha
+    values: tuple[bool | int | float | str, ...]   # each value becomes one variant
+
+
+@dataclass(frozen=True)
+class SweepSelection:
+    """`sweep.selection`: the stated rule, fixed before any run."""
+
+    max_maxvio: float = 0.2     # eligible: seed-mean held-out MaxVio_global at most this
+    late_fraction: float = 0.1  # sizes only the table's maxvio_late (last steps' batches)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The `sweep` section (moebalance.sweep): grids over one setting of a base variant, run
+    on their own seeds in the tune phase; the report phase applies the chosen values."""
+
+    phase: Literal["tune", "report"] = "report"  # tune: the study is the grid on `seeds`
+    seeds: tuple[int, ...] = ()        # tuning seeds, disjoint from the reporting `seeds`
+    grids: dict[str, SweepGrid] = dataclasses.field(default_factory=dict)
+    references: tuple[str, ...] = ()   # variants run unchanged on the tuning seeds, as points
+                                       # of the frontier figure; never chosen
+    selection: SweepSelection = SweepSelection()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SweepSettings:
+        return settings_from_dict(cls, values, "sweep")

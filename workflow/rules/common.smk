@@ -20,6 +20,7 @@ from moebalance.config import (
     ScoreSettings,
     SftDataSettings,
     SolutionNllSettings,
+    SweepSettings,
     TokenizerSettings,
     UtilizationSettings,
     execution_settings,
@@ -29,7 +30,7 @@ from moebalance.config import (
     trained_length,
     variant_settings,
 )
-from moebalance.sweep import apply_sweep, read_choice
+from moebalance.sweep import apply_sweep, read_choice, sweep_settings
 
 min_version("9.0")
 
@@ -38,6 +39,7 @@ min_version("9.0")
 validate(config, "../schemas/config.schema.yaml")
 
 # Sweep grids become ordinary variants (tune phase) or their chosen values (report phase).
+SWEEP = sweep_settings(config)
 config.update(apply_sweep(config, read_choice(config)))
 
 RESULTS = config["results"]
