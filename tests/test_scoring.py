@@ -147,7 +147,7 @@ def test_the_isolation_mode_is_recorded_and_listed_tasks_run_in_process(tmp_path
     samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", ""), ("HumanEval/3", "")])
     for mode, expected in (("process-pair", ["process-pair", "in-process"]),
                            ("in-process", ["in-process", "in-process"])):
-        summary = score(samples, tmp_path / mode, "--isolation", mode)
+        summary = score(samples, tmp_path / mode, "--settings", json.dumps({"isolation": mode}))
         assert summary["isolation"] == mode
         table = pq.read_table(tmp_path / mode / "executions.parquet")
         assert table.column("isolation").to_pylist() == expected
@@ -155,10 +155,18 @@ def test_the_isolation_mode_is_recorded_and_listed_tasks_run_in_process(tmp_path
 
 def test_an_unknown_isolation_mode_is_a_usage_error(tmp_path, capsys):
     samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", "")])
-    with pytest.raises(SystemExit) as exit_:
-        main(["score", str(samples), "--out", str(tmp_path / "out"), "--isolation", "none"])
-    assert exit_.value.code == 2
-    assert "process-pair" in capsys.readouterr().err
+    assert main(["score", str(samples), "--out", str(tmp_path / "out"),
+                 "--settings", '{"isolation": "none"}']) == 2
+    err = capsys.readouterr().err
+    assert "--settings" in err and "humaneval.isolation" in err and "process-pair" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_nonpositive_timeout_is_a_usage_error_naming_the_key(tmp_path, capsys):
+    samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", "")])
+    assert main(["score", str(samples), "--out", str(tmp_path / "out"),
+                 "--settings", '{"timeout": 0}']) == 2
+    assert "--settings: humaneval.timeout" in capsys.readouterr().err
 
 
 def test_help_works(capsys):
@@ -166,7 +174,8 @@ def test_help_works(capsys):
         main(["score", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "--timeout" in out and "--isolation" in out and "process-pair" in out
+    assert "--settings" in out and "timeout=3.0" in out and 'isolation="process-pair"' in out
+    assert "--workers" in out
 
 
 def test_missing_samples_file_is_a_usage_error_naming_it(tmp_path, capsys):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from moebalance.cli import main
+from moebalance.config import SweepSettings
 from moebalance.sweep import (
     apply_sweep,
     choice_of,
@@ -34,6 +35,10 @@ CONFIG = {
 
 def tune(config=CONFIG):
     return {**config, "sweep": {**config["sweep"], "phase": "tune"}}
+
+
+def settings(sweep: dict) -> SweepSettings:
+    return SweepSettings.from_dict(sweep)
 
 
 @pytest.mark.parametrize(("value", "spelled"), [(0.001, "1e-3"), (0.025, "2.5e-2"),
@@ -96,7 +101,7 @@ def synthetic_runs():
 
 
 def test_rule_picks_lowest_val_loss_among_points_within_the_maxvio_target():
-    table = sweep_table(CONFIG["sweep"], synthetic_runs())
+    table = sweep_table(settings(CONFIG["sweep"]), synthetic_runs())
     row = table.set_index("variant").loc["aux_loss@alpha=1e-2"]
     assert row["val_loss"] == pytest.approx(3.05) and row["maxvio"] == pytest.approx(0.4)
     # two seeds 0.02 apart in loss: SD = 0.02 / sqrt(2)
@@ -106,7 +111,7 @@ def test_rule_picks_lowest_val_loss_among_points_within_the_maxvio_target():
 
 
 def test_choice_says_when_no_point_met_the_target():
-    choice = choice_of(sweep_table(CONFIG["sweep"], synthetic_runs()))
+    choice = choice_of(sweep_table(settings(CONFIG["sweep"]), synthetic_runs()))
     assert choice["aux_loss"]["met_target"] is True
     assert choice["loss_free"] == pytest.approx({
         "variant": "loss_free@gamma=2.5e-2", "key": "balancing.loss_free.gamma", "value": 0.025,
@@ -117,7 +122,7 @@ def test_a_missing_tuning_run_is_an_error_naming_the_point():
     runs = synthetic_runs()
     del runs[("aux_loss@alpha=1e-1", 101)]
     with pytest.raises(ValueError, match="aux_loss@alpha=1e-1: 1 of 2"):
-        sweep_table(CONFIG["sweep"], runs)
+        sweep_table(settings(CONFIG["sweep"]), runs)
 
 
 def routing_rows(loads_by_step):
@@ -149,7 +154,7 @@ def test_references_run_on_the_tuning_seeds_and_are_never_chosen():
     assert study["variants"]["none"] == CONFIG["variants"]["none"]
     runs = {**synthetic_runs(), **{("none", seed): {"val_loss": 2.0, "maxvio": 0.0,
                                                     "maxvio_late": 0.0} for seed in (100, 101)}}
-    table = sweep_table(config["sweep"], runs).set_index("variant")
+    table = sweep_table(settings(config["sweep"]), runs).set_index("variant")
     assert table.loc["none", "grid"] == "reference"
     assert not table.loc["none", "eligible"] and not table.loc["none", "chosen"]
     assert table["chosen"].sum() == 2  # one per grid, as without the reference
@@ -177,7 +182,7 @@ def test_stage_writes_table_choice_and_frontier_from_run_files(tmp_path):
     baselines.write_text(json.dumps({"tokens": 100, "bytes": 300,
                                      "bigram": {"nats_per_token": 4.0, "bits_per_byte": 1.9}}))
     table, choice, figure = tmp_path / "sweep.csv", tmp_path / "choice.json", tmp_path / "f.png"
-    assert main(["sweep-select", "--sweep", json.dumps(sweep), "--runs", str(tmp_path / "runs"),
+    assert main(["sweep-select", "--settings", json.dumps(sweep), "--runs", str(tmp_path / "runs"),
                  "--table", str(table), "--choice", str(choice), "--figure", str(figure),
                  "--baselines", str(baselines)]) == 0
     written = pd.read_csv(table)
@@ -197,5 +202,20 @@ def test_frontier_draws_grids_of_any_value_type_without_baselines(tmp_path):
             ("rule@rule=proportional", 100): {"val_loss": 3.1, "maxvio": 0.3,
                                                "maxvio_late": 0.2},
             ("none", 100): {"val_loss": 3.2, "maxvio": 2.0, "maxvio_late": 2.0}}
-    path = frontier(sweep_table(sweep, runs), [100], tmp_path / "frontier.png")
+    path = frontier(sweep_table(settings(sweep), runs), [100], tmp_path / "frontier.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_bad_selection_key_is_a_usage_error_naming_settings_and_the_key(tmp_path, capsys):
+    sweep = {"seeds": [100], "selection": {"max_maxvoi": 0.2}}
+    assert main(["sweep-select", "--settings", json.dumps(sweep), "--runs", str(tmp_path),
+                 "--table", str(tmp_path / "t.csv"), "--choice", str(tmp_path / "c.json")]) == 2
+    assert "--settings: unknown key(s) in sweep.selection: max_maxvoi" in capsys.readouterr().err
+
+
+def test_left_out_sweep_keys_take_the_settings_defaults():
+    sweep = SweepSettings.from_dict({})
+    assert (sweep.phase, sweep.seeds, sweep.grids, sweep.references) == ("report", (), {}, ())
+    assert (sweep.selection.max_maxvio, sweep.selection.late_fraction) == (0.2, 0.1)
+    assert apply_sweep({"seeds": [0], "variants": {"none": {}}}) == {"seeds": [0],
+                                                                     "variants": {"none": {}}}

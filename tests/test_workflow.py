@@ -35,12 +35,20 @@ def test_dag_dry_runs(workdir, config):
 
 
 def test_long_study_tune_phase_plans_the_grid_on_the_tuning_seeds(workdir):
-    proc = run_snakemake(workdir, "sweep_select", "-n", "--configfile", "config/long.yaml",
+    import shlex
+
+    from moebalance.config import SweepSettings, parse_settings
+
+    proc = run_snakemake(workdir, "sweep_select", "-n", "-p", "--configfile", "config/long.yaml",
                          "--config", "sweep={phase: tune}")
     assert {"pretrain", "sweep_select"} <= planned_jobs(proc.stdout)
     assert "runs/aux_loss@alpha=1e-3/seed100/pretrain/metrics.parquet" in proc.stdout
     assert "runs/loss_free@gamma=3e-2/seed101/pretrain/metrics.parquet" in proc.stdout
     assert "seed0/" not in proc.stdout  # the reporting seeds are not trained for tuning
+    select = next(shlex.split(line.split("Shell command:", 1)[1])
+                  for line in proc.stdout.splitlines() if "moebalance sweep-select" in line)
+    sweep = parse_settings(SweepSettings, select[select.index("--settings") + 1])
+    assert sweep.seeds == (100, 101) and sweep.selection.max_maxvio == 0.2
 
 
 def test_negative_vocab_size_fails_naming_the_key(workdir):
@@ -71,23 +79,34 @@ def test_schema_fills_in_defaults(workdir):
 
 def test_stage_settings_left_out_take_the_settings_classes_defaults(workdir):
     """A key the config leaves out is left out of the stage's --settings, which the stage
-    reads with its settings class's default (config.yaml sets no utilization key and no
-    corpus.extensions)."""
+    reads with its settings class's default (config.yaml sets no utilization key, no
+    corpus.extensions and no humaneval.memory_gib)."""
     import shlex
 
-    from moebalance.config import CorpusSettings, UtilizationSettings, parse_settings
+    from moebalance.config import (
+        CorpusSettings,
+        ScoreSettings,
+        UtilizationSettings,
+        parse_settings,
+    )
 
     proc = run_snakemake(workdir, "-n", "-p")
     commands = [shlex.split(line.split("Shell command:", 1)[1])
-                for line in proc.stdout.splitlines() if "Shell command: moebalance " in line]
-    settings = {words[1]: words[words.index("--settings") + 1] for words in commands
-                if "--settings" in words}
-    assert {"corpus", "tokenizer", "sft-data", "baselines", "utilization", "compare"} <= \
-        set(settings)
+                for line in proc.stdout.splitlines() if "Shell command:" in line]
+    # `moebalance STAGE ...`, some after an environment assignment (OMP_NUM_THREADS=1)
+    settings = {words[words.index("moebalance") + 1]: words[words.index("--settings") + 1]
+                for words in commands if "moebalance" in words and "--settings" in words}
+    assert {"corpus", "tokenizer", "sft-data", "baselines", "utilization", "compare",
+            "generate", "solution-nll", "score"} <= set(settings)
     assert settings["utilization"] == "{}"
     assert parse_settings(UtilizationSettings, settings["utilization"]).window == 256
     assert "extensions" not in json.loads(settings["corpus"])
     assert parse_settings(CorpusSettings, settings["corpus"]).extensions == (".py",)
+    # the shared `humaneval` section: each stage gets its own keys only
+    assert json.loads(settings["score"]) == {"timeout": 3.0, "isolation": "process-pair"}
+    assert parse_settings(ScoreSettings, settings["score"]).memory_gib == 4.0
+    assert "timeout" not in json.loads(settings["generate"])
+    assert json.loads(settings["solution-nll"]) == {"fit_tokens": 256}  # the trained length
 
 
 @pytest.mark.e2e

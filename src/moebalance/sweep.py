@@ -1,7 +1,7 @@
 """Fair tuning: hyper-parameter grids as ordinary variants, and a stated rule that picks
 each method's reported setting (REFERENCE.md §6, "Fair tuning").
 
-The `sweep` section of the config (see workflow/schemas/config.schema.yaml):
+The `sweep` section of the config (moebalance.config.SweepSettings holds its defaults):
 
     sweep:
       phase: report            # tune: the study IS the grid; report: the chosen settings
@@ -49,7 +49,12 @@ from typing import Any
 
 import numpy as np
 
-from moebalance.config import deep_merge
+from moebalance.config import (
+    SweepSettings,
+    add_settings_argument,
+    deep_merge,
+    parse_settings,
+)
 
 HELP = "collect a hyper-parameter sweep's pretrain runs and pick each grid's setting by the rule"
 log = logging.getLogger(__name__)
@@ -87,36 +92,32 @@ def nested(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _grids(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The grids of the config's `sweep`, each checked against the config's variants."""
-    grids = (config.get("sweep") or {}).get("grids") or {}
-    for name, grid in grids.items():
-        if grid["base"] not in config.get("variants", {}):
-            raise ValueError(f"sweep.grids.{name}.base: no variant {grid['base']!r}")
-        if grid["key"].split(".")[0] not in SECTIONS or grid["key"].count(".") < 1:
-            raise ValueError(f"sweep.grids.{name}.key {grid['key']!r} must start with one of "
+def sweep_settings(config: dict[str, Any]) -> SweepSettings:
+    """The config's `sweep` section, each grid checked against the config's variants."""
+    sweep = SweepSettings.from_dict(config.get("sweep") or {})
+    for name, grid in sweep.grids.items():
+        if grid.base not in config.get("variants", {}):
+            raise ValueError(f"sweep.grids.{name}.base: no variant {grid.base!r}")
+        if grid.key.split(".")[0] not in SECTIONS or grid.key.count(".") < 1:
+            raise ValueError(f"sweep.grids.{name}.key {grid.key!r} must start with one of "
                              f"{', '.join(SECTIONS)} and name a setting inside it")
-    return grids
+    return sweep
 
 
-def grid_points(sweep: dict[str, Any]) -> list[tuple[str, str, str, Any]]:
-    """(grid, variant name, key, value) of every grid point of a `sweep` section, in order."""
-    return [(name, point_name(name, grid["key"], value), grid["key"], value)
-            for name, grid in (sweep.get("grids") or {}).items() for value in grid["values"]]
-
-
-def references(sweep: dict[str, Any]) -> list[str]:
-    """The reference variants of a `sweep` section, run unchanged on the tuning seeds."""
-    return list(sweep.get("references") or [])
+def grid_points(sweep: SweepSettings) -> list[tuple[str, str, str, Any]]:
+    """(grid, variant name, key, value) of every grid point, in order."""
+    return [(name, point_name(name, grid.key, value), grid.key, value)
+            for name, grid in sweep.grids.items() for value in grid.values]
 
 
 def grid_variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """One variant per grid point (the base variant with the swept key set to the value),
     then the reference variants as configured."""
-    grids = _grids(config)
-    variants = {variant: deep_merge(config["variants"][grids[name]["base"]], nested(key, value))
-                for name, variant, key, value in grid_points(config["sweep"])}
-    for name in references(config["sweep"]):
+    sweep = sweep_settings(config)
+    variants = {variant: deep_merge(config["variants"][sweep.grids[name].base],
+                                    nested(key, value))
+                for name, variant, key, value in grid_points(sweep)}
+    for name in sweep.references:
         if name not in config.get("variants", {}):
             raise ValueError(f"sweep.references: no variant {name!r}")
         if name in variants:
@@ -130,23 +131,21 @@ def apply_sweep(config: dict[str, Any], choice: dict[str, Any] | None = None) ->
 
     Pure: ``config`` is not modified; ``choice`` is the content of sweep_choice.json.
     """
-    grids = _grids(config)
-    if not grids:
+    sweep = sweep_settings(config)
+    if not sweep.grids:
         return config
-    sweep = config["sweep"]
-    seeds = sweep.get("seeds") or []
-    shared = sorted(set(seeds) & set(config.get("seeds", [])))
+    shared = sorted(set(sweep.seeds) & set(config.get("seeds", [])))
     if shared:
         raise ValueError(f"sweep.seeds must be disjoint from seeds; both hold {shared}")
-    if sweep.get("phase", "report") == "tune":
-        if not seeds:
+    if sweep.phase == "tune":
+        if not sweep.seeds:
             raise ValueError("sweep.seeds: the tuning phase needs its own seeds")
-        return {**config, "variants": grid_variants(config), "seeds": list(seeds)}
+        return {**config, "variants": grid_variants(config), "seeds": list(sweep.seeds)}
     variants = dict(config["variants"])
     for name, chosen in (choice or {}).items():
-        if name not in grids:
+        if name not in sweep.grids:
             continue  # a grid since removed from the config
-        base, key = grids[name]["base"], grids[name]["key"]
+        base, key = sweep.grids[name].base, sweep.grids[name].key
         if chosen["key"] != key:
             raise ValueError(f"sweep choice for {name} sets {chosen['key']}, the grid {key}")
         variants[base] = deep_merge(variants[base], nested(key, chosen["value"]))
@@ -162,7 +161,8 @@ def read_choice(config: dict[str, Any]) -> dict[str, Any] | None:
     """The tuning phase's choice for the report phase; None (with a warning) if not made."""
     import json
 
-    if not _grids(config) or (config.get("sweep") or {}).get("phase", "report") == "tune":
+    sweep = sweep_settings(config)
+    if not sweep.grids or sweep.phase == "tune":
         return None
     path = choice_path(config)
     if not path.is_file():
@@ -204,18 +204,17 @@ def _point_row(grid: str, variant: str, key: str | None, value: Any,
             "maxvio_late": float(np.mean([g["maxvio_late"] for g in got]))}
 
 
-def sweep_table(sweep: dict[str, Any], runs: dict[tuple[str, int], dict[str, float]]):
+def sweep_table(sweep: SweepSettings, runs: dict[tuple[str, int], dict[str, float]]):
     """One row per grid point, then per reference variant: seed means and SDs of val loss
     and held-out MaxVio, and the rule's choice.
 
-    ``sweep`` is the config's `sweep` section; ``runs`` maps (variant, seed) to
-    :func:`run_summary`'s dict, and every point needs every tuning seed.
+    ``runs`` maps (variant, seed) to :func:`run_summary`'s dict, and every point needs every
+    tuning seed.
     """
     import pandas as pd
 
-    target = (sweep.get("selection") or {}).get("max_maxvio", 0.2)
-    seeds = sweep["seeds"]
-    points = [*grid_points(sweep), *((REFERENCE, name, None, None) for name in references(sweep))]
+    target, seeds = sweep.selection.max_maxvio, sweep.seeds
+    points = [*grid_points(sweep), *((REFERENCE, name, None, None) for name in sweep.references)]
     rows = []
     for name, variant, key, value in points:
         got = [runs[(variant, seed)] for seed in seeds if (variant, seed) in runs]
@@ -242,9 +241,6 @@ def choice_of(table) -> dict[str, dict[str, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sweep", required=True,
-                        help="the config's `sweep` section (seeds, grids, selection) as JSON, "
-                        "or @FILE holding it")
     parser.add_argument("--runs", required=True,
                         help="runs/ folder holding {variant}/seed{seed}/pretrain/*.parquet")
     parser.add_argument("--table", required=True, help="sweep.csv to write")
@@ -255,6 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", default=None,
                         help="baselines.json of the same validation windows: the frontier's "
                         "loss in bits per byte, with the bigram's as a line")
+    add_settings_argument(parser, SweepSettings, "sweep")
     parser.add_argument("--source-hash", default="",
                         help="hash of this stage's code (Snakemake passes it, so that an edit "
                         "re-runs the selection)")
@@ -268,16 +265,17 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.atomic import atomic_path, write_json
     from moebalance.errors import UsageError
 
-    text = args.sweep
+    sweep = parse_settings(SweepSettings, args.settings)
     try:
-        sweep = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
-        points, seeds = grid_points(sweep), sweep["seeds"]
-    except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"--sweep: {err}") from err
-    late = (sweep.get("selection") or {}).get("late_fraction", 0.1)
+        points = grid_points(sweep)
+    except ValueError as err:  # a grid point's name that is not path-safe
+        raise UsageError(f"--settings: {err}") from err
+    if not sweep.seeds:
+        raise UsageError("--settings: sweep.seeds: the selection needs the tuning seeds")
+    late = sweep.selection.late_fraction
     runs = {}
-    for variant in [point[1] for point in points] + references(sweep):
-        for seed in seeds:
+    for variant in [point[1] for point in points] + list(sweep.references):
+        for seed in sweep.seeds:
             folder = Path(args.runs) / variant / f"seed{seed}" / "pretrain"
             try:
                 runs[(variant, seed)] = run_summary(pd.read_parquet(folder / "metrics.parquet"),
@@ -299,7 +297,7 @@ def run(args: argparse.Namespace) -> None:
                 raise UsageError(f"--baselines: {err}") from err
         from moebalance.analysis.figures import frontier
 
-        frontier(table, sweep.get("seeds", []), args.figure, baselines)
+        frontier(table, list(sweep.seeds), args.figure, baselines)
     for grid, chosen in choice.items():
         log.info("%s: chose %s (val loss %.4f, MaxVio %.3f, target %s)", grid,
                  chosen["variant"], chosen["val_loss"], chosen["maxvio"],

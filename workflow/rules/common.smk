@@ -16,7 +16,11 @@ from moebalance.config import (
     BaselinesSettings,
     CompareSettings,
     CorpusSettings,
+    GenerateSettings,
+    ScoreSettings,
     SftDataSettings,
+    SolutionNllSettings,
+    SweepSettings,
     TokenizerSettings,
     UtilizationSettings,
     execution_settings,
@@ -26,7 +30,7 @@ from moebalance.config import (
     trained_length,
     variant_settings,
 )
-from moebalance.sweep import apply_sweep, read_choice
+from moebalance.sweep import apply_sweep, read_choice, sweep_settings
 
 min_version("9.0")
 
@@ -35,6 +39,7 @@ min_version("9.0")
 validate(config, "../schemas/config.schema.yaml")
 
 # Sweep grids become ordinary variants (tune phase) or their chosen values (report phase).
+SWEEP = sweep_settings(config)
 config.update(apply_sweep(config, read_choice(config)))
 
 RESULTS = config["results"]
@@ -115,15 +120,3 @@ def settings_param(cls, values):
 def parent_of(kind, name):
     """A params function: the folder holding the named input or output file."""
     return lambda wildcards, input, output: str(Path(dict(input=input, output=output)[kind][name]).parent)
-
-
-def cli_flags(options):
-    """`--key value` flags from a mapping; lists repeat the flag, None and False are left out."""
-    flags = []
-    for key, value in options.items():
-        flag = f"--{key.replace('_', '-')}"
-        for item in value if isinstance(value, list) else [value]:
-            if item is None or item is False:
-                continue
-            flags.append(flag if item is True else f"{flag} {shlex.quote(str(item))}")
-    return " ".join(flags)

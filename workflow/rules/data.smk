@@ -48,7 +48,8 @@ TOKENS_DIR = f"{DATA}/tokens"
 TOKENS_META = f"{TOKENS_DIR}/meta.json"
 # The tokens stage has no science settings; its `tokens` section holds an execution knob
 # (documents per encode batch), outside the params: changing it plans no job.
-TOKENS_EXECUTION = cli_flags(config["tokens"])
+TOKENS_BATCH = config["tokens"].get("batch_size")
+TOKENS_EXECUTION = f"--batch-size {TOKENS_BATCH}" if TOKENS_BATCH is not None else ""
 
 
 rule tokens:

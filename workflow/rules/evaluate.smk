@@ -1,7 +1,7 @@
 # HumanEval of every fine-tuned (variant, seed): generation, sandboxed scoring and the
 # canonical-solution likelihood. Uses the sft rule of train.smk; include this file after it.
 
-HUMANEVAL = config["humaneval"]
+HUMANEVAL = config["humaneval"]  # keys of two stages: generate's and score's settings
 
 
 rule generate:
@@ -11,8 +11,7 @@ rule generate:
     output:
         f"{RUN_DIR}/humaneval/samples.jsonl",
     params:
-        flags=cli_flags({key: HUMANEVAL[key] for key in (
-            "samples", "temperature", "top_p", "max_new_tokens", "batch_size", "sampling_seed")}),
+        settings=settings_param(GenerateSettings, section_of(GenerateSettings, HUMANEVAL)),
         code=stage_code("generate"),
     threads: 2
     resources:
@@ -23,7 +22,7 @@ rule generate:
         f"{BENCH}/generate/{{variant}}/seed{{seed}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} moebalance generate --model {input.model:q} --out {output:q}"
-        " {params.flags} --source-hash {params.code}"
+        " --settings {params.settings:q} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
@@ -35,7 +34,8 @@ rule solution_nll:
         f"{RUN_DIR}/humaneval/solution_nll.parquet",
     params:
         # the means cover the problems whose prompt + solution fit the trained length
-        fit_tokens=lambda wildcards: TRAINED_LENGTH[wildcards.variant],
+        settings=lambda wildcards: settings_param(
+            SolutionNllSettings, {"fit_tokens": TRAINED_LENGTH[wildcards.variant]}),
         code=stage_code("solution-nll"),
     threads: 1
     log:
@@ -44,7 +44,7 @@ rule solution_nll:
         f"{BENCH}/solution_nll/{{variant}}/seed{{seed}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} moebalance solution-nll --model {input.model:q}"
-        " --out {output:q} --fit-tokens {params.fit_tokens} --source-hash {params.code}"
+        " --out {output:q} --settings {params.settings:q} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
@@ -59,17 +59,16 @@ rule score:
         results=f"{RUN_DIR}/humaneval/results.jsonl",
     params:
         out_dir=parent_of("output", "summary"),
-        timeout=HUMANEVAL["timeout"],
-        isolation=HUMANEVAL["isolation"],
+        settings=settings_param(ScoreSettings, section_of(ScoreSettings, HUMANEVAL)),
         code=stage_code("score"),
-    threads: 2
+    threads: 2  # the scorer's --workers, an execution knob
     log:
         f"{LOGS}/score/{{variant}}/seed{{seed}}.log",
     benchmark:
         f"{BENCH}/score/{{variant}}/seed{{seed}}.tsv"
     shell:
         "moebalance score {input.samples:q} --out {params.out_dir:q} --workers {threads}"
-        " --timeout {params.timeout} --isolation {params.isolation} --nll {input.nll:q}"
+        " --settings {params.settings:q} --nll {input.nll:q}"
         " --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 

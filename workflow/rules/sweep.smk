@@ -1,8 +1,9 @@
 # Fair tuning (moebalance.sweep): in the tune phase the study's variants are the grid points
 # on the tuning seeds; `snakemake sweep_select` trains them and applies the stated rule.
-# Uses RUNS and PRETRAIN_TARGETS from train.smk; include this file after it.
+# Uses SWEEP from common.smk, RUNS and PRETRAIN_TARGETS from train.smk; include this file
+# after them.
 
-if config["sweep"]["grids"] and config["sweep"]["phase"] == "tune":
+if SWEEP.grids and SWEEP.phase == "tune":
 
     rule sweep_select:
         input:
@@ -13,7 +14,7 @@ if config["sweep"]["grids"] and config["sweep"]["phase"] == "tune":
             choice=f"{RESULTS}/tables/sweep_choice.json",
             figure=f"{RESULTS}/figures/frontier.png",
         params:
-            sweep=json.dumps(config["sweep"], sort_keys=True),
+            settings=settings_param(SweepSettings, config["sweep"]),
             runs=RUNS,
             code=stage_code("sweep-select"),
         log:
@@ -21,7 +22,7 @@ if config["sweep"]["grids"] and config["sweep"]["phase"] == "tune":
         benchmark:
             f"{BENCH}/sweep_select.tsv"
         shell:
-            "moebalance sweep-select --sweep {params.sweep:q} --runs {params.runs:q}"
+            "moebalance sweep-select --settings {params.settings:q} --runs {params.runs:q}"
             " --table {output.table:q} --choice {output.choice:q}"
             " --figure {output.figure:q} --baselines {input.baselines:q} --source-hash {params.code}"
             " > {log:q} 2>&1"

@@ -301,7 +301,7 @@ def run_checker(code: str, entry_point: str, fd: int, fail: Callable[[str], None
             call = encode((args, kwargs)).decode()
         except NotPlainData as err:
             fail(f"the test passed {err} to the candidate, which cannot cross as plain data; "
-                 "this task needs --isolation in-process")
+                 "this task needs isolation in-process")
         try:
             send(fd, CALL, call)
         except OSError:  # BrokenPipeError: the candidate is gone

