@@ -231,3 +231,21 @@ def test_a_checker_that_ended_before_its_nonce_does_not_end_the_zygote():
     read_end, write_end = os.pipe()
     send_nonce(write_end, b"nonce")
     assert os.read(read_end, 16) == b"nonce"
+
+
+def test_a_timeout_at_the_memory_limit_is_memory_exceeded_and_other_timeouts_are_not():
+    """Without swap, a tree at its cgroup's limit can thrash in reclaim past the timeout
+    before the OOM killer strikes: a timeout with the limit reached counts as memory."""
+    from types import SimpleNamespace
+
+    from moebalance.evaluation._harness import Zygote
+
+    def zygote(kills: int, hits: int):
+        return SimpleNamespace(cgroup=SimpleNamespace(counters=lambda: (kills, hits)),
+                               limits={"memory_bytes": 1 << 30})
+
+    usage = SimpleNamespace(ru_maxrss=0)
+    assert Zygote._out_of_memory(zygote(1, 0), (0, 0), usage, timed_out=False)  # OOM kill
+    assert Zygote._out_of_memory(zygote(0, 3), (0, 0), usage, timed_out=True)   # stuck at limit
+    assert not Zygote._out_of_memory(zygote(0, 3), (0, 0), usage, timed_out=False)
+    assert not Zygote._out_of_memory(zygote(0, 0), (0, 0), usage, timed_out=True)  # plain loop

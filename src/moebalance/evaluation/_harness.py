@@ -275,7 +275,7 @@ class Zygote:
         """Start a program's process with ``spawn``, enforce the timeout, judge it."""
         workdir = self._make_workdir()
         marker_r, marker_w = os.pipe()
-        oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0
+        memory_before = self.cgroup.counters() if self.cgroup is not None else (0, 0)
         if self.pid_namespace_fd is not None:
             self._enter_new_pid_namespace()
         start = time.monotonic()
@@ -296,12 +296,19 @@ class Zygote:
         record = _read_available(marker_r)
         os.close(marker_r)
         self._wipe(workdir)
-        # Killed at the memory limit: the cgroup's OOM killer struck, or (no cgroup) the
-        # process had grown to the address-space limit.
-        out_of_memory = (self.cgroup.oom_kills() > oom_kills if self.cgroup is not None
-                         else usage.ru_maxrss * 1024 >= 0.9 * self.limits["memory_bytes"])
+        out_of_memory = self._out_of_memory(memory_before, usage, timed_out)
         verdict = _classify(record, nonce, status, usage, timed_out, out_of_memory, timeout)
         return {**verdict, "seconds": seconds}
+
+    def _out_of_memory(self, before: tuple[int, int], usage, timed_out: bool) -> bool:
+        """Killed at the memory limit: the cgroup's OOM killer struck; or the time ran out
+        while the tree was at its limit (without swap, the kernel can spend seconds
+        reclaiming and refaulting the tree's file pages before it picks a process to kill);
+        or (no cgroup) the process had grown to the address-space limit."""
+        if self.cgroup is None:
+            return usage.ru_maxrss * 1024 >= 0.9 * self.limits["memory_bytes"]
+        kills, hits = self.cgroup.counters()
+        return kills > before[0] or (timed_out and hits > before[1])
 
     def _make_workdir(self) -> str:
         workdir = os.path.join(self.scratch, "work")
@@ -415,12 +422,15 @@ class MemoryCgroup:
         """Move the calling process (and so all it will start) into the cgroup."""
         _write(os.path.join(self.path, "cgroup.procs"), "0")  # 0: the writer itself
 
-    def oom_kills(self) -> int:
-        for line in _read(os.path.join(self.path, self.events)).splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+    def counters(self) -> tuple[int, int]:
+        """(OOM kills, times the tree's usage reached the limit) so far: memory.events'
+        ``oom_kill`` and ``max`` (v2), or memory.oom_control's ``oom_kill`` and
+        memory.failcnt (v1)."""
+        events = dict(line.split(" ", 1) for line in
+                      _read(os.path.join(self.path, self.events)).splitlines() if " " in line)
+        hits = (events.get("max", "0") if self.events == "memory.events"
+                else _read(os.path.join(self.path, "memory.failcnt")))
+        return int(events.get("oom_kill", "0")), int(hits)
 
     def remove(self) -> None:
         try:
