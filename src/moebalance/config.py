@@ -60,7 +60,13 @@ def settings_from_dict(cls, values: dict[str, Any], section: str):
     ``section`` and the key. Refused: unknown keys, a required field left out, a value
     outside a ``Literal``'s choices or of the wrong JSON type. A field holding settings (a
     dataclass, or a tuple or ``dict[str, ...]`` of them) is built the same way from its
-    mapping; JSON lists become tuples."""
+    mapping; JSON lists become tuples.
+
+    Hand-written (about 60 lines) rather than pydantic's dataclass validation, which the
+    environment has through mlflow: the messages name the config path the user wrote
+    (``balancing.loss_free.rule``), JSON's types are strict (a bool is no number), and the
+    Snakefile imports this module at parse time, before any stage runs. Moving to
+    ``pydantic.TypeAdapter(cls)`` in strict mode is a fair alternative if it grows."""
     if not isinstance(values, dict):
         raise ValueError(f"{section} must be a mapping; got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
