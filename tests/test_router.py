@@ -61,6 +61,24 @@ def test_eval_no_grad_and_generate_neither_count_nor_move_the_bias():
     model.generate(x, max_new_tokens=4, do_sample=False)
     assert counts(model) == 0
     assert torch.equal(biases(model), before)
+    assert all(r.eval_counts_E.sum() == 0 for r in routers_of(model))  # not validation
+
+
+def test_validation_counts_only_between_start_and_stop():
+    model = tiny_model()
+    model.eval()
+    x = torch.randint(0, VOCAB, (2, 6))
+    routers = routers_of(model)
+    for router in routers:
+        router.start_eval_counts()
+    with torch.no_grad():
+        model(input_ids=x)
+    for router in routers:
+        router.stop_eval_counts()
+    with torch.no_grad():
+        model(input_ids=x)  # after stop: not counted
+    assert all(r.eval_counts_E.sum().item() == 2 * 6 * 2 for r in routers)  # B * S * K
+    assert counts(model) == 0  # training counts untouched
 
 
 def test_counts_once_under_activation_checkpointing():

@@ -38,15 +38,17 @@ class CountingRouter(DeepseekV3TopkRouter):
         super().__init__(config)
         self.score_function = getattr(config, "scoring_func", "sigmoid")
         E = self.num_experts
-        self.counts_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
-                                                   persistent=False)
+        self.counts_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32), persistent=False)
         self.score_sum_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32), persistent=False)
         self.tokens_seen = torch.nn.Buffer(torch.zeros((), dtype=torch.float32), persistent=False)
         self.overridden_tokens = torch.nn.Buffer(torch.zeros((), dtype=torch.float32),
                                                  persistent=False)
-        # tokens per expert of eval-mode forwards (validation): held-out MaxVio_global
+        # assignments per expert of the validation forwards, counted only between
+        # start_eval_counts and stop_eval_counts (the trainer's validation): held-out
+        # MaxVio_global; generation and analysis forwards count nothing
         self.eval_counts_E = torch.nn.Buffer(torch.zeros(E, dtype=torch.float32),
-                                                        persistent=False)
+                                             persistent=False)
+        self.counting_eval = False
         self.record: RoutingRecord | None = None
 
     def is_training_forward(self) -> bool:
@@ -61,6 +63,13 @@ class CountingRouter(DeepseekV3TopkRouter):
             return self.is_training_forward()
         in_backward = torch._C._current_graph_task_id() != -1
         return self.is_training_forward() and not in_backward
+
+    def start_eval_counts(self) -> None:
+        self.eval_counts_E.zero_()
+        self.counting_eval = True
+
+    def stop_eval_counts(self) -> None:
+        self.counting_eval = False
 
     def reset_counts(self) -> None:
         self.counts_E.zero_()
@@ -107,7 +116,7 @@ class CountingRouter(DeepseekV3TopkRouter):
                     scores_TE / scores_TE.sum(dim=-1, keepdim=True))
                 if self.is_recording():
                     self._record(lead_shape, logits_TE, scores_TE, probs_TE, topk_idx_TK)
-            elif not self.training:
+            elif self.counting_eval and not self.training:
                 self.eval_counts_E.add_(torch.bincount(
                     topk_idx_TK.reshape(-1), minlength=self.num_experts).float())
         return logits_TE, weights_TK, topk_idx_TK

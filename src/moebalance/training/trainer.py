@@ -253,11 +253,13 @@ class Trainer:
         validation tokens, per MoE layer, averaged over layers). Training counts are untouched."""
         self.model.eval()
         for router in self.routers:
-            router.eval_counts_E.zero_()
+            router.start_eval_counts()
         ce, n = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for i in range(self.s.eval_batches):
             ce_sum, n_valid = self._ce_sum(self.val_batches.micro_batch(0, i))
             ce, n = ce + ce_sum, n + n_valid
+        for router in self.routers:
+            router.stop_eval_counts()
         self.model.train()
         # every rank scores the same validation batches, as for the loss: no all-reduce
         maxvio = math.nan
