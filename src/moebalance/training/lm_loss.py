@@ -47,16 +47,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             h_MH = h_TH[start:start + chunk_tokens].to(dtype)
             y_M = labels_T[start:start + chunk_tokens]
             valid_M = y_M != IGNORE_INDEX
-            target_C1 = torch.where(valid_M, y_M, 0).unsqueeze(1)
+            target_M1 = torch.where(valid_M, y_M, 0).unsqueeze(1)
             logits_MV = (h_MH @ w_VH.T).float()
             lse_M = torch.logsumexp(logits_MV, dim=-1)
             # cross-entropy of softmax: CE_t = logsumexp_v z_{t,v} - z_{t,y_t}
-            ce_M = lse_M - logits_MV.gather(1, target_C1).squeeze(1)
+            ce_M = lse_M - logits_MV.gather(1, target_M1).squeeze(1)
             total = total + torch.where(valid_M, ce_M, 0.0).sum()
             if need_grad:
                 # Bishop, PRML (2006) Eq. 4.109: dCE/dz_{t,v} = softmax(z_t)_v - 1[v = y_t]
                 grad_MV = torch.exp(logits_MV - lse_M.unsqueeze(1))
-                grad_MV = grad_MV - F.one_hot(target_C1.squeeze(1), grad_MV.shape[1])
+                grad_MV = grad_MV - F.one_hot(target_M1.squeeze(1), grad_MV.shape[1])
                 grad_MV = (grad_MV * valid_M.unsqueeze(1)).to(dtype)
                 grad_h_chunks.append(grad_MV @ w_VH)              # dz/dh = W
                 grad_w_VH = grad_w_VH + (grad_MV.T @ h_MH).float()  # dz/dW = h
