@@ -128,7 +128,7 @@ def frontier(table, seeds: list[int], path, baselines: dict | None = None) -> Pa
         x, y = group["maxvio"].to_numpy(float), group["val_loss"].to_numpy(float) * scale
         xerr = np.nan_to_num(group["maxvio_sd"].to_numpy(float))
         yerr = np.nan_to_num(group["val_loss_sd"].to_numpy(float)) * scale
-        if grid == "reference":
+        if group["key"].isna().all():  # reference variants: nothing swept, drawn as points
             for row, xi, yi, xe, ye in zip(group.itertuples(), x, y, xerr, yerr, strict=True):
                 ax.errorbar([xi], [yi], xerr=[xe], yerr=[ye], fmt="s", capsize=3,
                             label=row.variant)
