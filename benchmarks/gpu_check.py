@@ -79,7 +79,10 @@ def wait(proc: subprocess.Popen, what: str, log: Path) -> None:
 def build_tokens(out: Path, vocab_size: int, tiny: bool) -> subprocess.Popen:
     """corpus -> tokenizer -> tokens on the stdlib, as one background shell pipeline."""
     data, py = out / "data", f"{sys.executable} -m moebalance"
-    corpus = shlex.quote(json.dumps({"max_documents": 400} if tiny else {}))
+    # the stdlib alone: the GPU image has no installed moebalance for the site-packages source
+    # to start its dependency closure from, and the check needs only real tokens
+    stdlib = {"site_packages": False, "stdlib": True}
+    corpus = shlex.quote(json.dumps(stdlib | {"max_documents": 400} if tiny else stdlib))
     tokenizer = shlex.quote(json.dumps({"vocab_size": vocab_size}))
     script = (f"set -e; {py} corpus --out-dir {data}/corpus --decontamination "
               f"{data}/decontamination.parquet --settings {corpus} --no-tracking; "

@@ -2,6 +2,7 @@
 out of the science, and every run says what produced it."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -176,3 +177,26 @@ def test_trained_length_is_the_longer_training_window_of_pretraining_and_sft():
     assert trained_length({"train": {"seq_len": 256}}, {"train": {"seq_len": 512}}) == 512
     assert trained_length({"train": {"seq_len": 300}}, {"train": {}}) == 300
     assert trained_length({"train": {}}, {"train": {}}) == DEFAULT_SEQ_LEN
+
+
+def test_cuda_asks_for_deterministic_kernels_and_cpu_changes_nothing(monkeypatch):
+    import torch
+
+    from moebalance.determinism import CUBLAS_WORKSPACE_CONFIG, deterministic_kernels
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        deterministic_kernels("cpu")
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        # a CUDA device only names the device: no GPU is touched before its first kernel
+        deterministic_kernels(torch.device("cuda", 0))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE_CONFIG
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's choice is kept
+        deterministic_kernels("cuda")
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -48,9 +48,11 @@ def load_for_evaluation(model_dir: str | os.PathLike, device: str | None = None)
     in eval forwards they count nothing)."""
     import torch
 
+    from moebalance.determinism import deterministic_kernels
     from moebalance.model import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    deterministic_kernels(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     return load_model(model_dir, dtype=dtype).to(device).eval()
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from moebalance.config import ExecutionSettings, TrainSettings
+from moebalance.determinism import deterministic_kernels
 from moebalance.maxvio import max_violation
 from moebalance.model.balancing import Balancing
 from moebalance.model.router import moe_layer_indices, routers_of
@@ -62,6 +63,7 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and dist.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
+    deterministic_kernels(device)
     return device
 
 
