@@ -9,18 +9,27 @@ from moe_helpers import humaneval_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Snakemake on a copy of the workflow in ``workdir`` (symlinked, so results stay there)."""
+def run_snakemake(workdir: Path, *args: str, check: bool = True,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Snakemake on a copy of the workflow in ``workdir`` (symlinked, so results stay there),
+    with ``env`` added to this process's environment (less MLflow's variables)."""
     for name in ("Snakefile", "workflow", "config", "src"):
         link = workdir / name
         if not link.exists():
             link.symlink_to(REPO / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | (env or {})
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=1800)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs first: they are the longest tests by far, so under xdist the
+    other workers finish everything else while one runs them, instead of starting them
+    last."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)

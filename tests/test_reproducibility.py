@@ -163,6 +163,18 @@ def test_fingerprint_records_machine_versions_threads_and_commit():
     assert tags["provenance.libraries.transformers"] == record["libraries"]["transformers"]
 
 
+def test_a_stage_without_torch_records_no_torch_kernel_fields_and_does_not_import_it():
+    code = ("import sys; from moebalance import provenance; "
+            "r = provenance.fingerprint(torch_kernels=False); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "assert r['torch_cpu_capability'] is None and r['threads'] is None and "
+            "r['gpu'] is None and r['libraries']['torch'] and r['cpu']; print(r['numerics_key'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() != provenance.fingerprint()["numerics_key"]
+
+
 def test_comparison_flags_runs_from_different_fingerprints():
     a = provenance.fingerprint()
     b = {**a, "threads": a["threads"] + 1}

@@ -1,8 +1,10 @@
 import argparse
 
 import mlflow
+import pytest
 
 from moebalance.cli import main
+from moebalance.errors import UsageError
 from moebalance.tracking import (
     add_tracking_arguments,
     config_hash,
@@ -56,6 +58,22 @@ def test_no_tracking_logs_nothing(tmp_path, monkeypatch):
     with stage_run(tracking_args(tmp_path / "m.db", "--no-tracking"), "corpus", {}) as tracker:
         assert tracker is None
     assert not (tmp_path / "m.db").exists()
+
+
+def test_the_environment_switch_turns_tracking_off_and_refuses_a_typo(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MOEBALANCE_NO_TRACKING", "1")
+    with stage_run(tracking_args(tmp_path / "m.db"), "corpus", {}) as tracker:
+        assert tracker is None
+    assert not (tmp_path / "m.db").exists()
+    monkeypatch.setenv("MOEBALANCE_NO_TRACKING", "of")
+    with pytest.raises(UsageError, match="MOEBALANCE_NO_TRACKING='of'"):
+        with stage_run(tracking_args(tmp_path / "m.db"), "corpus", {}):
+            pass
+    monkeypatch.setenv("MOEBALANCE_NO_TRACKING", "0")
+    with stage_run(tracking_args(tmp_path / "m.db"), "corpus", {}) as tracker:
+        assert tracker is not None
+    assert (tmp_path / "m.db").is_file()
 
 
 def test_config_hash_ignores_key_order():

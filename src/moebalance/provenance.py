@@ -86,17 +86,27 @@ def accelerator(torch) -> dict[str, Any]:
     return {"gpu": torch.cuda.get_device_name(), "gpu_driver": driver, "cuda": torch.version.cuda}
 
 
-def fingerprint() -> dict[str, Any]:
-    """This process's provenance (call it where the stage computes, after threads are set)."""
-    import torch
+def fingerprint(torch_kernels: bool = True) -> dict[str, Any]:
+    """This process's provenance (call it where the stage computes, after threads are set).
 
-    record = {
-        **cpu(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        **accelerator(torch),
+    ``torch_kernels=False`` is for stages that compute without torch (the data stages,
+    scoring, the comparison): torch's CPU capability, GPU and thread count say nothing about
+    their digits, so they are recorded as None, and torch is not imported for them (its
+    import is about 2 s of CPU per stage run).
+    """
+    record: dict[str, Any] = {**cpu(), "torch_cpu_capability": None, "gpu": None,
+                              "gpu_driver": None, "cuda": None}
+    threads = None
+    if torch_kernels:
+        import torch
+
+        record |= {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                   **accelerator(torch)}
+        threads = torch.get_num_threads()
+    record |= {
         "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         **git_state(),
     }
     record["numerics_key"] = numerics_key(record)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from moebalance.errors import UsageError
+
 DEFAULT_STORE = "results/mlflow.db"
 DEFAULT_EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "moebalance")
 STUDY_ENV = "MOEBALANCE_STUDY"
@@ -38,6 +40,20 @@ log = logging.getLogger(__name__)
 def tracking_uri(store: str | os.PathLike) -> str:
     """MLFLOW_TRACKING_URI if set, else an embedded SQLite store at ``store``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(store).resolve()}"
+
+
+NO_TRACKING_ENV = "MOEBALANCE_NO_TRACKING"
+
+
+def tracking_switched_off() -> bool:
+    """Whether MOEBALANCE_NO_TRACKING asks every stage of this process tree to skip MLflow
+    (1/true/yes; unset, empty, 0/false/no leave tracking on; anything else is an error)."""
+    value = os.environ.get(NO_TRACKING_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise UsageError(f"{NO_TRACKING_ENV}={value!r}: use 1 (tracking off) or 0 (on)")
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +70,10 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
                        "initialisation and the data order with it; other stages record it "
                        "as a tag")
     group.add_argument(
-        "--no-tracking", action="store_true", help="do not log this run to MLflow at all"
-    )
+        "--no-tracking", action="store_true",
+        help=f"do not log this run to MLflow at all (also when {NO_TRACKING_ENV}=1 is set: "
+        "tracking is an execution knob, so `MOEBALANCE_NO_TRACKING=1 snakemake ...` runs a "
+        "study, or reruns part of one, with the same outputs and no stage run logged)")
     group.add_argument("--source-hash", default="",
                        help="hash of the stage's code (Snakemake passes it; recorded as a tag, "
                        "and a training checkpoint of other code is not resumed)")
@@ -188,19 +206,22 @@ def log_study_artifacts(mlflow, paths: list[str | os.PathLike], folder: str) -> 
 
 
 @contextlib.contextmanager
-def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any]) -> Iterator[Any]:
+def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any],
+              torch_kernels: bool = True) -> Iterator[Any]:
     """One MLflow run for one stage invocation; yields the ``mlflow`` module (or None).
 
-    ``args`` carries the options of :func:`add_tracking_arguments`. With
-    ``--no-tracking`` nothing is logged and None is yielded.
+    ``args`` carries the options of :func:`add_tracking_arguments`. With ``--no-tracking``
+    or MOEBALANCE_NO_TRACKING=1 nothing is logged and None is yielded.
+    ``torch_kernels=False``: the stage computes without torch (see
+    :func:`moebalance.provenance.fingerprint`).
     """
-    if args.no_tracking:
+    if args.no_tracking or tracking_switched_off():
         yield None
         return
     mlflow, experiment = setup_store(args.mlflow_store, args.experiment)
     from moebalance import provenance
 
-    record = provenance.fingerprint()
+    record = provenance.fingerprint(torch_kernels)
     tags = {
         "stage": stage,
         "variant": args.variant if args.variant is not None else "",

@@ -217,7 +217,7 @@ def log_to_tracking(args, settings: CompareSettings, plan, written: list[Path],
               "primaries": [f"{p.key}:{p.better}:{p.margin}" for p in plan.primaries],
               "bootstrap": settings.bootstrap, "confidence": settings.confidence,
               "bootstrap_seed": settings.bootstrap_seed}
-    with stage_run(args, "compare", params) as mlflow:
+    with stage_run(args, "compare", params, torch_kernels=False) as mlflow:
         if mlflow is None:
             return
         for variant, variant_runs in runs.items():

@@ -537,14 +537,15 @@ def run(args: argparse.Namespace) -> None:
     from moebalance.tracking import stage_run
 
     settings = parse_settings(CorpusSettings, args.settings)
-    with stage_run(args, "corpus", asdict(settings)) as mlflow:
+    with stage_run(args, "corpus", asdict(settings), torch_kernels=False) as mlflow:
         try:
             rows, removed, manifest = build_corpus(settings)
         except (FileNotFoundError, ValueError, KeyError) as err:
             raise UsageError(str(err)) from err
         if not rows["train"]:
             raise UsageError("the corpus has no training document after filtering")
-        manifest["provenance"] = provenance.fingerprint()  # the machine and versions that read it
+        # the machine and versions that read it
+        manifest["provenance"] = provenance.fingerprint(torch_kernels=False)
         with atomic_path(args.out_dir, directory=True) as tmp:
             for split, split_rows in rows.items():
                 write_parquet(pa.Table.from_pylist(split_rows, schema=CORPUS_SCHEMA),

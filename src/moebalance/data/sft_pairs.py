@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
     counts: Counter = Counter()
     rows: dict[str, list[dict]] = {"train": [], "val": []}
     seen: set[tuple[str, str]] = set()
-    with stage_run(args, "sft_data", params) as mlflow:
+    with stage_run(args, "sft_data", params, torch_kernels=False) as mlflow:
         for doc in tqdm(table.to_pylist(), desc="mine pairs", unit="doc"):
             for prompt, completion, entry_point in mine_pairs(doc["text"], limits, counts):
                 if (prompt, completion) in seen:

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
     params = {"train": str(args.train), "vocab_size": settings.vocab_size,
               "min_frequency": settings.min_frequency,
               "sample_bytes_per_domain": settings.sample_bytes_per_domain}
-    with stage_run(args, "tokenizer", params) as mlflow, \
+    with stage_run(args, "tokenizer", params, torch_kernels=False) as mlflow, \
             atomic_path(args.out_dir, directory=True) as tmp:
         tokenizer = train_bpe(texts, settings.vocab_size, settings.min_frequency)
         save_pretrained(tokenizer, tmp, settings.model_max_length)

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(str(err)) from err
     params = {"corpus_dir": str(args.corpus_dir), "tokenizer_dir": str(args.tokenizer_dir),
               "vocab_size": vocab_size, "dtype": dtype.name}
-    with stage_run(args, "tokens", params) as mlflow, \
+    with stage_run(args, "tokens", params, torch_kernels=False) as mlflow, \
             atomic_path(args.out_dir, directory=True) as tmp:
         meta = {"dtype": dtype.str, "eot_id": eot_id, "pad_id": pad_id,
                 "vocab_size": vocab_size, "corpus_hash": corpus_hash, "splits": {}}

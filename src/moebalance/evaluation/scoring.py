@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
     params = {"samples": str(args.samples), "timeout": settings.timeout,
               "memory_gib": settings.memory_gib,
               "reliability_guard": settings.reliability_guard, "isolation": settings.isolation}
-    with stage_run(args, "score", params) as mlflow:
+    with stage_run(args, "score", params, torch_kernels=False) as mlflow:
         with SandboxPool(args.workers, limits,
                          reliability_guard=settings.reliability_guard) as pool:
             log.info("scoring %d samples with %d workers; sandbox: %s", len(samples),
