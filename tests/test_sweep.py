@@ -29,7 +29,7 @@ CONFIG = {
                                      "values": [1e-3, 1e-2, 1e-1]},
                         "loss_free": {"base": "loss_free", "key": "balancing.loss_free.gamma",
                                       "values": [1e-3, 2.5e-2]}},
-              "selection": {"max_maxvio": 0.5, "late_fraction": 0.5}},
+              "selection": {"max_maxvio": 0.5}},
 }
 
 
@@ -89,14 +89,19 @@ def test_grid_over_an_unknown_variant_is_an_error_naming_it():
         grid_variants(config)
 
 
+def point(val_loss: float, maxvio: float) -> dict:
+    """One run's summary as run_summary returns it."""
+    return {"val_loss": val_loss, "maxvio": maxvio, "maxvio_floor": 0.01,
+            "maxvio_train_aggregate": maxvio}
+
+
 def synthetic_runs():
     """aux_loss: 1e-3 best loss but unbalanced (0.9), 1e-2 balanced at 3.05, 1e-1 balanced at
     3.20; loss_free: neither point balanced enough, 2.5e-2 the more balanced (0.6 < 0.8)."""
     truth = {"aux_loss@alpha=1e-3": (3.00, 0.9), "aux_loss@alpha=1e-2": (3.05, 0.4),
              "aux_loss@alpha=1e-1": (3.20, 0.1), "loss_free@gamma=1e-3": (3.0, 0.8),
              "loss_free@gamma=2.5e-2": (3.1, 0.6)}
-    return {(variant, seed): {"val_loss": loss + (seed - 100.5) * 0.02,
-                              "maxvio": vio + (seed - 100.5) * 0.1, "maxvio_late": vio}
+    return {(variant, seed): point(loss + (seed - 100.5) * 0.02, vio + (seed - 100.5) * 0.1)
             for variant, (loss, vio) in truth.items() for seed in (100, 101)}
 
 
@@ -131,29 +136,34 @@ def routing_rows(loads_by_step):
                          for layer, loads_E in enumerate(loads) for e, n in enumerate(loads_E)])
 
 
-def test_run_summary_takes_the_last_validation_and_maxvio_of_the_late_steps():
-    metrics = pd.DataFrame({"step": [0, 1, 2, 3], "val_loss": [math.nan, 5.0, math.nan, 4.0],
-                            "val_maxvio": [math.nan, 0.9, math.nan, 0.25]})
-    # 4 steps, late half = steps 2-3. layer 0: [3+1, 1+3] = [4, 4] -> 0;
-    # layer 1: [6+2, 2+2] = [8, 4], mean 6 -> (8 - 6)/6 = 1/3; mean over layers 1/6
-    routing = routing_rows([[[9, 0], [9, 0]], [[9, 0], [9, 0]],
+BALANCE = {"maxvio_global": 0.25, "maxvio_floor": 0.01, "routed_tokens": 12, "top_k": 1,
+           "windows": 3}
+
+
+def test_run_summary_takes_the_final_validations_balance_and_a_same_size_training_aggregate():
+    metrics = pd.DataFrame({"step": [0, 1, 2, 3], "val_loss": [math.nan, 5.0, math.nan, 4.0]})
+    # top-1: each step routes sum(layer 0 counts) tokens = 4, 4, 4, 4; the held-out set has
+    # 12 tokens, so the aggregate sums the last 3 steps.
+    # layer 0: [9+3+1, 0+1+3] = [13, 4], mean 8.5 -> 4.5/8.5; layer 1: [1+6+2, 3+2+2] = [9, 7],
+    # mean 8 -> 1/8; mean over layers (4.5/8.5 + 1/8) / 2
+    routing = routing_rows([[[4, 0], [4, 0]], [[9, 0], [1, 3]],
                             [[3, 1], [6, 2]], [[1, 3], [2, 2]]])
-    summary = run_summary(metrics, routing, late_fraction=0.5)
-    assert summary == pytest.approx({"val_loss": 4.0, "maxvio": 0.25, "maxvio_late": 1 / 6})
+    summary = run_summary(metrics, routing, BALANCE)
+    assert summary == pytest.approx({"val_loss": 4.0, "maxvio": 0.25, "maxvio_floor": 0.01,
+                                     "maxvio_train_aggregate": (4.5 / 8.5 + 1 / 8) / 2})
 
 
-def test_run_summary_without_a_heldout_maxvio_says_to_rerun_pretraining():
-    metrics = pd.DataFrame({"step": [0], "val_loss": [4.0]})
-    with pytest.raises(ValueError, match="val_maxvio.*rerun the pretrain stage"):
-        run_summary(metrics, routing_rows([[[1, 1]]]), late_fraction=1.0)
+def test_run_summary_without_a_validation_loss_is_an_error():
+    metrics = pd.DataFrame({"step": [0], "val_loss": [math.nan]})
+    with pytest.raises(ValueError, match="no validation loss"):
+        run_summary(metrics, routing_rows([[[1, 1]]]), BALANCE)
 
 
 def test_references_run_on_the_tuning_seeds_and_are_never_chosen():
     config = {**CONFIG, "sweep": {**CONFIG["sweep"], "references": ["none"]}}
     study = apply_sweep(tune(config))
     assert study["variants"]["none"] == CONFIG["variants"]["none"]
-    runs = {**synthetic_runs(), **{("none", seed): {"val_loss": 2.0, "maxvio": 0.0,
-                                                    "maxvio_late": 0.0} for seed in (100, 101)}}
+    runs = {**synthetic_runs(), **{("none", seed): point(2.0, 0.0) for seed in (100, 101)}}
     table = sweep_table(settings(config["sweep"]), runs).set_index("variant")
     assert table.loc["none", "grid"] == "reference"
     assert not table.loc["none", "eligible"] and not table.loc["none", "chosen"]
@@ -169,15 +179,16 @@ def test_an_unknown_reference_is_an_error_naming_it():
 def test_stage_writes_table_choice_and_frontier_from_run_files(tmp_path):
     sweep = {"seeds": [100, 101], "references": ["none"], "grids": {"aux_loss": {
         "base": "aux_loss", "key": "balancing.aux_loss.alpha", "values": [0.001, 0.01]}},
-        "selection": {"max_maxvio": 0.5, "late_fraction": 1.0}}
+        "selection": {"max_maxvio": 0.5}}
     for variant, loss, maxvio in (("aux_loss@alpha=1e-3", 3.0, 0.8),
                                   ("aux_loss@alpha=1e-2", 3.1, 0.1), ("none", 3.0, 2.0)):
         for seed in (100, 101):
             folder = tmp_path / "runs" / variant / f"seed{seed}" / "pretrain"
             folder.mkdir(parents=True)
-            pd.DataFrame({"step": [0], "val_loss": [loss + seed / 1e4],
-                          "val_maxvio": [maxvio]}).to_parquet(folder / "metrics.parquet")
+            pd.DataFrame({"step": [0], "val_loss": [loss + seed / 1e4]}).to_parquet(
+                folder / "metrics.parquet")
             routing_rows([[[9, 1]]]).to_parquet(folder / "routing.parquet")
+            (folder / "balance.json").write_text(json.dumps(BALANCE | {"maxvio_global": maxvio}))
     baselines = tmp_path / "baselines.json"
     baselines.write_text(json.dumps({"tokens": 100, "bytes": 300,
                                      "bigram": {"nats_per_token": 4.0, "bits_per_byte": 1.9}}))
@@ -198,10 +209,8 @@ def test_frontier_draws_grids_of_any_value_type_without_baselines(tmp_path):
     sweep = {"seeds": [100], "references": ["none"], "grids": {"rule": {
         "base": "loss_free", "key": "balancing.loss_free.rule",
         "values": ["sign", "proportional"]}}}
-    runs = {("rule@rule=sign", 100): {"val_loss": 3.0, "maxvio": 0.1, "maxvio_late": 0.1},
-            ("rule@rule=proportional", 100): {"val_loss": 3.1, "maxvio": 0.3,
-                                               "maxvio_late": 0.2},
-            ("none", 100): {"val_loss": 3.2, "maxvio": 2.0, "maxvio_late": 2.0}}
+    runs = {("rule@rule=sign", 100): point(3.0, 0.1), ("rule@rule=proportional", 100):
+            point(3.1, 0.3), ("none", 100): point(3.2, 2.0)}
     path = frontier(sweep_table(settings(sweep), runs), [100], tmp_path / "frontier.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
 
@@ -216,6 +225,6 @@ def test_a_bad_selection_key_is_a_usage_error_naming_settings_and_the_key(tmp_pa
 def test_left_out_sweep_keys_take_the_settings_defaults():
     sweep = SweepSettings.from_dict({})
     assert (sweep.phase, sweep.seeds, sweep.grids, sweep.references) == ("report", (), {}, ())
-    assert (sweep.selection.max_maxvio, sweep.selection.late_fraction) == (0.2, 0.1)
+    assert sweep.selection.max_maxvio == 0.2
     assert apply_sweep({"seeds": [0], "variants": {"none": {}}}) == {"seeds": [0],
                                                                      "variants": {"none": {}}}

@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "tokenizer": "moebalance.data.tokenizer",
     "tokens": "moebalance.data.tokens",
     "sft-data": "moebalance.data.sft_pairs",
+    "balance-set": "moebalance.data.balance_set",
     "baselines": "moebalance.evaluation.baselines",
     "pretrain": "moebalance.training.pretrain",
     "sft": "moebalance.training.sft",

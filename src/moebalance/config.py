@@ -454,18 +454,37 @@ class BaselinesSettings(Settings):
 
 
 @dataclass(frozen=True)
+class BalanceSetSettings(Settings):
+    """The held-out balance set of a split (moebalance.data.balance_set): the `balance_set`
+    section, and ``seq_len``, the trained window length, which the workflow fills in."""
+
+    windows: int = 1024           # windows drawn per split; 1,024 x 256 = 262,144 routed tokens
+    seq_len: int = DEFAULT_SEQ_LEN  # tokens each window routes: the pretraining seq_len
+    seed: int = 0                 # with the split's name, seeds the draw of offsets
+
+    def __post_init__(self) -> None:
+        if self.windows < 2:
+            raise ValueError("balance_set.windows must be at least 2 (the split halves)")
+        if self.seq_len < 1:
+            raise ValueError("balance_set.seq_len must be at least 1")
+
+    SECTION: ClassVar[str] = "balance_set"
+
+
+@dataclass(frozen=True)
 class UtilizationSettings(Settings):
     """The `analysis` keys of held-out routing (moebalance.analysis.utilization)."""
 
-    max_tokens: int = 16384       # held-out tokens per domain (each domain capped at this)
-    doc_tokens: int = 2048        # tokens taken from the start of each document at most
-    window: int = 256             # tokens per forward window (capped at the model's context - 1)
     vocab_min_count: int = 10     # token ids seen fewer times are left out of vocab.parquet
+    # the bias-jitter check: the held-out set is routed again with each router's bias
+    # averaged over this last fraction of pretraining steps
+    jitter_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "doc_tokens", "window", "vocab_min_count"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"analysis.{name} must be at least 1")
+        if self.vocab_min_count < 1:
+            raise ValueError("analysis.vocab_min_count must be at least 1")
+        if not 0 < self.jitter_fraction <= 1:
+            raise ValueError("analysis.jitter_fraction must be in (0, 1]")
 
     SECTION: ClassVar[str] = "analysis"
 
@@ -586,7 +605,6 @@ class SweepSelection:
     """`sweep.selection`: the stated rule, fixed before any run."""
 
     max_maxvio: float = 0.2     # eligible: seed-mean held-out MaxVio_global at most this
-    late_fraction: float = 0.1  # sizes only the table's maxvio_late (last steps' batches)
 
 
 @dataclass(frozen=True)

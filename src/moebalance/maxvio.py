@@ -7,6 +7,8 @@ last axis (E experts); leading axes (layers L, steps S, replicates) are carried 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -16,3 +18,29 @@ def max_violation(counts_E: np.ndarray) -> np.ndarray:
     mean = counts_E.mean(axis=-1)
     # Wang et al. 2024 Eq. 4: MaxVio = (max_i Load_i - mean Load) / mean Load
     return (counts_E.max(axis=-1) - mean) / mean
+
+
+def expected_max_normal(n: int) -> float:
+    """E[max of n independent standard normals], by quadrature of
+    n * x * phi(x) * Phi(x)^(n-1) (the density of the maximum)."""
+    from scipy import integrate, stats
+
+    value, _ = integrate.quad(
+        lambda x: n * x * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1), -12, 12)
+    return float(value)
+
+
+def sampling_floor(tokens: int, experts: int, top_k: int) -> float:
+    """The MaxVio that perfectly balanced routing shows on ``tokens`` independent tokens,
+    each sent to ``top_k`` distinct of ``experts`` experts uniformly at random.
+
+    docs/reference.md §4: expert i's load is a sum of ``tokens`` Bernoulli(K/N) draws, mean
+    T K / N and variance T (K/N)(1 - K/N); the loads are nearly independent normals (their
+    sum is fixed), so E[max_i load_i - mean] ~ z_N * sd and
+        E[MaxVio] ~ z_N * sqrt((N - K) / (T * K)),
+    with z_N = E[max of N standard normals]. Tokens of one window are correlated, so the
+    floor of real text is higher: the split-half and set-size checks measure that.
+    """
+    if tokens < 1:
+        return float("nan")
+    return expected_max_normal(experts) * math.sqrt((experts - top_k) / (tokens * top_k))

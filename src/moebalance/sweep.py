@@ -8,7 +8,7 @@ The `sweep` section of the config (moebalance.config.SweepSettings holds its def
       seeds: [100, 101]        # tuning seeds, disjoint from the reporting `seeds`
       grids:
         aux_loss: {base: aux_loss, key: balancing.aux_loss.alpha, values: [1e-3, 1e-2]}
-      selection: {max_maxvio: 0.2, late_fraction: 0.1}
+      selection: {max_maxvio: 0.2}
 
 A study with grids runs in two phases, each resumable on its own:
 
@@ -26,11 +26,13 @@ A study with grids runs in two phases, each resumable on its own:
 
 The selection rule (chosen before any run): among a grid's points whose seed-mean
 held-out MaxVio_global is at most ``max_maxvio``, the lowest seed-mean val loss; when none
-qualifies, the most balanced point, marked ``met_target: false``. Both come from the
-pretrain stage's last validation (fixed val windows, VAL_SEED): val loss in nats/token,
-and MaxVio_global over the expert counts of all those validation tokens, averaged over
-layers (``val_maxvio`` in metrics.parquet). The table also keeps ``maxvio_late``, the
-MaxVio of the training batches of the last ``late_fraction`` of steps (routing.parquet).
+qualifies, the most balanced point, marked ``met_target: false``. The val loss is the
+pretrain stage's last validation (fixed val windows, VAL_SEED), in nats/token; the held-out
+MaxVio_global is its final validation on the val split's balance set (pretrain/balance.json,
+moebalance.analysis.balance.measure: the figure utilization reports on the test split's).
+The table also keeps ``maxvio_train_aggregate``: the training batches' counts summed over
+the last steps that route as many tokens as the balance set, a closed-loop aggregate (the
+bias corrects it as it arises), named so and never a held-out figure.
 
 ``references`` (e.g. ``[none]``) are variants run unchanged on the tuning seeds: they
 take no part in the choice and appear as single points in the frontier figure, Wang et
@@ -61,7 +63,8 @@ log = logging.getLogger(__name__)
 SECTIONS = ("model", "balancing", "pretrain")   # what a variant may override
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=-]*$")
 TABLE_COLUMNS = ["grid", "variant", "key", "value", "runs", "val_loss", "val_loss_sd",
-                 "maxvio", "maxvio_sd", "maxvio_late", "eligible", "chosen"]
+                 "maxvio", "maxvio_sd", "maxvio_floor", "maxvio_train_aggregate", "eligible",
+                 "chosen"]
 REFERENCE = "reference"  # the `grid` of a reference variant's row
 
 
@@ -174,24 +177,23 @@ def read_choice(config: dict[str, Any]) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------- selection
 
 
-def run_summary(metrics, routing, late_fraction: float) -> dict[str, float]:
-    """Last validation's val loss and held-out MaxVio_global, and the training batches'
-    MaxVio over the last ``late_fraction`` of steps, of one run (pandas tables)."""
-    from moebalance.maxvio import max_violation
+def run_summary(metrics, routing, balance: dict) -> dict[str, float]:
+    """Last validation's val loss, the final validation's held-out MaxVio_global and its
+    sampling floor (``balance``: pretrain/balance.json), and the training aggregate over as
+    many tokens as the held-out set, of one run (pandas tables)."""
+    from moebalance.analysis.balance import training_aggregate
 
     val = metrics.dropna(subset=["val_loss"])
     if val.empty:
         raise ValueError("no validation loss in metrics (eval_every = 0?)")
-    if "val_maxvio" not in val or not np.isfinite(val["val_maxvio"].iloc[-1]):
-        raise ValueError("no held-out MaxVio (val_maxvio) at the last validation: "
-                         "pretrained by an older moebalance? rerun the pretrain stage")
-    last_step = int(routing["step"].max())
-    n_late = max(1, math.ceil(late_fraction * (last_step + 1)))
-    late = routing[routing["step"] > last_step - n_late]
-    counts_LE = late.pivot_table(index="layer", columns="expert", values="tokens", aggfunc="sum")
+    counts = routing.pivot_table(index=["step", "layer"], columns="expert", values="tokens",
+                                 aggfunc="sum").sort_index()
+    steps, layers = counts.index.levels[0].size, counts.index.levels[1].size
+    counts_NLE = counts.to_numpy().reshape(steps, layers, -1)
+    aggregate, _ = training_aggregate(counts_NLE, balance["top_k"], balance["routed_tokens"])
     return {"val_loss": float(val["val_loss"].iloc[-1]),
-            "maxvio": float(val["val_maxvio"].iloc[-1]),
-            "maxvio_late": float(max_violation(counts_LE.to_numpy()).mean())}
+            "maxvio": float(balance["maxvio_global"]), "maxvio_floor": balance["maxvio_floor"],
+            "maxvio_train_aggregate": aggregate}
 
 
 def _point_row(grid: str, variant: str, key: str | None, value: Any,
@@ -201,7 +203,9 @@ def _point_row(grid: str, variant: str, key: str | None, value: Any,
     return {"grid": grid, "variant": variant, "key": key, "value": value, "runs": len(got),
             "val_loss": val.mean(), "val_loss_sd": val.std(ddof=1) if len(got) > 1 else math.nan,
             "maxvio": vio.mean(), "maxvio_sd": vio.std(ddof=1) if len(got) > 1 else math.nan,
-            "maxvio_late": float(np.mean([g["maxvio_late"] for g in got]))}
+            "maxvio_floor": float(np.mean([g["maxvio_floor"] for g in got])),
+            "maxvio_train_aggregate": float(np.mean([g["maxvio_train_aggregate"]
+                                                     for g in got]))}
 
 
 def sweep_table(sweep: SweepSettings, runs: dict[tuple[str, int], dict[str, float]]):
@@ -242,7 +246,8 @@ def choice_of(table) -> dict[str, dict[str, Any]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", required=True,
-                        help="runs/ folder holding {variant}/seed{seed}/pretrain/*.parquet")
+                        help="runs/ folder holding {variant}/seed{seed}/pretrain/ (metrics, "
+                        "routing and balance.json)")
     parser.add_argument("--table", required=True, help="sweep.csv to write")
     parser.add_argument("--choice", required=True, help="sweep_choice.json to write")
     parser.add_argument("--figure", default=None,
@@ -272,15 +277,15 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"--settings: {err}") from err
     if not sweep.seeds:
         raise UsageError("--settings: sweep.seeds: the selection needs the tuning seeds")
-    late = sweep.selection.late_fraction
     runs = {}
     for variant in [point[1] for point in points] + list(sweep.references):
         for seed in sweep.seeds:
             folder = Path(args.runs) / variant / f"seed{seed}" / "pretrain"
             try:
-                runs[(variant, seed)] = run_summary(pd.read_parquet(folder / "metrics.parquet"),
-                                                    pd.read_parquet(folder / "routing.parquet"),
-                                                    late)
+                runs[(variant, seed)] = run_summary(
+                    pd.read_parquet(folder / "metrics.parquet"),
+                    pd.read_parquet(folder / "routing.parquet"),
+                    json.loads((folder / "balance.json").read_text()))
             except (OSError, ValueError, KeyError) as err:
                 raise UsageError(f"{folder}: {err}") from err
     table = sweep_table(sweep, runs)

@@ -13,6 +13,7 @@ from snakemake.utils import min_version, validate
 from moebalance.cli import STAGES
 from moebalance.codehash import code_hash as module_code_hash
 from moebalance.config import (
+    BalanceSetSettings,
     BaselinesSettings,
     CompareSettings,
     CorpusSettings,
@@ -22,6 +23,7 @@ from moebalance.config import (
     SolutionNllSettings,
     SweepSettings,
     TokenizerSettings,
+    TrainSettings,
     UtilizationSettings,
     execution_settings,
     section_of,

@@ -129,6 +129,38 @@ rule baselines:
         " --source-hash {params.code} > {log:q} 2>&1"
 
 
+# The held-out balance sets (moebalance.data.balance_set): windows of the trained length in
+# the training token mix; the val split's for the final validation and the sweep's selection,
+# the test split's for the reported results. The windows' length is the pretraining seq_len.
+BALANCE_SET_SETTINGS = {**config["balance_set"],
+                        "seq_len": config["pretrain"].get("seq_len", TrainSettings.seq_len)}
+
+
+rule balance_set:
+    input:
+        MLFLOW_READY,
+        split=f"{DATA}/corpus/{{split}}.parquet",
+        meta=TOKENS_META,
+        tokenizer=rules.tokenizer.output.tokenizer,
+    output:
+        windows=f"{DATA}/balance/{{split}}.parquet",
+        meta=f"{DATA}/balance/{{split}}.json",
+    wildcard_constraints:
+        split="val|test",
+    params:
+        tokenizer_dir=parent_of("input", "tokenizer"),
+        settings=settings_param(BalanceSetSettings, BALANCE_SET_SETTINGS),
+        code=stage_code("balance-set"),
+    log:
+        f"{LOGS}/balance_set/{{split}}.log",
+    benchmark:
+        f"{BENCH}/balance_set/{{split}}.tsv"
+    shell:
+        "moebalance balance-set --split {input.split:q} --tokens-meta {input.meta:q}"
+        " --tokenizer-dir {params.tokenizer_dir:q} --out {output.windows:q}"
+        " --settings {params.settings:q} --source-hash {params.code} > {log:q} 2>&1"
+
+
 DATA_TARGETS = [
     rules.corpus.output.decontamination,
     TOKENS_META,

@@ -15,12 +15,12 @@ FIGURES = f"{RESULTS}/figures"
 rule utilization:
     input:
         MLFLOW_READY,
-        pretrain=f"{RUN_DIR}/pretrain/metrics.parquet",
-        sft=f"{RUN_DIR}/sft/metrics.parquet",
-        snapshots=f"{RUN_DIR}/pretrain/snapshots",
-        test=f"{DATA}/corpus/test.parquet",
-        train=f"{DATA}/corpus/train.parquet",
-        tokenizer=f"{DATA}/tokenizer/tokenizer.json",
+        pretrain=rules.pretrain.output.model,
+        sft=rules.sft.output.model,
+        routing=rules.pretrain.output.routing,
+        snapshots=rules.pretrain.output.snapshots,
+        balance_set=expand(rules.balance_set.output.windows, split="test"),
+        tokenizer=rules.tokenizer.output.tokenizer,
     output:
         counts=f"{RUN_DIR}/utilization/counts.parquet",
         documents=f"{RUN_DIR}/utilization/documents.parquet",
@@ -29,10 +29,8 @@ rule utilization:
         saturation=f"{RUN_DIR}/utilization/saturation.parquet",
         saturation_steps=f"{RUN_DIR}/utilization/saturation_steps.parquet",
         meta=f"{RUN_DIR}/utilization/meta.json",
+        balance=f"{RUN_DIR}/utilization/balance.json",
     params:
-        # the model folders sit beside metrics.parquet (same job), whatever their declaration
-        pretrain_model=lambda wildcards, input: str(Path(input.pretrain).parent / "model"),
-        sft_model=lambda wildcards, input: str(Path(input.sft).parent / "model"),
         tokenizer_dir=parent_of("input", "tokenizer"),
         out_dir=parent_of("output", "meta"),
         settings=settings_param(UtilizationSettings,
@@ -44,9 +42,10 @@ rule utilization:
     benchmark:
         f"{BENCH}/utilization/{{variant}}/seed{{seed}}.tsv"
     shell:
-        "moebalance utilization --pretrain-model {params.pretrain_model:q}"
-        " --sft-model {params.sft_model:q} --snapshots {input.snapshots:q} --tokenizer {params.tokenizer_dir:q}"
-        " --test {input.test:q} --train {input.train:q} --out-dir {params.out_dir:q}"
+        "moebalance utilization --pretrain-model {input.pretrain:q}"
+        " --sft-model {input.sft:q} --snapshots {input.snapshots:q} --routing {input.routing:q}"
+        " --tokenizer {params.tokenizer_dir:q}"
+        " --balance-set {input.balance_set:q} --out-dir {params.out_dir:q}"
         " --threads {threads} --settings {params.settings:q} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
@@ -54,6 +53,7 @@ rule utilization:
 # every file of every (variant, seed) that compare reads
 RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS, seed=SEEDS, name=[
     "pretrain/metrics.parquet", "pretrain/routing.parquet", "pretrain/provenance.json",
+    "pretrain/balance.json", "utilization/balance.json",
     "sft/metrics.parquet", "sft/provenance.json",
     "humaneval/summary.json", "humaneval/executions.parquet", "humaneval/solution_nll.parquet",
     "utilization/counts.parquet", "utilization/documents.parquet",

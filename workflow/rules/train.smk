@@ -6,7 +6,8 @@ PRETRAIN_TARGETS = expand(
     f"{RUN_DIR}/pretrain/{{name}}",
     variant=VARIANTS,
     seed=SEEDS,
-    name=["model", "metrics.parquet", "routing.parquet", "snapshots", "provenance.json"],
+    name=["model", "metrics.parquet", "routing.parquet", "snapshots", "provenance.json",
+          "balance.json"],
 )
 
 
@@ -17,12 +18,14 @@ rule pretrain:
         train=f"{TOKENS_DIR}/train.bin",
         val=f"{TOKENS_DIR}/val.bin",
         tokenizer=rules.tokenizer.output.tokenizer,
+        balance_set=expand(rules.balance_set.output.windows, split="val"),
     output:
         model=directory(f"{RUN_DIR}/pretrain/model"),
         metrics=f"{RUN_DIR}/pretrain/metrics.parquet",
         routing=f"{RUN_DIR}/pretrain/routing.parquet",
         snapshots=directory(f"{RUN_DIR}/pretrain/snapshots"),
         provenance=f"{RUN_DIR}/pretrain/provenance.json",
+        balance=f"{RUN_DIR}/pretrain/balance.json",
     params:
         settings=lambda wildcards: json.dumps(SETTINGS[wildcards.variant], sort_keys=True),
         tokens_dir=parent_of("input", "meta"),
@@ -40,6 +43,7 @@ rule pretrain:
     shell:
         "moebalance pretrain --tokens-dir {params.tokens_dir:q} --out-dir {params.out_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q} --tokenizer-dir {params.tokenizer_dir:q}"
+        " --balance-set {input.balance_set:q}"
         " --settings {params.settings:q} --execution {EXECUTION[pretrain]:q}"
         " --threads {threads} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"

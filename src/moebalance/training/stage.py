@@ -8,7 +8,9 @@ Outputs under --out-dir, written by rank 0 once training is complete:
     routing.parquet   one row per (step, MoE layer, expert)
     provenance.json   machine, kernels, library versions, threads and commit of the run
 
-The pretrain stage also writes ``snapshots/``: the model every ``snapshot_every`` steps.
+The pretrain stage also writes ``snapshots/``: the model every ``snapshot_every`` steps, and
+``balance.json``: the final validation of held-out balance on the val split's balance set
+(:func:`moebalance.analysis.balance.measure`), which the sweep's selection rule reads.
 Checkpoints go to --checkpoint-dir, outside the declared outputs (Snakemake deletes
 those of a failed job), so a rerun resumes; they are removed once the outputs exist.
 """
@@ -126,10 +128,13 @@ def init_distributed() -> bool:
 def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                    make_model: Callable[[], Any], settings: StageSettings,
                    train_batches, val_batches, tokenizer_dir: str | None,
-                   snapshots: bool = False, data: dict[str, Any] | None = None) -> None:
+                   snapshots: bool = False, data: dict[str, Any] | None = None,
+                   balance_set: str | None = None) -> None:
     """Train (resuming from --checkpoint-dir) and write the stage's outputs; with
-    ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0). ``data``
-    (e.g. the corpus hash) goes into provenance.json beside the machine's fingerprint.
+    ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0); with
+    ``balance_set`` (a balance set's path), also ``balance.json``, the trained model's
+    held-out balance on it. ``data`` (e.g. the corpus hash) goes into provenance.json
+    beside the machine's fingerprint.
 
     The checkpoint fingerprint is the hash of ``params``: the science settings, the data,
     the seed and the code hash, never the execution knobs."""
@@ -153,6 +158,10 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                 return
             out = Path(args.out_dir)
             record = write_outputs(trainer, telemetry, out, tokenizer_dir, snapshots, data)
+            headline = {}
+            if balance_set is not None:
+                balance = final_balance(trainer.model, balance_set, out / "balance.json")
+                headline[f"{stage}_heldout_maxvio_global"] = balance["maxvio_global"]
             last = telemetry.metrics[-1]
             log.info("%s done: %d steps, lm_loss %.4f, val_loss %.4f, maxvio_batch %.3f", stage,
                      last["step"] + 1, last["lm_loss"], last["val_loss"], last["maxvio_batch"])
@@ -160,12 +169,29 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                 for name in ("metrics.parquet", "routing.parquet", "provenance.json"):
                     mlflow.log_artifact(str(out / name))
                 mlflow.set_tags(provenance.as_tags(record))  # threads as the run set them
+                if balance_set is not None:
+                    mlflow.log_artifact(str(out / "balance.json"))
                 log_headline(mlflow, {f"{stage}_val_loss": last["val_loss"],
-                                      f"{stage}_maxvio_batch": last["maxvio_batch"]})
+                                      f"{stage}_maxvio_batch": last["maxvio_batch"], **headline})
             shutil.rmtree(args.checkpoint_dir, ignore_errors=True)  # outputs complete: not needed
     finally:
         if distributed:
             dist.destroy_process_group()
+
+
+def final_balance(model, balance_set: str, target: Path) -> dict[str, Any]:
+    """The final validation of held-out balance: :func:`moebalance.analysis.balance.measure`
+    of the trained model on ``balance_set``, written to ``target`` (JSON) and returned."""
+    from moebalance.analysis.balance import BalanceSet, measure
+    from moebalance.atomic import write_json
+
+    summary, _ = measure(model, BalanceSet.load(balance_set))
+    model.train()
+    write_json(summary | {"balance_set": str(balance_set)}, target)
+    log.info("held-out balance on %s: MaxVio_global %.4f (floor %.4f, split halves %.4f / %.4f)",
+             balance_set, summary["maxvio_global"], summary["maxvio_floor"],
+             *summary["maxvio_half"])
+    return summary
 
 
 def write_outputs(trainer, telemetry, out: Path, tokenizer_dir: str | None, snapshots: bool,
