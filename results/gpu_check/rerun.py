@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import yaml
 
 sys.path.insert(0, "src")
-from moebalance.config import deep_merge, variant_settings  # noqa: E402
+from moebalance.study import deep_merge, variant_settings  # noqa: E402
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "off"
 WRAP = ("import sys, torch, warnings; warnings.simplefilter('always'); "

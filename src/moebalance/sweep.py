@@ -49,12 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from moebalance.config import (
-    SweepSettings,
-    add_settings_argument,
-    deep_merge,
-    parse_settings,
-)
+from moebalance.config import SweepSettings, add_settings_argument, parse_settings
+from moebalance.study import deep_merge
 
 HELP = "collect a hyper-parameter sweep's pretrain runs and pick each grid's setting by the rule"
 log = logging.getLogger(__name__)

@@ -23,8 +23,10 @@ from moebalance.config import (
     SweepSettings,
     TokenizerSettings,
     UtilizationSettings,
-    execution_settings,
     section_of,
+)
+from moebalance.study import (
+    execution_settings,
     sft_settings,
     study_hash,
     trained_length,
