@@ -30,7 +30,7 @@ STAGES: dict[str, str] = {
     "solution-nll": "moebalance.evaluation.solution_nll",
     "utilization": "moebalance.analysis.utilization",
     "compare": "moebalance.analysis.compare",
-    "sweep-select": "moebalance.sweep",
+    "sweep-select": "moebalance.analysis.sweep_select",
 }
 log = logging.getLogger("moebalance")
 

@@ -512,7 +512,7 @@ class SweepSelection:
 
 @dataclass(frozen=True)
 class SweepSettings(Settings):
-    """The `sweep` section (moebalance.sweep): grids over one setting of a base variant, run
+    """The `sweep` section (moebalance.study): grids over one setting of a base variant, run
     on their own seeds in the tune phase; the report phase applies the chosen values."""
 
     phase: Literal["tune", "report"] = "report"  # tune: the study is the grid on `seeds`

@@ -26,13 +26,16 @@ from moebalance.config import (
     section_of,
 )
 from moebalance.study import (
+    apply_sweep,
+    choice_path,
     execution_settings,
+    read_choice,
     sft_settings,
     study_hash,
+    sweep_settings,
     trained_length,
     variant_settings,
 )
-from moebalance.sweep import apply_sweep, read_choice, sweep_settings
 
 min_version("9.0")
 

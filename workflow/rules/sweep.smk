@@ -1,4 +1,4 @@
-# Fair tuning (moebalance.sweep): in the tune phase the study's variants are the grid points
+# Fair tuning (moebalance.study): in the tune phase the study's variants are the grid points
 # on the tuning seeds; `snakemake sweep_select` trains them and applies the stated rule.
 # Uses SWEEP from common.smk, RUNS and PRETRAIN_TARGETS from train.smk; include this file
 # after them.
@@ -11,7 +11,7 @@ if SWEEP.grids and SWEEP.phase == "tune":
             baselines=f"{DATA}/baselines.json",
         output:
             table=f"{RESULTS}/tables/sweep.csv",
-            choice=f"{RESULTS}/tables/sweep_choice.json",
+            choice=str(choice_path(config)),  # where the report phase reads it
             figure=f"{RESULTS}/figures/frontier.png",
         params:
             settings=settings_param(SweepSettings, config["sweep"]),
