@@ -1,6 +1,7 @@
 """The study's shape, torch-free (the Snakefile imports it at parse time): a variant's
 resolved settings for pretraining and SFT, their execution knobs, the longest window a
-variant was trained on, the hash naming a study, and the sweep's grids as variants.
+variant was trained on, the hash naming a study, the sweep's grids as variants, and where
+each run's files live (:class:`RunPaths`).
 
 Fair tuning (docs/reference.md §6). The `sweep` section of the config
 (moebalance.config.SweepSettings holds its defaults):
@@ -37,6 +38,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,39 @@ def trained_length(pretrain_settings: dict[str, Any], finetune_settings: dict[st
     solutions longer than this are scored by positions no training step reached."""
     return max(loop.get("train", {}).get("seq_len", DEFAULT_SEQ_LEN)
                for loop in (pretrain_settings, finetune_settings))
+
+
+# ---- where a run's files live -------------------------------------------------------------
+
+
+def run_name(variant: str, seed: int | str) -> str:
+    """``{variant}/seed{seed}``: one training run's name, and its part of every per-run path
+    (run folder, logs, benchmarks, checkpoints) and of its MLflow run."""
+    return f"{variant}/seed{seed}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run-folder layout, ``{runs}/{variant}/seed{seed}/{stage}/``: each (variant, seed)
+    has a folder per stage (pretrain, sft, humaneval, utilization) holding that stage's
+    files, which the rules writing them name. Left as ``{variant}`` and ``{seed}``, the
+    variant and seed are Snakemake wildcards, and the paths are the rules' patterns."""
+
+    runs: str | Path
+    variant: str = "{variant}"
+    seed: int | str = "{seed}"
+
+    @property
+    def name(self) -> str:
+        return run_name(self.variant, self.seed)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.runs) / self.name
+
+    def stage(self, stage: str) -> Path:
+        """The folder of one stage's outputs for this run."""
+        return self.folder / stage
 
 
 # ---- the sweep: grids as variants ----------------------------------------------------------

@@ -31,7 +31,7 @@ from moebalance.atomic import atomic_path, write_json
 from moebalance.config import SweepSettings, add_settings_argument, parse_settings
 from moebalance.errors import UsageError
 from moebalance.maxvio import max_violation
-from moebalance.study import grid_points
+from moebalance.study import RunPaths, grid_points
 
 HELP = "collect a hyper-parameter sweep's pretrain runs and pick each grid's setting by the rule"
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ def choice_of(table) -> dict[str, dict[str, Any]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", required=True,
-                        help="runs/ folder holding {variant}/seed{seed}/pretrain/*.parquet")
+                        help="runs folder: {variant}/seed{seed}/pretrain/ of each run "
+                        "(moebalance.study)")
     parser.add_argument("--table", required=True, help="sweep.csv to write")
     parser.add_argument("--choice", required=True, help="sweep_choice.json to write")
     parser.add_argument("--figure", default=None,
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
     runs = {}
     for variant in [point[1] for point in points] + list(sweep.references):
         for seed in sweep.seeds:
-            folder = Path(args.runs) / variant / f"seed{seed}" / "pretrain"
+            folder = RunPaths(args.runs, variant, seed).stage("pretrain")
             try:
                 runs[(variant, seed)] = run_summary(pd.read_parquet(folder / "metrics.parquet"),
                                                     pd.read_parquet(folder / "routing.parquet"),
