@@ -22,7 +22,7 @@ STAGES: dict[str, str] = {
     "tokenizer": "moebalance.data.tokenizer",
     "tokens": "moebalance.data.tokens",
     "sft-data": "moebalance.data.sft_pairs",
-    "baselines": "moebalance.evaluation.baselines",
+    "baselines": "moebalance.data.baselines",
     "pretrain": "moebalance.training.pretrain",
     "sft": "moebalance.training.sft",
     "generate": "moebalance.evaluation.generate",

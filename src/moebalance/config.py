@@ -362,7 +362,7 @@ class SftDataSettings(Settings):
 @dataclass(frozen=True)
 class BaselinesSettings(Settings):
     """The validation windows the count baselines are scored on: the `pretrain` keys that
-    choose them (moebalance.evaluation.baselines), with the pretraining loop's defaults."""
+    choose them (moebalance.data.baselines), with the pretraining loop's defaults."""
 
     seq_len: int = TrainSettings.seq_len                    # tokens per validation window
     micro_batch_size: int = TrainSettings.micro_batch_size  # windows per validation batch

@@ -111,7 +111,7 @@ rule baselines:
     params:
         tokens_dir=parent_of("input", "meta"),
         tokenizer_dir=parent_of("input", "tokenizer"),
-        # the validation windows the models are scored on (moebalance.training.stage): the
+        # the validation windows the models are scored on (moebalance.data.windows): the
         # pretrain keys that choose them; keys left out take the TrainSettings defaults, as
         # in pretraining. A variant overriding one of them is scored on other windows.
         settings=settings_param(BaselinesSettings,
