@@ -26,10 +26,10 @@ from moebalance.config import (
     section_of,
 )
 from moebalance.study import (
+    RunPaths,
     apply_sweep,
     choice_path,
     execution_settings,
-    RunPaths,
     read_choice,
     sft_settings,
     study_hash,
