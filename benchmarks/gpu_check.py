@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from train_step import format_table  # noqa: E402
 
 from moebalance.atomic import write_parquet  # noqa: E402
-from moebalance.config import deep_merge, variant_settings  # noqa: E402
 from moebalance.data.shards import open_split, read_meta  # noqa: E402
+from moebalance.study import deep_merge, variant_settings  # noqa: E402
 
 FALLBACK_STEPS = 150  # per run, when train_step.py gave no tokens/s to size the runs by
 RUNS = {  # name: the balancing of one short run (the papers' coefficients)

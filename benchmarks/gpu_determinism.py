@@ -30,8 +30,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from moebalance.config import deep_merge, variant_settings  # noqa: E402
 from moebalance.model.balancing import STRATEGIES  # noqa: E402
+from moebalance.study import deep_merge, variant_settings  # noqa: E402
 
 TINY_MODEL = {"hidden_size": 64, "layers": 2, "heads": 2, "dense_size": 128, "routed_experts": 8,
               "top_k": 2, "shared_experts": 1, "expert_size": 32, "q_lora_rank": None,

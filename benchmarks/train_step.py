@@ -33,11 +33,10 @@ from moebalance.config import (
     ExecutionSettings,
     ModelSettings,
     TrainSettings,
-    deep_merge,
-    variant_settings,
 )
 from moebalance.model import build_hf_config, build_model
 from moebalance.model.balancing import Balancing
+from moebalance.study import deep_merge, variant_settings
 from moebalance.training.batches import TokenWindows
 from moebalance.training.trainer import Trainer, build_optimizer, lr_at
 

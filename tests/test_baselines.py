@@ -8,7 +8,7 @@ import pytest
 from moe_helpers import write_tokens_dir
 
 from moebalance.cli import main
-from moebalance.evaluation.baselines import CountModel, scored_pairs, token_bytes, tune_lambda
+from moebalance.data.baselines import CountModel, scored_pairs, token_bytes, tune_lambda
 
 # tokens 0 1 0 1 2 (V = 3): c(w) = [2, 2, 1], N = 5; pairs (0,1) x2, (1,0), (1,2); c(v) = [2, 2, 0]
 TOKENS = np.array([0, 1, 0, 1, 2])

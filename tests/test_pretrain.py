@@ -157,7 +157,8 @@ def test_heldout_maxvio_is_recomputed_from_the_saved_model_with_stock_transforme
     from transformers import AutoModelForCausalLM
 
     from moebalance.data.shards import open_split
-    from moebalance.training.batches import VAL_SEED, TokenWindows
+    from moebalance.data.windows import VAL_SEED
+    from moebalance.training.batches import TokenWindows
 
     root, out = pretrained
     metrics = pd.read_parquet(out / "metrics.parquet")

@@ -14,9 +14,8 @@ from conftest import REPO, run_snakemake
 from moebalance import provenance
 from moebalance.cli import STAGES
 from moebalance.codehash import closure, code_hash, unhashed_imports
-from moebalance.config import (
-    DEFAULT_SEQ_LEN,
-    ExecutionSettings,
+from moebalance.config import DEFAULT_SEQ_LEN, ExecutionSettings
+from moebalance.study import (
     execution_settings,
     sft_settings,
     trained_length,

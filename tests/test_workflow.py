@@ -8,15 +8,23 @@ from collections import Counter
 import mlflow
 import pytest
 import yaml
-from conftest import run_snakemake
+from conftest import REPO, run_snakemake
+
+from moebalance.study import deep_merge
 
 PROFILE = ("--workflow-profile", "workflow/profiles/default")
 
 
+def planned_counts(output: str) -> Counter:
+    """Jobs per rule of a dry run's job table."""
+    table = output.split("Job stats:")[1].split("total")[0]
+    return Counter({m.group(1): int(m.group(2))
+                    for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)})
+
+
 def planned_jobs(output: str) -> set[str]:
     """Rule names of a dry run's job table."""
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"job"}
+    return set(planned_counts(output))
 
 
 def bad_config(workdir, overlay: dict):
@@ -26,12 +34,19 @@ def bad_config(workdir, overlay: dict):
                          check=False)
 
 
-@pytest.mark.parametrize("config", ["config/config.yaml", "config/smoke.yaml",
-                                    "config/long.yaml"])
-def test_dag_dry_runs(workdir, config):
-    proc = run_snakemake(workdir, "-n", "--configfile", config)
-    assert {"corpus", "tokenizer", "tokens", "sft_data", "mlflow_store",
-            "baselines"} <= planned_jobs(proc.stdout)
+PER_RUN_RULES = ("pretrain", "sft", "generate", "solution_nll", "score", "utilization")
+
+
+@pytest.mark.parametrize("preset", ["config/config.yaml", "config/smoke.yaml",
+                                    "config/long.yaml", "config/gpu.yaml"])
+def test_every_preset_plans_its_data_and_one_training_chain_per_run(workdir, preset):
+    config = yaml.safe_load(open(REPO / "config" / "config.yaml"))
+    config = deep_merge(config, yaml.safe_load(open(REPO / preset)) or {})
+    runs = len(config["variants"]) * len(config["seeds"])
+    jobs = planned_counts(run_snakemake(workdir, "-n", "--configfile", preset).stdout)
+    assert all(jobs[rule] == 1 for rule in ("corpus", "tokenizer", "tokens", "sft_data",
+                                            "mlflow_store", "baselines", "compare"))
+    assert {rule: jobs[rule] for rule in PER_RUN_RULES} == dict.fromkeys(PER_RUN_RULES, runs)
 
 
 def test_long_study_tune_phase_plans_the_grid_on_the_tuning_seeds(workdir):

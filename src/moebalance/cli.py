@@ -23,7 +23,7 @@ STAGES: dict[str, str] = {
     "tokens": "moebalance.data.tokens",
     "sft-data": "moebalance.data.sft_pairs",
     "balance-set": "moebalance.data.balance_set",
-    "baselines": "moebalance.evaluation.baselines",
+    "baselines": "moebalance.data.baselines",
     "pretrain": "moebalance.training.pretrain",
     "sft": "moebalance.training.sft",
     "generate": "moebalance.evaluation.generate",
@@ -31,7 +31,7 @@ STAGES: dict[str, str] = {
     "solution-nll": "moebalance.evaluation.solution_nll",
     "utilization": "moebalance.analysis.utilization",
     "compare": "moebalance.analysis.compare",
-    "sweep-select": "moebalance.sweep",
+    "sweep-select": "moebalance.analysis.sweep_select",
 }
 log = logging.getLogger("moebalance")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from moebalance.errors import UsageError
+from moebalance.study import run_name
 
 DEFAULT_STORE = "results/mlflow.db"
 DEFAULT_EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "moebalance")
@@ -150,7 +151,7 @@ def parent_run(args: argparse.Namespace, experiment_id: str) -> str | None:
         if args.variant is None or args.seed is None:
             return parent
         return _find_or_create(
-            client, experiment_id, f"{args.variant}/seed{args.seed}",
+            client, experiment_id, run_name(args.variant, args.seed),
             {"moebalance.level": "run", "moebalance.study": study, "variant": args.variant,
              "seed": str(args.seed)}, parent)
 

@@ -25,14 +25,20 @@ from moebalance.config import (
     TokenizerSettings,
     TrainSettings,
     UtilizationSettings,
-    execution_settings,
     section_of,
+)
+from moebalance.study import (
+    RunPaths,
+    apply_sweep,
+    choice_path,
+    execution_settings,
+    read_choice,
     sft_settings,
     study_hash,
+    sweep_settings,
     trained_length,
     variant_settings,
 )
-from moebalance.sweep import apply_sweep, read_choice, sweep_settings
 
 min_version("9.0")
 
@@ -91,7 +97,7 @@ EXECUTION = {stage: json.dumps({k: v for k, v in execution_settings(loop).items(
 THREADS = {stage: max(1, loop.get("threads", 1)) for stage, loop in _LOOPS.items()}
 SEEDS = config["seeds"]
 RUNS = f"{RESULTS}/runs"
-RUN_DIR = f"{RUNS}/{{variant}}/seed{{seed}}"
+RUN = RunPaths(RUNS)  # {variant} and {seed} left as wildcards: the per-run rules' patterns
 
 
 wildcard_constraints:
@@ -104,10 +110,26 @@ def uses_gpu(settings):
     return int(settings["train"].get("device", "auto").startswith("cuda"))
 
 
+def run_file(stage, name):
+    """A per-run output: the file `name` in the `stage` folder of each (variant, seed)."""
+    return str(RUN.stage(stage) / name)
+
+
+def run_log(rule_name):
+    """The log of one (variant, seed)'s job of a per-run rule."""
+    return f"{LOGS}/{rule_name}/{RUN.name}.log"
+
+
+def run_benchmark(rule_name):
+    """The benchmark of one (variant, seed)'s job of a per-run rule."""
+    return f"{BENCH}/{rule_name}/{RUN.name}.tsv"
+
+
 def checkpoint_dir(stage):
     """Checkpoints sit outside the declared outputs: Snakemake deletes those of a failed
     job, and a rerun resumes from the checkpoint instead."""
-    return lambda wildcards: f"{RESULTS}/checkpoints/{wildcards.variant}/seed{wildcards.seed}/{stage}"
+    return lambda wildcards: str(RunPaths(f"{RESULTS}/checkpoints", wildcards.variant,
+                                          wildcards.seed).stage(stage))
 
 
 def settings_param(cls, values):

@@ -44,8 +44,6 @@ rule tokenizer:
         " --settings {params.settings:q} --source-hash {params.code} > {log:q} 2>&1"
 
 
-TOKENS_DIR = f"{DATA}/tokens"
-TOKENS_META = f"{TOKENS_DIR}/meta.json"
 # The tokens stage has no science settings; its `tokens` section holds an execution knob
 # (documents per encode batch), outside the params: changing it plans no job.
 TOKENS_BATCH = config["tokens"].get("batch_size")
@@ -60,9 +58,9 @@ rule tokens:
         test=rules.corpus.output.test,
         tokenizer=rules.tokenizer.output.tokenizer,
     output:
-        meta=TOKENS_META,
-        train=f"{TOKENS_DIR}/train.bin",
-        val=f"{TOKENS_DIR}/val.bin",
+        meta=f"{DATA}/tokens/meta.json",
+        train=f"{DATA}/tokens/train.bin",
+        val=f"{DATA}/tokens/val.bin",
     params:
         corpus_dir=parent_of("input", "train"),
         tokenizer_dir=parent_of("input", "tokenizer"),
@@ -104,16 +102,16 @@ rule baselines:
     # the positive control: unigram and interpolated bigram on the pretrain validation targets
     input:
         MLFLOW_READY,
-        meta=TOKENS_META,
-        train=f"{TOKENS_DIR}/train.bin",
-        val=f"{TOKENS_DIR}/val.bin",
+        meta=rules.tokens.output.meta,
+        train=rules.tokens.output.train,
+        val=rules.tokens.output.val,
         tokenizer=rules.tokenizer.output.tokenizer,
     output:
         f"{DATA}/baselines.json",
     params:
         tokens_dir=parent_of("input", "meta"),
         tokenizer_dir=parent_of("input", "tokenizer"),
-        # the validation windows the models are scored on (moebalance.training.stage): the
+        # the validation windows the models are scored on (moebalance.data.windows): the
         # pretrain keys that choose them; keys left out take the TrainSettings defaults, as
         # in pretraining. A variant overriding one of them is scored on other windows.
         settings=settings_param(BaselinesSettings,
@@ -140,7 +138,7 @@ rule balance_set:
     input:
         MLFLOW_READY,
         split=f"{DATA}/corpus/{{split}}.parquet",
-        meta=TOKENS_META,
+        meta=rules.tokens.output.meta,
         tokenizer=rules.tokenizer.output.tokenizer,
     output:
         windows=f"{DATA}/balance/{{split}}.parquet",
@@ -163,7 +161,7 @@ rule balance_set:
 
 DATA_TARGETS = [
     rules.corpus.output.decontamination,
-    TOKENS_META,
+    rules.tokens.output.meta,
     rules.sft_data.output.train,
     rules.baselines.output[0],
 ]

@@ -9,7 +9,7 @@ rule generate:
         MLFLOW_READY,
         model=rules.sft.output.model,
     output:
-        f"{RUN_DIR}/humaneval/samples.jsonl",
+        run_file("humaneval", "samples.jsonl"),
     params:
         settings=settings_param(GenerateSettings, section_of(GenerateSettings, HUMANEVAL)),
         code=stage_code("generate"),
@@ -17,9 +17,9 @@ rule generate:
     resources:
         gpu=lambda wildcards: uses_gpu(SETTINGS[wildcards.variant]),
     log:
-        f"{LOGS}/generate/{{variant}}/seed{{seed}}.log",
+        run_log("generate"),
     benchmark:
-        f"{BENCH}/generate/{{variant}}/seed{{seed}}.tsv"
+        run_benchmark("generate")
     shell:
         "OMP_NUM_THREADS={threads} moebalance generate --model {input.model:q} --out {output:q}"
         " --settings {params.settings:q} --source-hash {params.code}"
@@ -31,7 +31,7 @@ rule solution_nll:
         MLFLOW_READY,
         model=rules.sft.output.model,
     output:
-        f"{RUN_DIR}/humaneval/solution_nll.parquet",
+        run_file("humaneval", "solution_nll.parquet"),
     params:
         # the means cover the problems whose prompt + solution fit the trained length
         settings=lambda wildcards: settings_param(
@@ -39,9 +39,9 @@ rule solution_nll:
         code=stage_code("solution-nll"),
     threads: 1
     log:
-        f"{LOGS}/solution_nll/{{variant}}/seed{{seed}}.log",
+        run_log("solution_nll"),
     benchmark:
-        f"{BENCH}/solution_nll/{{variant}}/seed{{seed}}.tsv"
+        run_benchmark("solution_nll")
     shell:
         "OMP_NUM_THREADS={threads} moebalance solution-nll --model {input.model:q}"
         " --out {output:q} --settings {params.settings:q} --source-hash {params.code}"
@@ -54,18 +54,18 @@ rule score:
         samples=rules.generate.output[0],
         nll=rules.solution_nll.output[0],
     output:
-        summary=f"{RUN_DIR}/humaneval/summary.json",
-        executions=f"{RUN_DIR}/humaneval/executions.parquet",
-        results=f"{RUN_DIR}/humaneval/results.jsonl",
+        summary=run_file("humaneval", "summary.json"),
+        executions=run_file("humaneval", "executions.parquet"),
+        results=run_file("humaneval", "results.jsonl"),
     params:
         out_dir=parent_of("output", "summary"),
         settings=settings_param(ScoreSettings, section_of(ScoreSettings, HUMANEVAL)),
         code=stage_code("score"),
     threads: 2  # the scorer's --workers, an execution knob
     log:
-        f"{LOGS}/score/{{variant}}/seed{{seed}}.log",
+        run_log("score"),
     benchmark:
-        f"{BENCH}/score/{{variant}}/seed{{seed}}.tsv"
+        run_benchmark("score")
     shell:
         "moebalance score {input.samples:q} --out {params.out_dir:q} --workers {threads}"
         " --settings {params.settings:q} --nll {input.nll:q}"

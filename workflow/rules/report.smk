@@ -1,6 +1,7 @@
 # Analysis: held-out routing per (variant, seed), then one comparison of all variants with
 # its tables, figures and the HTML report (`snakemake --report report.html`).
-# Uses RUN_DIR, VARIANTS and SEEDS from common.smk.
+# Uses the training and evaluation rules, run_file, RUNS, VARIANTS and SEEDS from
+# common.smk; include this file after them.
 
 ANALYSIS = config["analysis"]  # keys of two stages: utilization's and compare's settings
 
@@ -15,21 +16,24 @@ FIGURES = f"{RESULTS}/figures"
 rule utilization:
     input:
         MLFLOW_READY,
-        pretrain=rules.pretrain.output.model,
-        sft=rules.sft.output.model,
+        pretrain_model=rules.pretrain.output.model,
+        # the stage reads the final step of the snapshots' curve from the metrics.parquet
+        # beside the pretrained model
+        pretrain_metrics=rules.pretrain.output.metrics,
         routing=rules.pretrain.output.routing,
         snapshots=rules.pretrain.output.snapshots,
+        sft_model=rules.sft.output.model,
         balance_set=expand(rules.balance_set.output.windows, split="test"),
         tokenizer=rules.tokenizer.output.tokenizer,
     output:
-        counts=f"{RUN_DIR}/utilization/counts.parquet",
-        documents=f"{RUN_DIR}/utilization/documents.parquet",
-        coactivation=f"{RUN_DIR}/utilization/coactivation.parquet",
-        vocab=f"{RUN_DIR}/utilization/vocab.parquet",
-        saturation=f"{RUN_DIR}/utilization/saturation.parquet",
-        saturation_steps=f"{RUN_DIR}/utilization/saturation_steps.parquet",
-        meta=f"{RUN_DIR}/utilization/meta.json",
-        balance=f"{RUN_DIR}/utilization/balance.json",
+        counts=run_file("utilization", "counts.parquet"),
+        documents=run_file("utilization", "documents.parquet"),
+        coactivation=run_file("utilization", "coactivation.parquet"),
+        vocab=run_file("utilization", "vocab.parquet"),
+        saturation=run_file("utilization", "saturation.parquet"),
+        saturation_steps=run_file("utilization", "saturation_steps.parquet"),
+        meta=run_file("utilization", "meta.json"),
+        balance=run_file("utilization", "balance.json"),
     params:
         tokenizer_dir=parent_of("input", "tokenizer"),
         out_dir=parent_of("output", "meta"),
@@ -38,28 +42,35 @@ rule utilization:
         code=stage_code("utilization"),
     threads: 1
     log:
-        f"{LOGS}/utilization/{{variant}}/seed{{seed}}.log",
+        run_log("utilization"),
     benchmark:
-        f"{BENCH}/utilization/{{variant}}/seed{{seed}}.tsv"
+        run_benchmark("utilization")
     shell:
-        "moebalance utilization --pretrain-model {input.pretrain:q}"
-        " --sft-model {input.sft:q} --snapshots {input.snapshots:q} --routing {input.routing:q}"
-        " --tokenizer {params.tokenizer_dir:q}"
+        "moebalance utilization --pretrain-model {input.pretrain_model:q}"
+        " --sft-model {input.sft_model:q} --snapshots {input.snapshots:q}"
+        " --routing {input.routing:q} --tokenizer {params.tokenizer_dir:q}"
         " --balance-set {input.balance_set:q} --out-dir {params.out_dir:q}"
         " --threads {threads} --settings {params.settings:q} --source-hash {params.code}"
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
-# every file of every (variant, seed) that compare reads
-RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS, seed=SEEDS, name=[
-    "pretrain/metrics.parquet", "pretrain/routing.parquet", "pretrain/provenance.json",
-    "pretrain/balance.json", "utilization/balance.json",
-    "sft/metrics.parquet", "sft/provenance.json",
-    "humaneval/summary.json", "humaneval/executions.parquet", "humaneval/solution_nll.parquet",
-    "utilization/counts.parquet", "utilization/documents.parquet",
-    "utilization/coactivation.parquet", "utilization/vocab.parquet",
-    "utilization/saturation.parquet", "utilization/saturation_steps.parquet",
-    "utilization/meta.json"])
+# every file of every (variant, seed) that compare reads (moebalance.analysis.runs)
+RUN_FILES = expand(
+    [
+        rules.pretrain.output.metrics,
+        rules.pretrain.output.routing,
+        rules.pretrain.output.provenance,
+        rules.pretrain.output.balance,
+        rules.sft.output.metrics,
+        rules.sft.output.provenance,
+        rules.score.output.summary,
+        rules.score.output.executions,
+        rules.solution_nll.output[0],
+        *rules.utilization.output,
+    ],
+    variant=VARIANTS,
+    seed=SEEDS,
+)
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
                    "token_class_specialization", "saturation_steps", "bias_diagnostics"]
 
@@ -95,7 +106,7 @@ rule compare:
         heatmaps=report(expand(f"{FIGURES}/relative_load_{{variant}}.png", variant=VARIANTS),
                         caption="../report/relative_load_heatmap.rst", category="Figures"),
     params:
-        runs_dir=lambda wildcards, input: str(Path(input.runs[0]).parents[3]),
+        runs_dir=RUNS,
         variants=" ".join(VARIANTS),
         seeds=" ".join(map(str, SEEDS)),
         settings=settings_param(CompareSettings, section_of(CompareSettings, ANALYSIS)),

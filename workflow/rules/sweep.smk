@@ -1,17 +1,18 @@
-# Fair tuning (moebalance.sweep): in the tune phase the study's variants are the grid points
+# Fair tuning (moebalance.study): in the tune phase the study's variants are the grid points
 # on the tuning seeds; `snakemake sweep_select` trains them and applies the stated rule.
-# Uses SWEEP from common.smk, RUNS and PRETRAIN_TARGETS from train.smk; include this file
-# after them.
+# Uses SWEEP and RUNS from common.smk, the pretrain rule of train.smk and the baselines rule
+# of data.smk; include this file after them.
 
 if SWEEP.grids and SWEEP.phase == "tune":
 
     rule sweep_select:
         input:
-            runs=[path for path in PRETRAIN_TARGETS if path.endswith(".parquet")],
-            baselines=f"{DATA}/baselines.json",
+            runs=expand([rules.pretrain.output.metrics, rules.pretrain.output.routing],
+                         variant=VARIANTS, seed=SEEDS),
+            baselines=rules.baselines.output[0],
         output:
             table=f"{RESULTS}/tables/sweep.csv",
-            choice=f"{RESULTS}/tables/sweep_choice.json",
+            choice=str(choice_path(config)),  # where the report phase reads it
             figure=f"{RESULTS}/figures/frontier.png",
         params:
             settings=settings_param(SweepSettings, config["sweep"]),

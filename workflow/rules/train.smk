@@ -2,30 +2,22 @@
 # settings are one param, so changing any value re-runs exactly the variants it reaches;
 # execution knobs come from EXECUTION and THREADS (common.smk), outside the params.
 
-PRETRAIN_TARGETS = expand(
-    f"{RUN_DIR}/pretrain/{{name}}",
-    variant=VARIANTS,
-    seed=SEEDS,
-    name=["model", "metrics.parquet", "routing.parquet", "snapshots", "provenance.json",
-          "balance.json"],
-)
-
 
 rule pretrain:
     input:
         MLFLOW_READY,
-        meta=TOKENS_META,
-        train=f"{TOKENS_DIR}/train.bin",
-        val=f"{TOKENS_DIR}/val.bin",
+        meta=rules.tokens.output.meta,
+        train=rules.tokens.output.train,
+        val=rules.tokens.output.val,
         tokenizer=rules.tokenizer.output.tokenizer,
         balance_set=expand(rules.balance_set.output.windows, split="val"),
     output:
-        model=directory(f"{RUN_DIR}/pretrain/model"),
-        metrics=f"{RUN_DIR}/pretrain/metrics.parquet",
-        routing=f"{RUN_DIR}/pretrain/routing.parquet",
-        snapshots=directory(f"{RUN_DIR}/pretrain/snapshots"),
-        provenance=f"{RUN_DIR}/pretrain/provenance.json",
-        balance=f"{RUN_DIR}/pretrain/balance.json",
+        model=directory(run_file("pretrain", "model")),
+        metrics=run_file("pretrain", "metrics.parquet"),
+        routing=run_file("pretrain", "routing.parquet"),
+        snapshots=directory(run_file("pretrain", "snapshots")),
+        provenance=run_file("pretrain", "provenance.json"),
+        balance=run_file("pretrain", "balance.json"),
     params:
         settings=lambda wildcards: json.dumps(SETTINGS[wildcards.variant], sort_keys=True),
         tokens_dir=parent_of("input", "meta"),
@@ -37,9 +29,9 @@ rule pretrain:
     resources:
         gpu=lambda wildcards: uses_gpu(SETTINGS[wildcards.variant]),
     log:
-        f"{LOGS}/pretrain/{{variant}}/seed{{seed}}.log",
+        run_log("pretrain"),
     benchmark:
-        f"{BENCH}/pretrain/{{variant}}/seed{{seed}}.tsv"
+        run_benchmark("pretrain")
     shell:
         "moebalance pretrain --tokens-dir {params.tokens_dir:q} --out-dir {params.out_dir:q}"
         " --checkpoint-dir {params.checkpoint_dir:q} --tokenizer-dir {params.tokenizer_dir:q}"
@@ -49,6 +41,9 @@ rule pretrain:
         " --variant {wildcards.variant} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
+PRETRAIN_TARGETS = expand(rules.pretrain.output, variant=VARIANTS, seed=SEEDS)
+
+
 rule sft:
     input:
         MLFLOW_READY,
@@ -56,10 +51,10 @@ rule sft:
         train=rules.sft_data.output.train,
         val=rules.sft_data.output.val,
     output:
-        model=directory(f"{RUN_DIR}/sft/model"),
-        metrics=f"{RUN_DIR}/sft/metrics.parquet",
-        routing=f"{RUN_DIR}/sft/routing.parquet",
-        provenance=f"{RUN_DIR}/sft/provenance.json",
+        model=directory(run_file("sft", "model")),
+        metrics=run_file("sft", "metrics.parquet"),
+        routing=run_file("sft", "routing.parquet"),
+        provenance=run_file("sft", "provenance.json"),
     params:
         settings=lambda wildcards: json.dumps(SFT_SETTINGS[wildcards.variant], sort_keys=True),
         sft_dir=parent_of("input", "train"),
@@ -70,9 +65,9 @@ rule sft:
     resources:
         gpu=lambda wildcards: uses_gpu(SFT_SETTINGS[wildcards.variant]),
     log:
-        f"{LOGS}/sft/{{variant}}/seed{{seed}}.log",
+        run_log("sft"),
     benchmark:
-        f"{BENCH}/sft/{{variant}}/seed{{seed}}.tsv"
+        run_benchmark("sft")
     shell:
         "moebalance sft --pretrained {input.model:q} --sft-dir {params.sft_dir:q}"
         " --out-dir {params.out_dir:q} --checkpoint-dir {params.checkpoint_dir:q}"

@@ -1,8 +1,8 @@
 """The compare stage: every variant and seed in, the study's tables, words and figures out.
 
-Loads each RUNS_DIR/{variant}/seed{seed}/ (runs.py), summarises every metric per variant
-and against the baseline with seed-level statistics (statistics.py, tables.py), and writes
-under TABLES_DIR:
+Loads each run's folder (moebalance.study.RunPaths, runs.py), summarises every metric per
+variant and against the baseline with seed-level statistics (statistics.py, tables.py),
+and writes under TABLES_DIR:
 
     comparison.csv         metric, display, kind, variant, n_seeds, mean, ci_low, ci_high,
                            ci (what the interval resamples), seed_values, role
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from moebalance.config import CompareSettings, add_settings_argument, parse_settings
+from moebalance.study import RunPaths
 
 HELP = ("compare the variants with seed-level statistics: primaries with Holm, TOST and "
         "power; exploratory tables; figures; the README's answer")
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--runs-dir", required=True, help="folder holding {variant}/seed{seed}/")
+    parser.add_argument("--runs-dir", required=True,
+                        help="runs folder: {variant}/seed{seed}/ of each run (moebalance.study)")
     parser.add_argument("--variants", nargs="+", required=True, help="variants to compare")
     parser.add_argument("--seeds", nargs="+", type=int, required=True,
                         help="seeds of each variant (the same for all: runs pair by seed)")
@@ -110,10 +112,11 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int]) ->
     records = []
     for variant in variants:
         for seed in seeds:
+            paths = RunPaths(runs_dir, variant, seed)
             for stage in ("pretrain", "sft"):
-                path = runs_dir / variant / f"seed{seed}" / stage / "provenance.json"
+                path = paths.stage(stage) / "provenance.json"
                 if path.is_file():
-                    records.append((f"{variant}/seed{seed}/{stage}", json.loads(path.read_text())))
+                    records.append((f"{paths.name}/{stage}", json.loads(path.read_text())))
     if not records:
         return "", ""
     lines, mixed = provenance.describe(records)
@@ -137,7 +140,7 @@ def load_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     """Every (variant, seed)'s values by variant, and the optional inputs they lack (logged)."""
     from moebalance.analysis.runs import Run, load_run
 
-    runs = {v: [load_run(Run(v, s, Path(args.runs_dir) / v / f"seed{s}")) for s in args.seeds]
+    runs = {v: [load_run(Run(v, s, RunPaths(args.runs_dir, v, s).folder)) for s in args.seeds]
             for v in args.variants}
     missing = sorted({m for rs in runs.values() for r in rs for m in r.run.missing})
     for path in missing:

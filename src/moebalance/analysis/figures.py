@@ -113,10 +113,10 @@ def frontier(table, seeds: list[int], path, baselines: dict | None = None) -> Pa
     loss (y), one curve per grid in the order of its values, the reference variants as
     points; seed means, error bars one seed-to-seed SD each way, the chosen point ringed.
 
-    ``table`` is moebalance.sweep's sweep table. With ``baselines`` (baselines.json of the
-    same validation windows) the loss is in bits per byte, nats/token x tokens / bytes /
-    ln 2 of those windows, and the interpolated bigram is drawn as a line; without it the
-    loss stays in nats/token.
+    ``table`` is the sweep table of moebalance.analysis.sweep_select. With ``baselines``
+    (baselines.json of the same validation windows) the loss is in bits per byte,
+    nats/token x tokens / bytes / ln 2 of those windows, and the interpolated bigram is
+    drawn as a line; without it the loss stays in nats/token.
     """
     import matplotlib.pyplot as plt
 

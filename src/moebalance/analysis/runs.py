@@ -1,6 +1,6 @@
 """Load one (variant, seed)'s files into the per-run values compare needs.
 
-Reads RUNS_DIR/{variant}/seed{seed}/:
+Reads the run's folder (moebalance.study.RunPaths):
 
     pretrain/metrics.parquet, pretrain/routing.parquet   (required)
     sft/metrics.parquet                                   (SFT validation loss)
@@ -32,6 +32,7 @@ import numpy as np
 
 from moebalance.analysis import metrics as M
 from moebalance.maxvio import max_violation
+from moebalance.study import run_name
 
 LAST_FRACTION = 0.25  # MaxVio_batch and the override rate: mean over the last quarter
 HUMANEVAL = "humaneval"
@@ -52,7 +53,7 @@ class Run:
         path = self.folder / rel
         if not path.is_file():
             if required:
-                raise UsageError(f"{path} not found (run {self.variant}/seed{self.seed})")
+                raise UsageError(f"{path} not found (run {run_name(self.variant, self.seed)})")
             self.missing.append(str(path))
             return None
         if path.suffix == ".json":

@@ -14,8 +14,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from moebalance.data.windows import check_fits, draw_windows
+
 IGNORE_INDEX = -100
-VAL_SEED = 1234  # every variant and seed is validated on the same batches of its val split
 
 
 class BatchSource(Protocol):
@@ -25,17 +26,14 @@ class BatchSource(Protocol):
 
 
 class TokenWindows:
-    """Random windows of ``seq_len + 1`` consecutive tokens of a 1-D token array (e.g. a memmap)."""
+    """Random windows of ``seq_len + 1`` consecutive tokens of a 1-D token array (e.g. a
+    memmap), drawn by moebalance.data.windows."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int) -> None:
-        if len(tokens) < seq_len + 2:
-            raise ValueError(f"{len(tokens)} tokens cannot fill a window of {seq_len + 1}")
+        check_fits(tokens, seq_len)
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
 
     def micro_batch(self, step: int, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, step, index])
-        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
-        windows_BW = np.stack([np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int64)
-                               for s in starts])
-        windows_BW = torch.from_numpy(windows_BW)
+        windows_BW = torch.from_numpy(draw_windows(self.tokens, self.seq_len, self.batch_size,
+                                                   self.seed, step, index))
         return {"input_ids": windows_BW[:, :-1], "labels": windows_BW[:, 1:]}

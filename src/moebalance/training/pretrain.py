@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from moebalance.data.shards import open_split, read_meta
+    from moebalance.data.windows import VAL_SEED
     from moebalance.errors import UsageError
     from moebalance.model import build_model
-    from moebalance.training.batches import VAL_SEED, TokenWindows
+    from moebalance.training.batches import TokenWindows
     from moebalance.training.stage import StageSettings, train_and_save
 
     settings = StageSettings.parse(args.settings, with_model=True)

@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
+    from moebalance.data.windows import VAL_SEED
     from moebalance.errors import UsageError
     from moebalance.model import load_model
-    from moebalance.training.batches import VAL_SEED
     from moebalance.training.stage import StageSettings, train_and_save
 
     if not (Path(args.pretrained) / "config.json").is_file():

@@ -10,7 +10,7 @@ the pretraining stage reports its validation loss on:
 ``lam`` minimises the bigram's loss on the whole val split (scipy's bounded scalar
 minimiser). The scored tokens are the pretraining stage's fixed validation windows:
 ``eval_batches`` micro-batches of ``micro_batch_size`` windows of ``seq_len`` targets drawn
-with VAL_SEED from the val shard (see moebalance.training.batches), each target
+with VAL_SEED from the val shard (see moebalance.data.windows), each target
 predicted from the token before it; ``--settings`` takes those three keys of the config's
 `pretrain` section (moebalance.config.BaselinesSettings). They are a subset of the tuning
 data, so the bigram is, if anything, slightly favoured: a model clearing it clears a
@@ -39,6 +39,7 @@ import numpy as np
 
 from moebalance.atomic import write_json
 from moebalance.config import BaselinesSettings, add_settings_argument, parse_settings
+from moebalance.data.windows import VAL_SEED, check_fits, draw_windows
 
 HELP = "unigram and interpolated-bigram baselines on the held-out tokens the models are scored on"
 log = logging.getLogger(__name__)
@@ -116,12 +117,11 @@ def token_bytes(tokenizer) -> np.ndarray:
 def scored_pairs(val_tokens: np.ndarray, seq_len: int, micro_batch_size: int,
                  eval_batches: int) -> tuple[np.ndarray, np.ndarray]:
     """(context, target) of every target of the pretraining stage's validation windows."""
-    from moebalance.training.batches import VAL_SEED, TokenWindows
-
-    windows = TokenWindows(val_tokens, seq_len, micro_batch_size, VAL_SEED)
-    batches = [windows.micro_batch(0, i) for i in range(eval_batches)]
-    prev = np.concatenate([b["input_ids"].numpy().ravel() for b in batches])
-    nxt = np.concatenate([b["labels"].numpy().ravel() for b in batches])
+    check_fits(val_tokens, seq_len)
+    batches_BW = [draw_windows(val_tokens, seq_len, micro_batch_size, VAL_SEED, 0, i)
+                  for i in range(eval_batches)]
+    prev = np.concatenate([windows_BW[:, :-1].ravel() for windows_BW in batches_BW])
+    nxt = np.concatenate([windows_BW[:, 1:].ravel() for windows_BW in batches_BW])
     return prev, nxt
 
 
