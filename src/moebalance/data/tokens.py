@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from moebalance.atomic import atomic_path, write_json
+from moebalance.config import TokensSettings
 from moebalance.data.corpus_files import corpus_hash_of
 
 HELP = "encode the train/val corpus splits into memory-mappable token shards"
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="directory to write the shards into")
     # An execution knob (the config's tokens.batch_size, outside the rule's params): each
     # document is encoded on its own whatever the batch, so the shards do not depend on it.
-    parser.add_argument("--batch-size", type=int, default=256,
+    parser.add_argument("--batch-size", type=int, default=TokensSettings.batch_size,
                         help="documents per encode batch (speed only: the shards are the same)")
     add_tracking_arguments(parser)
 
