@@ -3,10 +3,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 from moe_helpers import humaneval_tokenizer
+from referencing import Registry, Resource
 
 REPO = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO / "workflow" / "schemas"
+
+
+def config_validator() -> jsonschema.Draft202012Validator:
+    """The config schema with its generated settings part, resolved as Snakemake does
+    (relative $refs against the schema file's own location)."""
+    schema_file, settings_file = SCHEMAS / "config.schema.yaml", SCHEMAS / "settings.schema.yaml"
+    schema = yaml.safe_load(schema_file.read_text()) | {"$id": schema_file.as_uri()}
+    registry = Registry().with_resource(
+        settings_file.as_uri(), Resource.from_contents(yaml.safe_load(settings_file.read_text())))
+    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True,

@@ -3,7 +3,6 @@ for the pretraining stage's final validation, the sweep's rule and utilization."
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pandas as pd

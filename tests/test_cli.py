@@ -21,6 +21,38 @@ def test_every_stage_has_a_help(stage, capsys):
     assert "usage: moebalance" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_stages_help_is_a_short_description_then_its_options_by_group(stage, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main([stage, "--help"])
+    usage, description, *groups = capsys.readouterr().out.split("\n\n")
+    assert len(description.splitlines()) <= 2
+    headers = [group.splitlines()[0] for group in groups]
+    assert headers[0] == "options:" and "outputs:" in headers
+    assert "python -m pydoc moebalance." in headers[-1]  # where the long explanation is
+
+
+def test_the_settings_help_lists_each_key_with_its_default_and_description(capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "bootstrap=2000: bootstrap replicates (two-stage resampling)" in lines
+    assert "metric (required): an identifier of moebalance.analysis.catalogue" in lines
+
+
+def test_a_training_stages_settings_help_lists_its_sections_keys(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert {"balancing:", "train:", "steps=100: optimizer steps"} <= set(lines)
+    assert "model:" not in lines  # SFT keeps the pretrained model's shape
+
+
 def test_missing_input_is_a_one_line_error_naming_the_file(tmp_path, capsys):
     missing = tmp_path / "absent.parquet"
     rc = main(["sft-data", "--train", str(missing), "--out-dir", str(tmp_path / "o"),

@@ -305,7 +305,7 @@ def test_missing_include_is_an_error_naming_it(tmp_path, capsys):
 
 
 def test_a_bad_settings_value_is_a_usage_error_naming_the_key(tmp_path, capsys):
-    rc = main(["corpus", "--settings", '{"val_fraction": 0.6, "test_fraction": 0.5}',
+    rc = main(["corpus", "--settings", '{"val_fraction": 0.5, "test_fraction": 0.5}',
                "--out-dir", str(tmp_path / "c"), "--decontamination", str(tmp_path / "d.parquet"),
                "--no-tracking"])
     assert rc == 2

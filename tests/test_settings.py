@@ -89,12 +89,14 @@ def test_parse_settings_reads_inline_json_or_a_file_and_names_the_option(tmp_pat
         parse_settings(TrainSettings, "[1]")
 
 
-def test_the_settings_help_lists_every_key_with_its_default_as_json():
+def test_the_settings_help_lists_every_key_with_its_default_as_json_and_its_description():
     from moebalance.config import CompareSettings, settings_keys
 
-    keys = settings_keys(CompareSettings)
-    assert 'pair=["loss_free", "aux_loss"]' in keys and "bootstrap=2000" in keys
-    assert "{metric (required), better (required)}" in keys
+    lines = settings_keys(CompareSettings).splitlines()
+    assert '  pair=["loss_free", "aux_loss"]: treatment and baseline: the primaries test ' \
+        "treatment - baseline" in lines
+    assert "  bootstrap=2000: bootstrap replicates (two-stage resampling)" in lines
+    assert "    metric (required): an identifier of moebalance.analysis.catalogue" in lines
 
 
 def test_each_stage_section_is_named_as_the_config_names_it():
@@ -104,3 +106,92 @@ def test_each_stage_section_is_named_as_the_config_names_it():
         SftDataSettings.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match=r"unknown key\(s\) in sweep: bogus"):
         SweepSettings.from_dict({"bogus": 1})
+
+
+def test_the_committed_settings_schema_is_generated_from_the_classes():
+    from conftest import SCHEMAS
+
+    from moebalance.schema import generated_schema
+
+    assert (SCHEMAS / "settings.schema.yaml").read_text() == generated_schema(), (
+        "stale: python -m moebalance.schema > workflow/schemas/settings.schema.yaml")
+
+
+@pytest.mark.parametrize("name", ["config", "smoke", "long", "gpu"])
+def test_every_committed_config_passes_the_schema(name):
+    import yaml
+    from conftest import REPO, config_validator
+
+    config_validator().validate(yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
+
+
+@pytest.mark.parametrize(("section", "cls", "key", "value"), [
+    ("tokenizer", "TokenizerSettings", "vocab_size", 258),
+    ("tokenizer", "TokenizerSettings", "vocab_size", 257),
+    ("model", "ModelSettings", "attn_implementation", "flash_attention_2"),
+    ("analysis", "UtilizationSettings", "jitter_fraction", 1.0),
+    ("analysis", "UtilizationSettings", "jitter_fraction", 0.0),
+    ("balance_set", "BalanceSetSettings", "windows", 2),
+    ("balance_set", "BalanceSetSettings", "windows", 1),
+    ("analysis", "CompareSettings", "bootstrap", 100),
+    ("analysis", "CompareSettings", "bootstrap", 99),
+    ("model", "ModelSettings", "qk_rope_head_dim", 7),
+    ("pretrain", "TrainSettings", "device", "cuda:1"),
+    ("pretrain", "TrainSettings", "device", "gpu"),
+    ("corpus", "CorpusSettings", "files", ["a.csv"]),
+    ("analysis", "CompareSettings", "equivalence", {"maxvio_global_pretrain": 0,
+                                                    "heldout_bpb_pretrain": 0.01,
+                                                    "solution_bpb": 0.01}),
+])
+def test_the_schema_and_the_settings_class_accept_the_same_values(section, cls, key, value):
+    import jsonschema
+    from conftest import config_validator
+
+    import moebalance.config
+
+    schema_accepts = config_validator().is_valid({section: {key: value}})
+    try:
+        getattr(moebalance.config, cls).from_dict({key: value})
+        class_accepts = True
+    except ValueError:
+        class_accepts = False
+    assert schema_accepts == class_accepts
+    if not schema_accepts:
+        error = jsonschema.exceptions.best_match(config_validator().iter_errors(
+            {section: {key: value}}))
+        assert list(error.absolute_path)[:2] == [section, key]
+
+
+def test_a_value_outside_its_fields_bounds_is_refused_naming_the_config_path():
+    from moebalance.config import CorpusSettings, SweepSettings, TokenizerSettings
+
+    with pytest.raises(ValueError, match=r"tokenizer\.vocab_size must be >= 258; got 100"):
+        TokenizerSettings.from_dict({"vocab_size": 100})
+    with pytest.raises(ValueError, match=r"corpus\.hf_datasets\[1\]\.max_documents must be "
+                                         r">= 1; got 0"):
+        CorpusSettings.from_dict({"hf_datasets": [{"name": "a"},
+                                                  {"name": "b", "max_documents": 0}]})
+    with pytest.raises(ValueError, match=r"corpus\.extensions\[0\] must be a match of"):
+        CorpusSettings.from_dict({"extensions": ["py"]})
+    with pytest.raises(ValueError, match=r"sweep\.grids\.g\.values must be free of repeated"):
+        SweepSettings.from_dict({"grids": {"g": {"base": "a", "key": "model.layers",
+                                                 "values": [1, 1]}}})
+    with pytest.raises(ValueError, match=r"sweep\.grids key '-g' must be a match of"):
+        SweepSettings.from_dict({"grids": {"-g": {"base": "a", "key": "model.layers",
+                                                  "values": [1]}}})
+
+
+def test_settings_built_directly_check_their_bounds_too():
+    from moebalance.config import TokenizerSettings
+
+    with pytest.raises(ValueError, match=r"tokenizer\.vocab_size must be >= 258; got 257"):
+        TokenizerSettings(vocab_size=257)
+
+
+def test_a_setting_refuses_a_schema_keyword_the_validator_does_not_check():
+    from moebalance.config import setting
+
+    with pytest.raises(TypeError, match="unknown schema keyword"):
+        setting(1, "a count", minimum=0, format="date")
+    with pytest.raises(TypeError, match="unknown schema keyword"):
+        setting((), "names", items={"enum": ["a"]})

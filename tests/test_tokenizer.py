@@ -91,7 +91,8 @@ def test_vocab_size_below_the_byte_alphabet_is_refused(built, tmp_path, capsys):
     rc = main(["tokenizer", "--train", str(built / "corpus" / "train.parquet"),
                "--out-dir", str(tmp_path / "t"), "--settings", '{"vocab_size": 100}',
                "--no-tracking"])
-    assert rc == 2 and "--settings: tokenizer.vocab_size 100" in capsys.readouterr().err
+    assert rc == 2
+    assert "--settings: tokenizer.vocab_size must be >= 258; got 100" in capsys.readouterr().err
 
 
 def test_balanced_sample_takes_equal_bytes_per_domain_in_hash_order():

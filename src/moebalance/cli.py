@@ -4,6 +4,11 @@ Each stage module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args)``. Stage modules keep heavy imports (torch, transformers, mlflow)
 inside ``run``, and only the chosen sub-command's module is imported, so that
 ``moebalance --help`` and ``moebalance <stage> --help`` stay fast.
+
+A stage's ``--help`` is its ``HELP``, then its options in groups: inputs, outputs, settings
+(each key of ``--settings`` with its default and description, from the settings class),
+execution and tracking. The long explanation (method, output columns) is the stage module's
+docstring, which the help's last line names.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import importlib
 import logging
 import sys
+import textwrap
 
 from moebalance.errors import UsageError
 
@@ -36,6 +42,28 @@ STAGES: dict[str, str] = {
 log = logging.getLogger("moebalance")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """An option's help keeps its line breaks (the ``--settings`` key list), each line wrapped
+    under its own indent; a default is shown where there is one and the help does not
+    already say it."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        lines = []
+        for line in text.splitlines():
+            indent = " " * (len(line) - len(line.lstrip()))
+            lines += textwrap.wrap(line, width, subsequent_indent=indent and indent + "  ",
+                                   break_on_hyphens=False) or [""]
+        return lines
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text
+                and not (action.default is None or action.default is False
+                         or action.default in ("", argparse.SUPPRESS))):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only`` (a stage name), just that sub-command's module is imported."""
     parser = argparse.ArgumentParser(
@@ -55,8 +83,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         stage_parser = sub.add_parser(
             name,
             help=module.HELP,
-            description=(module.__doc__ or module.HELP).strip(),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            description=f"{module.HELP[0].upper()}{module.HELP[1:]}.",
+            epilog=f"In full (method, output columns): python -m pydoc {module_name}",
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(stage_parser)
         stage_parser.set_defaults(_run=module.run)

@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=DEFAULT_STORE, help="SQLite file to create")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to create")
-    parser.add_argument(
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--store", default=DEFAULT_STORE, help="SQLite file to create")
+    outputs.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to create")
+    outputs.add_argument(
         "--out", required=True, help="JSON file recording the tracking URI and experiment id"
     )
 

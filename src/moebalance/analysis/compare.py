@@ -41,18 +41,20 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--runs-dir", required=True,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--runs-dir", required=True,
                         help="runs folder: {variant}/seed{seed}/ of each run (moebalance.study)")
-    parser.add_argument("--variants", nargs="+", required=True, help="variants to compare")
-    parser.add_argument("--seeds", nargs="+", type=int, required=True,
+    inputs.add_argument("--variants", nargs="+", required=True, help="variants to compare")
+    inputs.add_argument("--seeds", nargs="+", type=int, required=True,
                         help="seeds of each variant (the same for all: runs pair by seed)")
-    parser.add_argument("--tables-dir", required=True, help="where the CSV/Markdown tables go")
-    parser.add_argument("--figures-dir", required=True, help="where the PNG figures go")
-    parser.add_argument("--readme", default=None,
-                        help="a README whose <!-- answer:begin/end --> region gets answer.md")
-    parser.add_argument("--baselines", default=None,
+    inputs.add_argument("--baselines", default=None,
                         help="baselines.json of the baselines stage: the n-gram positive "
                         "control that comparison.md and the answer lead with")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--tables-dir", required=True, help="where the CSV/Markdown tables go")
+    outputs.add_argument("--figures-dir", required=True, help="where the PNG figures go")
+    outputs.add_argument("--readme", default=None,
+                         help="a README whose <!-- answer:begin/end --> region gets answer.md")
     add_settings_argument(parser, CompareSettings, "analysis")
     add_tracking_arguments(parser)
 

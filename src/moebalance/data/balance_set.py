@@ -197,14 +197,16 @@ def set_meta(rows: dict[str, list], shares: dict[str, float], split: str,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--split", required=True,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--split", required=True,
                         help="corpus split to draw from (val.parquet or test.parquet)")
-    parser.add_argument("--tokens-meta", required=True,
+    inputs.add_argument("--tokens-meta", required=True,
                         help="meta.json of the token shards: the training split's tokens per "
                         "domain (the mix the set is drawn in)")
-    parser.add_argument("--tokenizer-dir", required=True, help="tokenizer folder")
-    parser.add_argument("--out", required=True,
-                        help="balance set to write (.parquet; its .json description beside it)")
+    inputs.add_argument("--tokenizer-dir", required=True, help="tokenizer folder")
+    parser.add_argument_group("outputs").add_argument(
+        "--out", required=True,
+        help="balance set to write (.parquet; its .json description beside it)")
     add_settings_argument(parser, BalanceSetSettings, "balance_set")
     add_tracking_arguments(parser)
 

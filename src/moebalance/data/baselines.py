@@ -144,11 +144,13 @@ def baselines(model: CountModel, lam: float, prev: np.ndarray, nxt: np.ndarray,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--tokens-dir", required=True,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--tokens-dir", required=True,
                         help="token shards with train.bin, val.bin and meta.json (tokens stage)")
-    parser.add_argument("--tokenizer-dir", required=True,
+    inputs.add_argument("--tokenizer-dir", required=True,
                         help="tokenizer folder with tokenizer.json (bytes per token)")
-    parser.add_argument("--out", required=True, help="JSON file to write (baselines.json)")
+    parser.add_argument_group("outputs").add_argument(
+        "--out", required=True, help="JSON file to write (baselines.json)")
     add_settings_argument(parser, BaselinesSettings, "pretrain")
     add_tracking_arguments(parser)
 

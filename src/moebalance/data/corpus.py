@@ -523,10 +523,11 @@ def build_corpus(settings: CorpusSettings) -> tuple[dict[str, list[dict]], list[
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--out-dir", required=True,
-                        help="directory for train/val/test.parquet and manifest.json")
-    parser.add_argument("--decontamination", required=True,
-                        help="parquet file listing the documents removed for HumanEval overlap")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--out-dir", required=True,
+                         help="directory for train/val/test.parquet and manifest.json")
+    outputs.add_argument("--decontamination", required=True,
+                         help="parquet file listing the documents removed for HumanEval overlap")
     add_settings_argument(parser, CorpusSettings, "corpus")
     add_tracking_arguments(parser)
 

@@ -112,8 +112,10 @@ def is_val(prompt: str, val_fraction: float) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--train", required=True, help="train.parquet of the corpus stage")
-    parser.add_argument("--out-dir", required=True, help="directory for train.parquet/val.parquet")
+    parser.add_argument_group("inputs").add_argument(
+        "--train", required=True, help="train.parquet of the corpus stage")
+    parser.add_argument_group("outputs").add_argument(
+        "--out-dir", required=True, help="directory for train.parquet/val.parquet")
     add_settings_argument(parser, SftDataSettings, "sft")
     add_tracking_arguments(parser)
 

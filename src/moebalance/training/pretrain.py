@@ -28,8 +28,9 @@ HELP = "pretrain one MoE variant on the token shards, writing model, metrics and
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.training.stage import add_training_arguments
 
-    parser.add_argument("--tokens-dir", required=True, help="token shards (tokens stage)")
-    parser.add_argument("--tokenizer-dir", default=None,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--tokens-dir", required=True, help="token shards (tokens stage)")
+    inputs.add_argument("--tokenizer-dir", default=None,
                         help="tokenizer folder to copy into model/ (so it loads on its own)")
     parser.add_argument("--balance-set", default=None,
                         help="held-out balance set (balance-set stage, val split) that the final "

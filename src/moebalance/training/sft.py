@@ -80,8 +80,9 @@ class PairBatches:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moebalance.training.stage import add_training_arguments
 
-    parser.add_argument("--pretrained", required=True, help="model folder of the pretrain stage")
-    parser.add_argument("--sft-dir", required=True,
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--pretrained", required=True, help="model folder of the pretrain stage")
+    inputs.add_argument("--sft-dir", required=True,
                         help="directory with train.parquet and val.parquet (sft-data stage)")
     add_training_arguments(parser, "balancing/train")
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moebalance.config import ExecutionSettings, ModelSettings, TrainSettings
+from moebalance.config import ExecutionSettings, ModelSettings, TrainSettings, settings_keys
 from moebalance.errors import UsageError
 
 if TYPE_CHECKING:  # torch: imported when a stage runs, so that `--help` stays fast
@@ -40,13 +40,19 @@ log = logging.getLogger(__name__)
 def add_training_arguments(parser: argparse.ArgumentParser, sections: str) -> None:
     from moebalance.tracking import add_tracking_arguments
 
-    parser.add_argument("--out-dir", required=True,
-                        help="directory for model/, metrics.parquet and routing.parquet")
-    parser.add_argument("--checkpoint-dir", required=True,
-                        help="training checkpoints (resumed from when present)")
-    parser.add_argument("--settings", required=True,
-                        help=f"JSON object with {sections} sections, or @FILE holding it: "
-                        "the science, which a checkpoint must match to be resumed")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--out-dir", required=True,
+                         help="directory for model/, metrics.parquet and routing.parquet")
+    outputs.add_argument("--checkpoint-dir", required=True,
+                         help="training checkpoints (resumed from when present)")
+    keys = {"model": settings_keys(ModelSettings), "train": settings_keys(TrainSettings),
+            "balancing": "  strategies and each one's options: the `balancing` definition of "
+            "workflow/schemas/settings.schema.yaml"}
+    parser.add_argument_group("settings", "what changes this stage's outputs").add_argument(
+        "--settings", required=True, metavar="JSON|@FILE",
+        help=f"JSON object with {sections} sections, or @FILE holding it: the science, which a "
+        "checkpoint must match to be resumed. A key left out takes its default:\n"
+        + "\n".join(f"{name}:\n{keys[name]}" for name in sections.split("/")).replace("%", "%%"))
     group = parser.add_argument_group(
         "execution", "how the run executes; none of it changes the outputs' meaning or stops "
         "a checkpoint from being resumed")
