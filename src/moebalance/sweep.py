@@ -1,5 +1,5 @@
 """Fair tuning: hyper-parameter grids as ordinary variants, and a stated rule that picks
-each method's reported setting (REFERENCE.md §6, "Fair tuning").
+each method's reported setting (docs/reference.md §6, "Fair tuning").
 
 The `sweep` section of the config (moebalance.config.SweepSettings holds its defaults):
 
