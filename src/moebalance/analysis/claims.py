@@ -142,7 +142,7 @@ NOTES = ("Notes: the utilization rows (MaxVio_global, CV, entropy, Gini, dead ex
 def control_lines(baseline_rows: list[dict], margin: float = 0.3) -> list[str]:
     """The positive control, first: whether every seed of every variant beats the
     interpolated bigram by at least ``margin`` nats/token on the same validation tokens
-    (REFERENCE.md: differences between variants mean little before the models clear a
+    (docs/reference.md §6: differences between variants mean little before the models clear a
     simple baseline)."""
     if not baseline_rows:
         return ["**Positive control:** not run (no baselines.json given).", ""]

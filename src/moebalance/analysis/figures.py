@@ -195,7 +195,7 @@ def bias_diagnostics(runs, path: Path) -> Path:
     """Left: share of tokens whose biased top-K differs from TopK(s), per layer over
     pretraining (first seed). Right: per run and layer at the last step, the spread (std over
     experts) of the bias against that of the experts' mean affinity score: on the diagonal
-    the bias can override the router's own preference (REFERENCE.md §2)."""
+    the bias can override the router's own preference (docs/reference.md §2)."""
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

@@ -1,4 +1,4 @@
-"""Expert-utilization and diversity metrics (REFERENCE.md §4): pure numpy functions.
+"""Expert-utilization and diversity metrics (docs/reference.md §4): pure numpy functions.
 
 Dimension letters (the legend in :mod:`moebalance`): the last axis is always the E
 routed experts (``counts_E``); any leading axes (L layers, N logged steps, R bootstrap
@@ -18,7 +18,7 @@ import numpy as np
 
 from moebalance.maxvio import max_violation
 
-DEAD_FRACTION = 0.01  # an expert is dead below 1% of the mean load (REFERENCE.md §4)
+DEAD_FRACTION = 0.01  # an expert is dead below 1% of the mean load (docs/reference.md §4)
 
 
 def coefficient_of_variation(counts_E: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ Steps, each counted in the manifest's ``removed`` table:
     near_duplicate  MinHash LSH near-duplicate of an earlier document
     decontamination shares a word 13-gram with a HumanEval prompt or canonical solution
 
-Outputs (the stage contract in ARCHITECTURE.md, plus provenance columns):
+Outputs (the stage contract of docs/architecture.md, plus provenance columns):
 
     OUT_DIR/{train,val,test}.parquet   doc_id, source, path, domain, text, sha256,
                                        distribution, version, license, kind

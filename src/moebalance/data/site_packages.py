@@ -4,7 +4,7 @@ Every machine that installs this project holds a large, varied, legally clean co
 files of the installed distributions themselves (Python source, C/C++ headers and sources,
 Markdown/reST/text documents and the long descriptions in METADATA). They are listed
 through ``importlib.metadata`` (each distribution's RECORD), so the corpus follows exactly
-what is installed; constraints.txt pins those versions (see the README's Data section).
+what is installed; constraints.txt pins those versions (see docs/data.md).
 
 Domains are decided from the file alone (path and extension), never from what the model
 might find hard:

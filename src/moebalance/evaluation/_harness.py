@@ -5,7 +5,7 @@
 frames: first a setup frame (uid, limits, which isolation layers to try), answered
 with the layers that are really in force; then one frame per program, answered with
 its verdict. Per program the zygote forks a jailed child and enforces the wall-clock
-timeout from outside it (REFERENCE.md §5: untrusted code must not police itself).
+timeout from outside it (docs/reference.md §5: untrusted code must not police itself).
 
 Isolation, outermost first (each layer falls back and says so in the setup answer):
 

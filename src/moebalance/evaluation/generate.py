@@ -1,4 +1,4 @@
-"""Generate HumanEval completions with a trained model (REFERENCE.md §5).
+"""Generate HumanEval completions with a trained model (docs/reference.md §5).
 
 The prompt is each problem's ``prompt`` unchanged; the completion is the generated text
 after it, cut at the first stop sequence (``STOP_SEQUENCES`` in evaluation/humaneval.py,

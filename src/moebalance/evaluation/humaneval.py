@@ -1,4 +1,4 @@
-"""What the HumanEval stages share (REFERENCE.md §5); they import it from here, never
+"""What the HumanEval stages share (docs/reference.md §5); they import it from here, never
 from each other.
 
 - the problems: :func:`load_problems` (generate, solution-nll, score, utilization);
@@ -23,7 +23,7 @@ from pathlib import Path
 from moebalance.config import add_settings_argument
 from moebalance.errors import UsageError
 
-# Stop sequences for base models, REFERENCE.md §5 (Codex paper + "\n@"); end-of-text too.
+# Stop sequences for base models, docs/reference.md §5 (Codex paper + "\n@"); end-of-text too.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@")
 
 

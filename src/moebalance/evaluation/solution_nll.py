@@ -1,6 +1,6 @@
 """Negative log-likelihood of each HumanEval canonical solution given its prompt.
 
-The continuous code metric of REFERENCE.md §5: small models pass almost nothing, but
+The continuous code metric of docs/reference.md §5: small models pass almost nothing, but
 the likelihood they give the reference solution moves long before pass@1 does.
 
     nll            -sum_t log p(solution token t | prompt, earlier solution tokens), in nats
@@ -14,7 +14,7 @@ the likelihood they give the reference solution moves long before pass@1 does.
 
 The means (``nll_means`` in evaluation/humaneval.py, which the score stage uses too) are
 over the problems that fit: positions past the trained length are extrapolation, not what
-pretraining taught (REFERENCE.md §5); ``*_all`` means cover every problem.
+pretraining taught (docs/reference.md §5); ``*_all`` means cover every problem.
 
 Prompt and solution are tokenized as one text (as code appears in training); the tokens
 holding any solution character are scored, the one straddling the boundary included

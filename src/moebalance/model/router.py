@@ -123,7 +123,7 @@ class CountingRouter(DeepseekV3TopkRouter):
 
     def _overridden(self, scores_TE: torch.Tensor, selected_TE: torch.Tensor) -> torch.Tensor:
         """(T,) 1.0 where the selected top-K set differs from TopK(s) without the bias
-        (REFERENCE.md §2, the bias override rate); tensor ops only, no host sync."""
+        (docs/reference.md §2, the bias override rate); tensor ops only, no host sync."""
         choice_TE = self._group_mask(scores_TE) if self.num_group > 1 else scores_TE
         unbiased_TK = choice_TE.topk(self.top_k, dim=-1, sorted=False)[1]
         unbiased_TE = torch.zeros_like(selected_TE).scatter_(1, unbiased_TK, 1.0)
