@@ -393,6 +393,10 @@ class CorpusSettings(Settings):
     shingle_words: int = 5            # words per near-deduplication shingle
     num_perm: int = 128               # MinHash permutations
     decontamination_ngram: int = 13   # a document sharing a word n-gram with HumanEval is dropped
+    # a manifest.json of an earlier build that this corpus must match (its corpus_hash), else
+    # the stage stops naming the distributions and settings that differ; a check, not a
+    # setting of the corpus: the corpus rule keeps it out of its params
+    expected_manifest: str | None = None
 
     def __post_init__(self) -> None:
         if not (self.site_packages or self.stdlib or self.include or self.files
