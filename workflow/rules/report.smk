@@ -60,6 +60,11 @@ RUN_FILES = expand(f"{RUNS}/{{variant}}/seed{{seed}}/{{name}}", variant=VARIANTS
     "utilization/coactivation.parquet", "utilization/vocab.parquet",
     "utilization/saturation.parquet", "utilization/saturation_steps.parquet",
     "utilization/meta.json"])
+# The stages the compared numbers come from, compare included: their code hashes (each one
+# the value its rule passes as --source-hash) go into results/README.md's provenance stamp.
+# Left out: init-tracking (creates the MLflow store) and sweep-select (its choice reaches the
+# runs as settings).
+NUMBER_STAGES = [stage for stage in STAGES if stage not in ("init-tracking", "sweep-select")]
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
                    "token_class_specialization", "saturation_steps", "bias_diagnostics"]
 
@@ -103,6 +108,7 @@ rule compare:
         tables_dir=parent_of("output", "csv"),
         figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
         code=stage_code("compare"),
+        codes=json.dumps({stage: stage_code(stage) for stage in NUMBER_STAGES}),
     log:
         f"{LOGS}/compare.log",
     benchmark:
@@ -112,7 +118,7 @@ rule compare:
         " --seeds {params.seeds} --settings {params.settings:q}"
         " --baselines {input.baselines:q} {params.readme}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
-        " --source-hash {params.code}"
+        " --code-hashes {params.codes:q} --source-hash {params.code}"
         " > {log:q} 2>&1"
 
 

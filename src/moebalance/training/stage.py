@@ -129,7 +129,8 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
                    snapshots: bool = False, data: dict[str, Any] | None = None) -> None:
     """Train (resuming from --checkpoint-dir) and write the stage's outputs; with
     ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0). ``data``
-    (e.g. the corpus hash) goes into provenance.json beside the machine's fingerprint.
+    (e.g. the corpus hash) goes into provenance.json beside the machine's fingerprint and
+    the stage's code hash (``params["source_hash"]``).
 
     The checkpoint fingerprint is the hash of ``params``: the science settings, the data,
     the seed and the code hash, never the execution knobs."""
@@ -152,7 +153,8 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
             if rank != 0:
                 return
             out = Path(args.out_dir)
-            record = write_outputs(trainer, telemetry, out, tokenizer_dir, snapshots, data)
+            record = write_outputs(trainer, telemetry, out, tokenizer_dir, snapshots,
+                                   {"source_hash": params.get("source_hash", ""), **(data or {})})
             last = telemetry.metrics[-1]
             log.info("%s done: %d steps, lm_loss %.4f, val_loss %.4f, maxvio_batch %.3f", stage,
                      last["step"] + 1, last["lm_loss"], last["val_loss"], last["maxvio_batch"])
