@@ -208,8 +208,9 @@ def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
     checkout-bound distributions (site_packages.checkout_bound) are listed in ``left_out``."""
     found: list[Candidate] = []
     if settings.site_packages:
-        dists, left_out[:] = site_packages.sources(settings.site_packages_path,
-                                                   settings.site_packages_root)
+        dists, bound = site_packages.sources(settings.site_packages_path,
+                                             settings.site_packages_root)
+        left_out += bound
         for dist in dists:
             license = site_packages.parse_license(dist.metadata)
             files = list(site_packages.candidates(dist, license))
