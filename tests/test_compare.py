@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from moebalance import provenance
 from moebalance.analysis import claims, runs
 from moebalance.analysis import utilization as u
 from moebalance.cli import main
@@ -302,6 +303,76 @@ def test_the_readme_answer_region_is_filled_from_answer_md(one_seed, tmp_path):
     for name in ("table", "paired"):
         pd.testing.assert_frame_equal(out[name], one_seed[name])
     assert out["md"] == one_seed["md"]
+
+
+CODE_HASHES = {"corpus": "c0c0c0c0c0c0c0c0", "pretrain": "p1p1p1p1p1p1p1p1",
+               "sft": "s2s2s2s2s2s2s2s2", "compare": "e3e3e3e3e3e3e3e3"}
+
+
+def write_provenance(runs_dir, seeds, **changed):
+    """provenance.json of every training run, as train_and_save writes it; ``changed`` maps a
+    run ("loss_free/seed0/pretrain") to fields that differ from the plan's."""
+    for variant in ("loss_free", "aux_loss"):
+        for seed in seeds:
+            for stage in ("pretrain", "sft"):
+                run = f"{variant}/seed{seed}/{stage}"
+                record = {"git_commit": "0123456789abcdef", "git_dirty": False,
+                          "numerics_key": "k", "source_hash": CODE_HASHES[stage],
+                          **({"corpus_hash": "f00d" * 16} if stage == "pretrain" else {}),
+                          **changed.get(run, {})}
+                (runs_dir / run / "provenance.json").write_text(json.dumps(record))
+
+
+def stamp_of(readme):
+    text = readme.read_text()
+    assert text.count(provenance.STAMP_BEGIN) == 1 and text.count(provenance.STAMP_END) == 1
+    return text.split(provenance.STAMP_BEGIN)[1].split(provenance.STAMP_END)[0]
+
+
+def test_the_readme_records_commit_corpus_and_code_hashes_of_its_numbers(one_seed, tmp_path):
+    runs_dir = copy_runs(one_seed, tmp_path / "runs")
+    write_provenance(runs_dir, [0])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Study\n{claims.ANSWER_BEGIN}\nold\n{claims.ANSWER_END}\ntail\n")
+    for _ in range(2):  # a second run replaces the stamp it wrote
+        compare(tmp_path, runs_dir, [0], "--readme", str(readme),
+                "--code-hashes", json.dumps(CODE_HASHES))
+    stamp = stamp_of(readme)
+    checkout = provenance.git_state()["git_commit"][:12]
+    assert f"**Commit** of the compare run: `{checkout}`" in stamp
+    assert "training runs at `0123456789ab`" in stamp
+    assert f"**Corpus hash:** `{'f00d' * 16}`" in stamp
+    for stage, code in CODE_HASHES.items():
+        assert f"| {stage} | `{code}` |" in stamp
+    assert "Stale" not in stamp
+    text = readme.read_text()
+    assert text.index(claims.ANSWER_END) < text.index(provenance.STAMP_HEADING)
+    assert text.endswith("tail\n")
+
+
+def test_a_run_of_other_code_than_the_plan_is_named_stale(one_seed, tmp_path):
+    runs_dir = copy_runs(one_seed, tmp_path / "runs")
+    write_provenance(runs_dir, [0], **{"aux_loss/seed0/sft": {"source_hash": "0ld0ld0ld0ld0ld0"}})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{claims.ANSWER_BEGIN}\n{claims.ANSWER_END}\n\n"
+                      f"{provenance.STAMP_BEGIN}\nhand-written\n{provenance.STAMP_END}\n")
+    compare(tmp_path, runs_dir, [0], "--readme", str(readme),
+            "--code-hashes", json.dumps(CODE_HASHES))
+    stamp = stamp_of(readme)
+    assert "hand-written" not in stamp
+    assert "**Stale runs:**" in stamp
+    assert "aux_loss/seed0/sft recorded `0ld0ld0ld0ld0ld0`, not `s2s2s2s2s2s2s2s2`" in stamp
+    assert "loss_free/seed0/sft recorded" not in stamp
+
+
+def test_without_the_rules_hashes_the_stamp_lists_what_the_runs_recorded():
+    runs = [("pretrain", "a/seed0/pretrain", {"source_hash": "p1", "git_commit": "c"}),
+            ("pretrain", "a/seed1/pretrain", {"source_hash": "p0", "git_commit": "c"}),
+            ("sft", "a/seed0/sft", {"git_commit": "c", "git_dirty": True})]
+    stamp = provenance.stamp(runs, {}, {"git_commit": "d", "git_dirty": False})
+    assert "| pretrain | `p0, p1` |" in stamp and "| sft | `unrecorded` |" in stamp
+    assert "training runs at `c`, `c` with uncommitted changes" in stamp
+    assert "**Corpus hash:** not recorded" in stamp
 
 
 def test_training_mix_weights_domains_by_their_training_share():

@@ -1,5 +1,8 @@
 import json
 import random
+import shutil
+import subprocess
+import sys
 from email.message import Message
 
 import pyarrow.parquet as pq
@@ -10,12 +13,14 @@ from hypothesis import strategies as st
 
 from moebalance.cli import main
 from moebalance.config import CorpusSettings
+from moebalance.data import site_packages
 from moebalance.data.corpus import (
     Document,
     assign_splits,
     build_corpus,
     contamination,
     humaneval_ngrams,
+    pin_differences,
     split_key,
 )
 from moebalance.data.corpus_files import corpus_hash_of
@@ -203,6 +208,144 @@ def test_root_reads_its_dependency_closure_without_extras(tmp_path):
     assert sorted(manifest["distributions"]) == ["app", "lib-b", "libc"]
     with pytest.raises(ValueError, match="'missing'"):
         build_corpus(small_settings(tmp_path, site_packages_root="missing"))
+
+
+# --- only what a release pins: the project and local installs are left out ---------------
+
+def install_project(source, target, readme):
+    """`pip install` (offline, no build isolation) of a tiny project `app` that embeds
+    ``readme`` in its METADATA, from the folder ``source``, into the folder ``target``."""
+    (source / "app").mkdir(parents=True, exist_ok=True)
+    (source / "app" / "__init__.py").write_text(python(7))
+    (source / "README.md").write_text(readme)
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "app"\nversion = "1.0"\nreadme = "README.md"\nlicense = "MIT"\n'
+        'dependencies = ["liba"]\n[tool.setuptools]\npackages = ["app"]\n')
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-compile", "--no-build-isolation", "--no-index",
+                    "--disable-pip-version-check", "--target", str(target), str(source)],
+                   check=True, capture_output=True)
+    make_dist(target, "liba", {"liba/a.py": python(1), "liba/b.py": python(2)},
+              description=prose(3))
+
+
+def test_editing_the_readme_and_reinstalling_leaves_the_corpus_unchanged(tmp_path):
+    hashes, descriptions = [], []
+    for readme in ("# App\n\n" + prose(10), "# App\n\n" + prose(11) + "\nA new paragraph.\n"):
+        install_project(tmp_path / "checkout", tmp_path / "site", readme)
+        app = next(d for d in site_packages.distributions([str(tmp_path / "site")])
+                   if d.metadata["Name"] == "app")
+        descriptions.append(app.metadata.get_payload())
+        rows, _, manifest = build_corpus(small_settings(tmp_path / "site",
+                                                        site_packages_root="app"))
+        hashes.append(manifest["corpus_hash"])
+        assert {r["distribution"] for r in all_rows(rows)} == {"liba"}
+        assert manifest["checkout_bound_distributions"] == [
+            {"distribution": "app", "version": "1.0",
+             "reason": "installed from a local directory"}]
+    assert descriptions[0] != descriptions[1]  # the installed METADATA did change
+    assert hashes[0] == hashes[1]
+
+
+def test_the_project_distribution_is_never_a_source(tmp_path):
+    # installed like a release (no direct_url.json), it is still left out by name
+    make_dist(tmp_path, "moebalance", {"moebalance/cli.py": python(1)}, description=prose(2),
+              headers={"License-Expression": "MIT", "Requires-Dist": ["liba"]})
+    make_dist(tmp_path, "liba", {"liba/a.py": python(3)})
+    kept, left_out = site_packages.sources([str(tmp_path)], "moebalance")
+    assert [d.metadata["Name"] for d in kept] == ["liba"]
+    assert left_out == [{"distribution": "moebalance", "version": "1.0",
+                         "reason": "the project's own distribution"}]
+    # and in the environment running these tests, whichever way it was installed
+    kept, left_out = site_packages.sources(root="moebalance")
+    assert "moebalance" not in {site_packages.normalise(d.metadata["Name"]) for d in kept}
+    assert [row["distribution"] for row in left_out] == ["moebalance"]
+
+
+@pytest.mark.parametrize(("direct_url", "reason"), [
+    ({"url": "file:///src/lib", "dir_info": {"editable": True}}, "editable install"),
+    ({"url": "file:///src/lib", "dir_info": {}}, "installed from a local directory"),
+    ({"url": "https://host/lib-1.0.tar.gz", "archive_info": {"hash": "sha256=00"}}, None),
+])
+def test_local_directory_installs_are_checkout_bound(tmp_path, direct_url, reason):
+    make_dist(tmp_path, "lib", {"lib/a.py": python(1)})
+    (tmp_path / "lib-1.0.dist-info" / "direct_url.json").write_text(json.dumps(direct_url))
+    [dist] = site_packages.distributions([str(tmp_path)])
+    assert site_packages.checkout_bound(dist) == reason
+
+
+def test_editable_finder_modules_are_not_documents():
+    assert kind_of("__editable___app_1_0_finder.py") is None
+    assert kind_of("app/finder.py") == "python"
+
+
+# --- per-distribution content hashes and the pinned manifest ---------------------------------
+
+def two_trees(tmp_path, liba_b="", liba_version="1.0"):
+    """Two site folders alike but for liba's b.py (extra text ``liba_b``) and version."""
+    for name, extra, version in (("old", "", "1.0"), ("new", liba_b, liba_version)):
+        root = tmp_path / name
+        make_dist(root, "liba", {"liba/a.py": python(1), "liba/b.py": python(2) + extra},
+                  version=version)
+        make_dist(root, "libc", {"libc/c.py": python(3), "libc/d.py": python(4)})
+    return tmp_path / "old", tmp_path / "new"
+
+
+def test_manifest_hashes_each_distributions_files(tmp_path):
+    old, new = two_trees(tmp_path, liba_b="# one more line\n")
+    before = build_corpus(small_settings(old))[2]["distributions"]
+    after = build_corpus(small_settings(new))[2]["distributions"]
+    assert before["liba"]["version"] == "1.0" and before["liba"]["candidates"] == 2
+    assert before["liba"]["content_sha256"] != after["liba"]["content_sha256"]
+    assert before["libc"] == after["libc"]
+
+
+def test_pin_differences_name_versions_contents_sources_and_settings():
+    def entry(version, content):
+        return {"version": version, "content_sha256": content}
+
+    pinned = {"distributions": {"a": entry("1", "x"), "b": entry("1", "y"), "c": entry("2", "z"),
+                                "gone": entry("1", "w")},
+              "settings": {"max_documents": 1000, "expected_manifest": None}}
+    built = {"distributions": {"a": entry("1", "x"), "b": entry("1", "Y"), "c": entry("3", "z"),
+                               "new": entry("5", "v")},
+             "settings": {"max_documents": 40, "expected_manifest": "pin.json"}}
+    assert pin_differences(built, pinned) == [
+        "b 1 (same version, other file content)", "c 2 -> 3", "gone 1 (pinned, not read here)",
+        "new 5 (not in the pinned corpus)", "setting max_documents: 1000 -> 40"]
+
+
+def run_pinned(tmp_path, tree, pin, out):
+    settings = {"stdlib": False, "site_packages_path": [str(tree)], "site_packages_root": None,
+                "min_bytes": 1, "heldout_min_documents": 1, "heldout_min_bytes": 0,
+                "val_fraction": 0.25, "test_fraction": 0.25, "expected_manifest": pin}
+    return main(["corpus", "--settings", json.dumps(settings), "--out-dir", str(out),
+                 "--decontamination", str(out) + ".decon.parquet", "--no-tracking"])
+
+
+def test_a_corpus_matching_its_pin_is_written(tmp_path):
+    old, _ = two_trees(tmp_path)
+    assert run_pinned(tmp_path, old, None, tmp_path / "first") == 0
+    pin = tmp_path / "first" / "manifest.json"
+    assert run_pinned(tmp_path, old, str(pin), tmp_path / "again") == 0
+    assert corpus_hash_of(tmp_path / "again") == json.loads(pin.read_text())["corpus_hash"]
+
+
+@pytest.mark.parametrize(("liba_b", "version", "named"), [
+    ("# one more line\n", "1.0", "liba 1.0 (same version, other file content)"),
+    ("# one more line\n", "1.1", "liba 1.0 -> 1.1"),
+])
+def test_a_corpus_unlike_its_pin_stops_the_stage_naming_the_distribution(
+        tmp_path, capsys, liba_b, version, named):
+    old, new = two_trees(tmp_path, liba_b=liba_b, liba_version=version)
+    assert run_pinned(tmp_path, old, None, tmp_path / "first") == 0
+    pin = str(tmp_path / "first" / "manifest.json")
+    assert run_pinned(tmp_path, new, pin, tmp_path / "second") == 2
+    err = capsys.readouterr().err
+    assert "corpus.expected_manifest" in err and named in err and "libc" not in err
+    assert not (tmp_path / "second").exists()
 
 
 def test_near_duplicates_are_removed_and_distinct_files_kept(tmp_path):

@@ -4,6 +4,7 @@ out of the science, and every run says what produced it."""
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -65,6 +66,14 @@ def test_editing_an_imported_module_changes_the_hash_and_an_unrelated_one_does_n
     assert code_hash("moebalance.stage", package) != before
 
 
+def test_codehash_prints_the_hash_each_rule_passes(capsys):
+    from moebalance.codehash import main
+
+    main()
+    printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    assert printed == {stage: code_hash(module, REPO / "src") for stage, module in STAGES.items()}
+
+
 def test_a_module_loaded_outside_the_hash_is_reported(package):
     loaded = {"moebalance", "moebalance.cli", "moebalance.stage", "moebalance.unrelated"}
     assert unhashed_imports("moebalance.stage", loaded, package) == {"moebalance.unrelated"}
@@ -104,6 +113,11 @@ def test_every_rule_passes_its_stage_code_hash(workdir):
         passed = re.search(r"--source-hash (\w+)", rest)
         assert passed, f"{stage}: no --source-hash"
         assert passed.group(1) == code_hash(STAGES[stage], REPO / "src"), stage
+    # compare records them all in results/README.md (the two stages of no number aside)
+    compare = next(rest for stage, rest in commands if stage == "compare")
+    recorded = json.loads(shlex.split(compare.split("--code-hashes", 1)[1])[0])
+    assert recorded == {stage: code_hash(module, REPO / "src") for stage, module in STAGES.items()
+                        if stage not in ("init-tracking", "sweep-select")}
 
 
 CONFIG = {

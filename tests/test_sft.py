@@ -113,7 +113,8 @@ def sft_argv(pretrained, sft, out, checkpoints, settings, *extra):
 def test_sft_stage_fine_tunes_a_pretrained_model(tokenizer, tmp_path):
     pretrained, sft = sft_inputs(tokenizer, tmp_path)
     out = tmp_path / "sft"
-    assert main(sft_argv(pretrained, sft, out, tmp_path / "ckpt", SFT_SETTINGS)) == 0
+    assert main(sft_argv(pretrained, sft, out, tmp_path / "ckpt", SFT_SETTINGS,
+                         "--source-hash", "abc123")) == 0
     metrics = pd.read_parquet(out / "metrics.parquet")
     assert metrics.step.tolist() == [0, 1, 2] and metrics.val_loss.notna().iloc[-1]
     routing = pd.read_parquet(out / "routing.parquet")
@@ -122,6 +123,7 @@ def test_sft_stage_fine_tunes_a_pretrained_model(tokenizer, tmp_path):
     assert (out / "model" / "tokenizer.json").is_file()
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["threads"] == 1 and provenance["libraries"]["torch"]
+    assert provenance["source_hash"] == "abc123"  # the code hash compare checks
 
 
 def test_killed_sft_process_resumes_to_the_same_weights_and_routing(tokenizer, tmp_path):

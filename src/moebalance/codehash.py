@@ -7,6 +7,8 @@ read from the syntax tree, not by importing), plus the packages whose ``__init__
 way. A hand-written list drifts; this one cannot.
 
 Kept torch-free (stdlib only): the Snakefile imports it at parse time.
+``python -m moebalance.codehash`` prints every stage's hash for the checked-out code, to
+hold against the ones results/README.md records.
 """
 
 from __future__ import annotations
@@ -100,3 +102,15 @@ def unhashed_imports(name: str, loaded: set[str], root: Path = SOURCE_ROOT) -> s
     ``name``'s hash does not cover, dispatch modules aside: edits there would not re-run it."""
     ours = {m for m in loaded if m.split(".")[0] == PACKAGE} - ENTRY_MODULES
     return ours - closure(name, root)
+
+
+def main() -> None:
+    """Print each stage's code hash, the value its rule passes as ``--source-hash``."""
+    from moebalance.cli import STAGES
+
+    for stage, module in STAGES.items():
+        print(f"{stage}\t{code_hash(module)}")
+
+
+if __name__ == "__main__":
+    main()

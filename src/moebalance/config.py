@@ -500,6 +500,10 @@ class CorpusSettings(Settings):
     num_perm: int = setting(128, "MinHash permutations", minimum=16)
     decontamination_ngram: int = setting(13, "a document sharing a word n-gram of this length "
                                          "with HumanEval is dropped", minimum=5)
+    expected_manifest: str | None = setting(
+        None, "a manifest.json of an earlier build this corpus must match (its corpus_hash), "
+        "else the stage stops naming the distributions and settings that differ; a check, not "
+        "a setting of the corpus: the corpus rule keeps it out of its params")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -71,6 +71,11 @@ RUN_FILES = expand(
     variant=VARIANTS,
     seed=SEEDS,
 )
+# The stages the compared numbers come from, compare included: their code hashes (each one
+# the value its rule passes as --source-hash) go into results/README.md's provenance stamp.
+# Left out: init-tracking (creates the MLflow store) and sweep-select (its choice reaches the
+# runs as settings).
+NUMBER_STAGES = [stage for stage in STAGES if stage not in ("init-tracking", "sweep-select")]
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
                    "token_class_specialization", "saturation_steps", "bias_diagnostics"]
 
@@ -114,6 +119,7 @@ rule compare:
         tables_dir=parent_of("output", "csv"),
         figures_dir=lambda wildcards, output: str(Path(output.figures[0]).parent),
         code=stage_code("compare"),
+        codes=json.dumps({stage: stage_code(stage) for stage in NUMBER_STAGES}),
     log:
         f"{LOGS}/compare.log",
     benchmark:
@@ -123,7 +129,7 @@ rule compare:
         " --seeds {params.seeds} --settings {params.settings:q}"
         " --baselines {input.baselines:q} {params.readme}"
         " --tables-dir {params.tables_dir:q} --figures-dir {params.figures_dir:q}"
-        " --source-hash {params.code}"
+        " --code-hashes {params.codes:q} --source-hash {params.code}"
         " > {log:q} 2>&1"
 
 

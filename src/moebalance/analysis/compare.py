@@ -24,6 +24,7 @@ takes as ``--settings`` (moebalance.config.CompareSettings).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from pathlib import Path
@@ -50,11 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--baselines", default=None,
                         help="baselines.json of the baselines stage: the n-gram positive "
                         "control that comparison.md and the answer lead with")
+    inputs.add_argument("--code-hashes", type=json.loads, default="{}",
+                        help="JSON {stage: code hash} of the stages the numbers come from "
+                        "(Snakemake passes each rule's --source-hash); the README records them")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--tables-dir", required=True, help="where the CSV/Markdown tables go")
     outputs.add_argument("--figures-dir", required=True, help="where the PNG figures go")
     outputs.add_argument("--readme", default=None,
-                         help="a README whose <!-- answer:begin/end --> region gets answer.md")
+                         help="a README whose <!-- answer:begin/end --> region gets answer.md "
+                         "and whose <!-- provenance:begin/end --> region (added after the "
+                         "answer if missing) gets the commit, corpus hash and code hashes")
     add_settings_argument(parser, CompareSettings, "analysis")
     add_tracking_arguments(parser)
 
@@ -104,23 +110,25 @@ def read_baselines(path: str) -> dict:
     return data
 
 
-def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int]) -> tuple[str, str]:
+def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int],
+                       code_hashes: dict[str, str]) -> tuple[str, str, str]:
     """(a warning for the top of comparison.md or "", a section listing the fingerprints of
-    the machines and software that produced the runs), from each run's provenance.json."""
-    import json
-
+    the machines and software that produced the runs, the README's provenance stamp), from
+    each run's provenance.json, the code hashes and this checkout's commit."""
     from moebalance import provenance
 
-    records = []
+    runs = []
     for variant in variants:
         for seed in seeds:
             paths = RunPaths(runs_dir, variant, seed)
             for stage in ("pretrain", "sft"):
                 path = paths.stage(stage) / "provenance.json"
                 if path.is_file():
-                    records.append((f"{paths.name}/{stage}", json.loads(path.read_text())))
-    if not records:
-        return "", ""
+                    runs.append((stage, f"{paths.name}/{stage}", json.loads(path.read_text())))
+    stamp = provenance.stamp(runs, code_hashes, provenance.git_state())
+    if not runs:
+        return "", "", stamp
+    records = [(run, record) for _, run, record in runs]
     lines, mixed = provenance.describe(records)
     corpora = sorted({str(r["corpus_hash"]) for _, r in records if r.get("corpus_hash")})
     warning = ("> **Mixed provenance:** these runs come from different machines, kernels, "
@@ -135,7 +143,7 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int]) ->
     section = ("\n## Provenance\n\nThe machine and software behind each training run "
                "(provenance.json); `fingerprint` hashes the fields that can change the digits.\n\n"
                + "\n".join(lines) + "\n")
-    return warning, section
+    return warning, section, stamp
 
 
 def load_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
@@ -150,14 +158,17 @@ def load_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     return runs, missing
 
 
-def update_readme(readme: Path, answer: str) -> None:
-    """Write the answer between the README's markers (see claims.fill_readme)."""
+def update_readme(readme: Path, answer: str, stamp: str) -> None:
+    """Write the answer between the README's answer markers (see claims.fill_readme) and the
+    provenance stamp between its provenance markers (moebalance.provenance.fill_stamp)."""
+    from moebalance import provenance
     from moebalance.analysis import claims
     from moebalance.atomic import atomic_path
     from moebalance.errors import UsageError
 
     try:
         text = claims.fill_readme(readme.read_text(), answer)
+        text = provenance.fill_stamp(text, stamp, claims.ANSWER_END)
     except ValueError as error:
         raise UsageError(f"--readme {readme}: {error}") from None
     with atomic_path(readme) as tmp:
@@ -188,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
         row["required_margin"] = settings.control_margin if row["kind"] == "variant" else math.nan
     control = claims.control_lines(baseline_rows, settings.control_margin)
     answer = claims.answer_markdown(paired, pass_rows, pass_summary, plan, control)
-    warning, provenance = provenance_section(Path(args.runs_dir), args.variants, args.seeds)
+    warning, provenance, stamp = provenance_section(Path(args.runs_dir), args.variants,
+                                                    args.seeds, args.code_hashes)
     written = write_tables(Path(args.tables_dir), {
         "comparison.csv": pd.DataFrame(rows), "paired.csv": pd.DataFrame(paired),
         "pass_at_1.csv": pd.DataFrame(pass_rows), "domains.csv": pd.DataFrame(domains),
@@ -204,7 +216,7 @@ def run(args: argparse.Namespace) -> None:
         "answer.md": answer})
     written += figures.draw_all(runs, load_df, spec_df, Path(args.figures_dir))
     if args.readme is not None:
-        update_readme(Path(args.readme), answer)
+        update_readme(Path(args.readme), answer, stamp)
     log.info("answer:\n%s", answer)
     log_to_tracking(args, settings, plan, written, paired, runs, stage_run)
 

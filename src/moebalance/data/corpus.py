@@ -4,7 +4,9 @@ Sources, all offline by default:
 
     site-packages   the installed distributions' files and METADATA descriptions, with
                     their licences (moebalance.data.site_packages); distributions whose
-                    licence is missing or not open are skipped and listed
+                    licence is missing or not open are skipped and listed, and so are
+                    those whose files follow a checkout (this project's own, local
+                    directory installs), so that only what constraints.txt pins is read
     stdlib          the running Python's standard-library source (PSF-2.0)
     include/files   extra local source trees, or .parquet/.jsonl tables
     hf_datasets     `datasets.load_dataset` specs: a Hub name for users who are online, or a
@@ -27,9 +29,13 @@ Outputs (the stage contract of docs/architecture.md, plus provenance columns):
 
     OUT_DIR/{train,val,test}.parquet   doc_id, source, path, domain, text, sha256,
                                        distribution, version, license, kind
-    OUT_DIR/manifest.json              sources, per-distribution table, removal counts,
-                                       per-split/domain sizes, corpus_hash
+    OUT_DIR/manifest.json              sources, per-distribution table (version, licence,
+                                       content_sha256 of the files found), removal counts,
+                                       per-split/domain sizes, corpus_hash, source_hash
     DECONTAMINATION                    doc_id, task_id, overlap (+ source, path)
+
+With ``expected_manifest`` set, a corpus whose hash differs from that manifest's stops the
+stage with an error naming the distributions and settings that differ (:func:`check_pin`).
 """
 
 from __future__ import annotations
@@ -196,12 +202,16 @@ def hf_rows(spec: HfDataset) -> Iterator[dict]:
 
 
 def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
-           distributions: list[dict], skipped: list[dict]) -> list[Candidate]:
-    """Every candidate document of every configured source, licence filter applied."""
+           distributions: list[dict], skipped: list[dict], left_out: list[dict],
+           ) -> list[Candidate]:
+    """Every candidate document of every configured source, licence filter applied;
+    checkout-bound distributions (site_packages.checkout_bound) are listed in ``left_out``."""
     found: list[Candidate] = []
     if settings.site_packages:
-        for dist in site_packages.distributions(settings.site_packages_path,
-                                                settings.site_packages_root):
+        dists, bound = site_packages.sources(settings.site_packages_path,
+                                             settings.site_packages_root)
+        left_out += bound
+        for dist in dists:
             license = site_packages.parse_license(dist.metadata)
             files = list(site_packages.candidates(dist, license))
             entry = {"distribution": dist.metadata["Name"],
@@ -215,7 +225,8 @@ def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
         sources.append({"source": "site-packages", "path": settings.site_packages_path
                         or sys.path, "root": settings.site_packages_root,
                         "distributions": len(distributions),
-                        "skipped_distributions": len(skipped)})
+                        "skipped_distributions": len(skipped),
+                        "checkout_bound_distributions": len(left_out)})
     trees: list[tuple[str, Path, list[Path], str, str]] = []
     if settings.stdlib:
         root = stdlib_root()
@@ -236,6 +247,27 @@ def gather(settings: CorpusSettings, counts: Counter, sources: list[dict],
         found += row_candidates(f"hf:{spec.name}", hf_rows(spec), spec, counts)
         sources.append({"source": f"hf:{spec.name}", "spec": asdict(spec)})
     return found
+
+
+def source_hashes(found: list[Candidate]) -> dict[str, str]:
+    """sha256 per distribution (or other source) of its candidate files as found, before any
+    filter: each one's path and the sha256 of its bytes, in path order. With the version
+    beside it in the manifest, it names the distributions whose content differs between
+    two corpora, which the corpus hash alone cannot."""
+    from tqdm import tqdm
+
+    digests = defaultdict(hashlib.sha256)
+    for cand in tqdm(sorted(found, key=lambda c: (c.distribution, c.path)), desc="hash sources",
+                     unit="file", mininterval=2):
+        if cand.text is not None:
+            file_hash = hashlib.sha256(cand.text.encode("utf-8")).hexdigest()
+        else:
+            try:
+                file_hash = hashlib.sha256(cand.location.read_bytes()).hexdigest()
+            except OSError:
+                file_hash = "unreadable"
+        digests[cand.distribution].update(f"{cand.path}\t{file_hash}\n".encode())
+    return {name: digest.hexdigest() for name, digest in sorted(digests.items())}
 
 
 def subset_per_domain(found: list[Candidate], max_documents: int | None,
@@ -473,13 +505,31 @@ def size_table(rows: dict[str, list[dict]]) -> dict:
     return table
 
 
+def source_table(found: list[Candidate], distributions: list[dict]) -> dict[str, dict]:
+    """Per distribution or source read: version, licence, candidate files and their content
+    hash (:func:`source_hashes`); ``files`` and ``bytes`` (in the corpus) start at 0."""
+    table = {entry["distribution"]: {"version": entry["version"], "license": entry["license"],
+                                     "candidates": 0} for entry in distributions}
+    for cand in found:
+        entry = table.setdefault(cand.distribution, {"version": cand.version,
+                                                     "license": cand.license, "candidates": 0})
+        entry["candidates"] += 1
+    hashes = source_hashes(found)
+    empty = hashlib.sha256().hexdigest()
+    for name, entry in table.items():
+        entry |= {"content_sha256": hashes.get(name, empty), "files": 0, "bytes": 0}
+    return table
+
+
 def build_corpus(settings: CorpusSettings) -> tuple[dict[str, list[dict]], list[dict], dict]:
     """The corpus rows per split, the decontamination rows and the manifest."""
     counts: Counter = Counter({step: 0 for step in REMOVAL_STEPS})
     sources: list[dict] = []
     distributions: list[dict] = []
     skipped: list[dict] = []
-    found = gather(settings, counts, sources, distributions, skipped)
+    left_out: list[dict] = []
+    found = gather(settings, counts, sources, distributions, skipped, left_out)
+    per_dist = source_table(found, distributions)
     found = subset_per_domain(found, settings.max_documents, counts)
     docs = deduplicate(read_documents(found, settings, counts), counts)
     examples: list[dict] = []
@@ -494,11 +544,9 @@ def build_corpus(settings: CorpusSettings) -> tuple[dict[str, list[dict]], list[
     for item in shortfall:
         log.warning("held-out %s split of domain %s has %d documents, %d bytes (below the "
                     "minimum)", item["split"], item["domain"], item["documents"], item["bytes"])
-    per_dist: dict[str, dict] = {}
     for split_rows in rows.values():
         for row in split_rows:
-            entry = per_dist.setdefault(row["distribution"], {
-                "version": row["version"], "license": row["license"], "files": 0, "bytes": 0})
+            entry = per_dist[row["distribution"]]
             entry["files"] += 1
             entry["bytes"] += len(row["text"].encode("utf-8"))
     manifest = {
@@ -515,9 +563,57 @@ def build_corpus(settings: CorpusSettings) -> tuple[dict[str, list[dict]], list[
         "heldout_shortfall": shortfall,
         "distributions": dict(sorted(per_dist.items())),
         "skipped_distributions": skipped,
+        "checkout_bound_distributions": left_out,
         "corpus_hash": content_hash(rows),
     }
     return rows, removed, manifest
+
+
+def pin_differences(manifest: dict, pinned: dict) -> list[str]:
+    """What differs between a built corpus's manifest and a pinned one, as phrases: the
+    distributions (and other sources) whose version or content differs, or that only one
+    of them read, then the settings that differ (the pin's own key aside)."""
+    built, kept = manifest["distributions"], pinned.get("distributions") or {}
+    settings = json.loads(json.dumps(manifest["settings"]))  # tuples as the pinned JSON lists
+    if any("content_sha256" not in entry for entry in kept.values()):
+        raise ValueError("the pinned manifest has no per-distribution content_sha256: pin a "
+                         "manifest.json written by this corpus stage")
+    found = []
+    for name in sorted(set(built) | set(kept)):
+        new, old = built.get(name), kept.get(name)
+        if old is None:
+            found.append(f"{name} {new['version']} (not in the pinned corpus)")
+        elif new is None:
+            found.append(f"{name} {old['version']} (pinned, not read here)")
+        elif new["version"] != old["version"]:
+            found.append(f"{name} {old['version']} -> {new['version']}")
+        elif new["content_sha256"] != old["content_sha256"]:
+            found.append(f"{name} {new['version']} (same version, other file content)")
+    pinned_settings = pinned.get("settings") or {}
+    found += [f"setting {key}: {pinned_settings.get(key)!r} -> {settings.get(key)!r}"
+              for key in sorted(set(settings) | set(pinned_settings))
+              if key != "expected_manifest" and settings.get(key) != pinned_settings.get(key)]
+    return found
+
+
+def check_pin(manifest: dict, path: str) -> None:
+    """Stop (ValueError) when the corpus hash differs from the pinned manifest's, naming
+    what differs (:func:`pin_differences`)."""
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"corpus.expected_manifest {path} does not exist")
+    pinned = json.loads(Path(path).expanduser().read_text())
+    if manifest["corpus_hash"] == pinned.get("corpus_hash"):
+        log.info("corpus hash matches the pinned manifest %s", path)
+        return
+    differences = pin_differences(manifest, pinned) or [
+        "no source or setting: the corpus stage's code (source_hash "
+        f"{pinned.get('source_hash') or 'unrecorded'} pinned, "
+        f"{manifest.get('source_hash') or 'unrecorded'} here)"]
+    raise ValueError(
+        f"corpus hash {manifest['corpus_hash'][:16]} is not the pinned "
+        f"{str(pinned.get('corpus_hash'))[:16]} (corpus.expected_manifest {path}); what "
+        "differs: " + "; ".join(differences) + ". To accept this corpus instead, set "
+        "corpus.expected_manifest to null, rebuild it and pin its manifest.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -541,6 +637,9 @@ def run(args: argparse.Namespace) -> None:
     with stage_run(args, "corpus", asdict(settings), torch_kernels=False) as mlflow:
         try:
             rows, removed, manifest = build_corpus(settings)
+            manifest["source_hash"] = args.source_hash  # the code that built it
+            if settings.expected_manifest is not None:
+                check_pin(manifest, settings.expected_manifest)
         except (FileNotFoundError, ValueError, KeyError) as err:
             raise UsageError(str(err)) from err
         if not rows["train"]:

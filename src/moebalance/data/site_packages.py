@@ -5,6 +5,9 @@ files of the installed distributions themselves (Python source, C/C++ headers an
 Markdown/reST/text documents and the long descriptions in METADATA). They are listed
 through ``importlib.metadata`` (each distribution's RECORD), so the corpus follows exactly
 what is installed; constraints.txt pins those versions (see docs/data.md).
+A distribution whose files follow a source checkout instead of a pinned release is left
+out (:func:`checkout_bound`): the project's own, whose METADATA embeds its README, and
+anything installed from a local directory.
 
 Domains are decided from the file alone (path and extension), never from what the model
 might find hard:
@@ -23,6 +26,7 @@ natural language.
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import Requirement
 
 SOURCE = "site-packages"
+PROJECT = "moebalance"  # this project's distribution, never a corpus source
 DOMAINS = ("python-library", "python-test", "c-cpp", "prose")
 KIND_OF_SUFFIX = {
     ".py": "python",
@@ -149,6 +154,8 @@ def kind_of(path: str) -> str | None:
         return None
     if SKIP_NAME_RE.match(posix.name):
         return None
+    if posix.name.startswith("__editable__"):   # an editable install's finder: names a checkout
+        return None
     return KIND_OF_SUFFIX.get(posix.suffix.lower())
 
 
@@ -203,6 +210,35 @@ def distributions(path: Iterable[str] | None = None,
                     todo.append(normalise(requirement.name))
         chosen = {name: dist for name, dist in chosen.items() if name in closure}
     return [chosen[key] for key in sorted(chosen)]
+
+
+def checkout_bound(dist: metadata.Distribution) -> str | None:
+    """Why a distribution's files follow a source checkout rather than a pinned release, or
+    None: the project itself (any install), or an install from a local directory, editable
+    or not (its PEP 610 ``direct_url.json`` has ``dir_info``). Every edit there, a README
+    line included, would change their files and so the corpus."""
+    if normalise(dist.metadata.get("Name") or "") == PROJECT:
+        return "the project's own distribution"
+    direct = dist.read_text("direct_url.json")
+    info = json.loads(direct).get("dir_info") if direct else None
+    if info is not None:
+        return "editable install" if info.get("editable") else "installed from a local directory"
+    return None
+
+
+def sources(path: Iterable[str] | None = None, root: str | None = None,
+            ) -> tuple[list[metadata.Distribution], list[dict]]:
+    """The distributions the corpus reads: :func:`distributions` less the checkout-bound
+    ones, which come back as manifest rows (distribution, version, reason)."""
+    kept, left_out = [], []
+    for dist in distributions(path, root):
+        reason = checkout_bound(dist)
+        if reason is None:
+            kept.append(dist)
+        else:
+            left_out.append({"distribution": dist.metadata["Name"],
+                             "version": dist.metadata.get("Version", ""), "reason": reason})
+    return kept, left_out
 
 
 def candidates(dist: metadata.Distribution, license: License) -> Iterator[Candidate]:

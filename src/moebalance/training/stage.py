@@ -140,7 +140,7 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
     ``snapshots``, also ``snapshots/`` (empty when ``snapshot_every`` is 0); with
     ``balance_set`` (a balance set's path), also ``balance.json``, the trained model's
     held-out balance on it. ``data`` (e.g. the corpus hash) goes into provenance.json
-    beside the machine's fingerprint.
+    beside the machine's fingerprint and the stage's code hash (``params["source_hash"]``).
 
     The checkpoint fingerprint is the hash of ``params``: the science settings, the data,
     the seed and the code hash, never the execution knobs."""
@@ -163,7 +163,8 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
             if rank != 0:
                 return
             out = Path(args.out_dir)
-            record = write_outputs(trainer, telemetry, out, tokenizer_dir, snapshots, data)
+            record = write_outputs(trainer, telemetry, out, tokenizer_dir, snapshots,
+                                   {"source_hash": params.get("source_hash", ""), **(data or {})})
             headline = {}
             if balance_set is not None:
                 balance = final_balance(trainer.model, balance_set, out / "balance.json")
