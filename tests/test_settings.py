@@ -93,7 +93,7 @@ def test_the_settings_help_lists_every_key_with_its_default_as_json():
     from moebalance.config import CompareSettings, settings_keys
 
     keys = settings_keys(CompareSettings)
-    assert 'pair=["loss_free", "aux_loss"]' in keys and "bootstrap=2000" in keys
+    assert 'pair=["loss_free", "aux_loss"]' in keys and "confidence=0.95" in keys
     assert "{metric (required), better (required)}" in keys
 
 

@@ -491,9 +491,14 @@ class CompareSettings(Settings):
     equivalence: dict[str, float] = dataclasses.field(default_factory=lambda: {  # TOST margins
         "maxvio_global_pretrain": 0.05, "heldout_bpb_pretrain": 0.01, "solution_bpb": 0.01})
     control_margin: float = 0.3   # nats/token every seed must beat the bigram's val loss by
-    bootstrap: int = 2000         # bootstrap replicates (two-stage resampling)
+    # The sensitivity control: a contrast each primary endpoint must detect (its own Holm
+    # family) before its verdict on the pair means anything; absent variants are reported.
+    control: tuple[str, str] = ("none", "aux_loss")
+    # Published effect of the pair per primary, in the metric's unit (config.yaml cites them):
+    # set beside each minimum detectable difference and equivalence margin.
+    published_effect: dict[str, float] = dataclasses.field(default_factory=lambda: {
+        "maxvio_global_pretrain": 0.68, "heldout_bpb_pretrain": 0.003, "solution_bpb": 0.003})
     confidence: float = 0.95      # interval level; the tests run at alpha = 1 - confidence
-    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         metrics = [p.metric for p in self.primary]
@@ -506,8 +511,10 @@ class CompareSettings(Settings):
             raise ValueError("analysis.equivalence margins must be positive")
         if not 0 < self.confidence < 1:
             raise ValueError("analysis.confidence must be between 0 and 1")
-        if self.bootstrap < 10:
-            raise ValueError("analysis.bootstrap must be at least 10")
+        if tuple(self.control) == tuple(self.pair):
+            raise ValueError("analysis.control must differ from analysis.pair")
+        if not all(effect > 0 for effect in self.published_effect.values()):
+            raise ValueError("analysis.published_effect values must be positive")
 
     SECTION: ClassVar[str] = "analysis"
 
