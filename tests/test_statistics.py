@@ -60,6 +60,23 @@ def test_crossed_mean_on_a_hand_computed_table():
     assert est.method == "crossed model over 2 seeds x 3 documents"
 
 
+def test_crossed_mean_has_the_standard_error_of_the_reml_crossed_mixed_model():
+    """On a balanced table with positive variance components the moment estimates are the
+    REML ones: statsmodels' MixedLM (seed and unit as crossed variance components) gives the
+    same standard error of the mean; it gives no small-sample df, the crossed model does."""
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(3)
+    y = 1 + rng.normal(0, 0.5, (4, 1)) + rng.normal(0, 1, (1, 30)) + rng.normal(0, 0.7, (4, 30))
+    frame = pd.DataFrame([(s, u, y[s, u]) for s in range(4) for u in range(30)],
+                         columns=["seed", "unit", "y"]).assign(group=1)
+    fit = smf.mixedlm("y ~ 1", frame, groups="group", re_formula="0",
+                      vc_formula={"seed": "0 + C(seed)", "unit": "0 + C(unit)"}).fit(reml=True)
+    est = st.crossed_mean(y)
+    assert est.se == pytest.approx(fit.bse["Intercept"], rel=1e-3)
+    assert 3 < est.df < 4  # the seeds' 3 df dominate
+
+
 def test_crossed_mean_never_reports_less_than_the_seed_or_unit_mean_square_allows():
     # equal seed means (MS_seed = 0); unit means 0.5, 0.5, 0.5, 0.7 around 0.55: MS_unit =
     # 2 (3 * 0.0025 + 0.0225) / 3 = 0.02; residuals +-0.5: MS_res = 2 / 3. The combination

@@ -20,10 +20,14 @@ its minimum detectable difference all come from that one Estimate (docs/referenc
   whenever they are positive, they are closed-form (the calibration simulation of a few
   hundred studies runs in a second), and the Satterthwaite df carries the few seeds into
   the t quantile; statsmodels' MixedLM fits crossed effects only as variance components of
-  one group and reports no small-sample df. A percentile bootstrap over 3 seeds has 10
-  distinct seed resamples (simulated coverage 0.76 for a nominal 0.95), and a two-stage
-  bootstrap that resamples units independently within each seed treats crossed units as
-  nested (0.71-0.78): neither is used anywhere.
+  one group and reports z, not a small-sample df (its REML standard error agrees: tested).
+  A percentile bootstrap over 3 seeds has 10 distinct seed resamples (simulated coverage
+  0.76 for a nominal 0.95), and a two-stage bootstrap that resamples units independently
+  within each seed treats crossed units as nested (0.71-0.78): neither is used anywhere.
+  Calibration (tests/test_statistics.py): the 95% interval covers the truth in 0.93-0.97
+  of simulated studies at 3 and 5 seeds; with a seed effect of the difference that
+  dominates a smaller unit effect, 3 seeds cover about 0.92-0.93 (Satterthwaite's df is
+  slightly liberal when a 2-df mean square dominates).
 - Ratio endpoints (bits per byte = sum of NLL bits / sum of bytes): each unit carries a
   numerator and a denominator; :func:`linearized` turns them into per-unit values whose mean
   is the run's ratio exactly (delta method), so the crossed model applies to them.
