@@ -172,18 +172,18 @@ def simulated_unit_level(rng, seeds, truth, n_units=56):
     (what paired_unit_difference does, without the DataFrames)."""
     out = []
     for _ in range(STUDIES):
-        bytes_U = np.exp(rng.normal(7.5, 0.6, n_units))             # document sizes
-        difficulty_U = rng.normal(1.85, 0.3, n_units)
-        effect_U = rng.normal(0, 0.015, n_units)                     # consistent across seeds
-        d_SU = np.empty((seeds, n_units))
+        n_bytes = np.exp(rng.normal(7.5, 0.6, n_units))             # document sizes
+        difficulty = rng.normal(1.85, 0.3, n_units)
+        effect = rng.normal(0, 0.015, n_units)                     # consistent across seeds
+        table = np.empty((seeds, n_units))
         for s in range(seeds):
-            shared = difficulty_U + rng.normal(0, 0.01)
-            rate_a = shared + truth + rng.normal(0, 0.003) + effect_U \
+            shared = difficulty + rng.normal(0, 0.01)
+            rate_a = shared + truth + rng.normal(0, 0.003) + effect \
                 + rng.normal(0, 0.015, n_units)
             rate_b = shared + rng.normal(0, 0.015, n_units)
-            d_SU[s] = (st.linearized(rate_a * bytes_U, bytes_U)
-                       - st.linearized(rate_b * bytes_U, bytes_U))
-        out.append(st.crossed_mean(d_SU, unit="documents"))
+            table[s] = (st.linearized(rate_a * n_bytes, n_bytes)
+                       - st.linearized(rate_b * n_bytes, n_bytes))
+        out.append(st.crossed_mean(table, unit="documents"))
     return out
 
 

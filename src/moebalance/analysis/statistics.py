@@ -179,7 +179,7 @@ def paired_seed_difference(a_by_seed: dict[int, float], b_by_seed: dict[int, flo
     return seed_mean([a_by_seed[s] - b_by_seed[s] for s in seeds], confidence, "paired t over")
 
 
-def crossed_mean(y_SU: np.ndarray, confidence: float = 0.95, unit: str = "units") -> Estimate:
+def crossed_mean(table: np.ndarray, confidence: float = 0.95, unit: str = "units") -> Estimate:
     """Grand mean of a complete seeds x units table under the crossed random-effects model
     y[s,u] = mu + a_s + b_u + e_su, with its method-of-moments variance and Satterthwaite df.
 
@@ -190,7 +190,7 @@ def crossed_mean(y_SU: np.ndarray, confidence: float = 0.95, unit: str = "units"
     each of which cannot exceed the true variance in expectation; then the larger of those
     is used. df: Satterthwaite 1946 (Biometrics Bulletin 2:110), the effective df of a linear
     combination sum_i c_i MS_i: (sum c_i MS_i)^2 / sum (c_i MS_i)^2 / df_i."""
-    y = np.asarray(y_SU, dtype=np.float64)
+    y = np.asarray(table, dtype=np.float64)
     S, U = y.shape
     if S == 0 or U == 0:
         return missing(confidence)
@@ -217,13 +217,13 @@ def crossed_mean(y_SU: np.ndarray, confidence: float = 0.95, unit: str = "units"
                     f"crossed model over {S} seeds x {U} {unit}", S, confidence)
 
 
-def linearized(num_U: np.ndarray, den_U: np.ndarray) -> np.ndarray:
+def linearized(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """Per-unit values of a ratio endpoint R = sum(num) / sum(den) (a plain mean has den = 1):
     z_u = R + (num_u - R den_u) / mean(den). Their mean is R exactly, and z_u - R is unit u's
     first-order (delta-method) contribution to R's error (Cochran 1977, Sampling Techniques,
     Theorem 6.1), so the crossed model on z carries the ratio's variance."""
-    ratio = num_U.sum() / den_U.sum()
-    return ratio + (num_U - ratio * den_U) / den_U.mean()
+    ratio = num.sum() / den.sum()
+    return ratio + (num - ratio * den) / den.mean()
 
 
 def _unit_table(by_seed: list[dict], seeds: list[int]) -> tuple[list, list[np.ndarray]]:
@@ -252,8 +252,8 @@ def unit_mean(units_by_seed: dict[int, object], confidence: float = 0.95,
               unit: str = "units") -> Estimate:
     """One variant's unit-level metric: the crossed model over its seeds x units."""
     seeds = sorted(units_by_seed)
-    ids, (y_SU,) = _unit_table([units_by_seed], seeds)
-    return crossed_mean(y_SU, confidence, unit) if ids else missing(confidence)
+    ids, (table,) = _unit_table([units_by_seed], seeds)
+    return crossed_mean(table, confidence, unit) if ids else missing(confidence)
 
 
 def paired_unit_difference(a_by_seed: dict[int, object], b_by_seed: dict[int, object],
@@ -264,8 +264,8 @@ def paired_unit_difference(a_by_seed: dict[int, object], b_by_seed: dict[int, ob
     seeds = sorted(set(a_by_seed) & set(b_by_seed))
     if not seeds:
         return missing(confidence)
-    ids, (a_SU, b_SU) = _unit_table([a_by_seed, b_by_seed], seeds)
-    return crossed_mean(a_SU - b_SU, confidence, unit) if ids else missing(confidence)
+    ids, (table_a, table_b) = _unit_table([a_by_seed, b_by_seed], seeds)
+    return crossed_mean(table_a - table_b, confidence, unit) if ids else missing(confidence)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
