@@ -121,6 +121,12 @@ def test_units_missing_from_any_seed_are_left_out_of_the_crossed_table():
     assert est.estimate == pytest.approx(2.0)
 
 
+def test_no_common_units_is_a_missing_estimate():
+    empty = units([])
+    est = st.paired_unit_difference({0: empty, 1: empty}, {0: empty, 1: empty})
+    assert est.method == "missing" and math.isnan(est.estimate)
+
+
 def test_interval_p_value_tost_and_mdd_share_one_variance():
     """From one synthetic seeds x documents table: the four numbers of a primary all rest on
     the same standard error and degrees of freedom."""

@@ -235,7 +235,9 @@ def _unit_table(by_seed: list[dict], seeds: list[int]) -> tuple[list, list[np.nd
         for s in seeds:
             index = units_by_seed[s].index
             common = index if common is None else common.intersection(index)
-    ids = common.sort_values() if common is not None else []
+    if common is None or not len(common):
+        return [], []
+    ids = common.sort_values()
     tables = []
     for units_by_seed in by_seed:
         rows = []
@@ -252,8 +254,8 @@ def unit_mean(units_by_seed: dict[int, object], confidence: float = 0.95,
               unit: str = "units") -> Estimate:
     """One variant's unit-level metric: the crossed model over its seeds x units."""
     seeds = sorted(units_by_seed)
-    ids, (table,) = _unit_table([units_by_seed], seeds)
-    return crossed_mean(table, confidence, unit) if ids else missing(confidence)
+    ids, tables = _unit_table([units_by_seed], seeds)
+    return crossed_mean(tables[0], confidence, unit) if ids else missing(confidence)
 
 
 def paired_unit_difference(a_by_seed: dict[int, object], b_by_seed: dict[int, object],
@@ -264,8 +266,8 @@ def paired_unit_difference(a_by_seed: dict[int, object], b_by_seed: dict[int, ob
     seeds = sorted(set(a_by_seed) & set(b_by_seed))
     if not seeds:
         return missing(confidence)
-    ids, (table_a, table_b) = _unit_table([a_by_seed, b_by_seed], seeds)
-    return crossed_mean(table_a - table_b, confidence, unit) if ids else missing(confidence)
+    ids, tables = _unit_table([a_by_seed, b_by_seed], seeds)
+    return crossed_mean(tables[0] - tables[1], confidence, unit) if ids else missing(confidence)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
