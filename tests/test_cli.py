@@ -40,7 +40,7 @@ def test_the_settings_help_lists_each_key_with_its_default_and_description(capsy
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
-    assert "bootstrap=2000: bootstrap replicates (two-stage resampling)" in lines
+    assert "confidence=0.95: interval level; the tests run at alpha = 1 - confidence" in lines
     assert "metric (required): an identifier of moebalance.analysis.catalogue" in lines
 
 

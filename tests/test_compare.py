@@ -47,63 +47,99 @@ def write_humaneval(he, rng, *, nll_shift, passes):
                   "seconds": 0.1}).to_parquet(he / "executions.parquet")
     (he / "summary.json").write_text(json.dumps({"pass@1": passes / TASKS}))
     nll = rng.gamma(5, 10, TASKS) + nll_shift
+    n_bytes = rng.integers(60, 140, TASKS)
     pd.DataFrame({"task_id": tasks, "nll": nll, "n_tokens": 50,
-                  "bits_per_byte": nll / 100}).to_parquet(he / "solution_nll.parquet")
+                  "bits_per_byte": nll / math.log(2) / n_bytes, "context_tokens": 80,
+                  "fits": True, "bytes": n_bytes}).to_parquet(he / "solution_nll.parquet")
+
+
+def fake_balance_set(rng, seq_len: int = 32):
+    """A balance set of the corpus domains: two windows per document."""
+    from moebalance.analysis.balance import BalanceSet
+
+    domains, documents = [], []
+    for domain in DOMAINS[:-1]:
+        for d in range(DOCS_PER_DOMAIN[domain]):
+            domains += [domain] * 2
+            documents += [f"{domain}-{d}"] * 2
+    W = len(domains)
+    return BalanceSet(rng.integers(2, 50, (W, seq_len + 1)),
+                      rng.integers(0, 8, (W, seq_len + 1)), np.full((W, seq_len + 1), 3),
+                      np.array(domains), np.array(documents),
+                      np.array([hash(doc) % 2 for doc in documents]), np.arange(W) % 2 == 0,
+                      eot_id=0, meta={"windows": W})
 
 
 def write_utilization(out, rng, probs, nll_shift):
+    """utilization/ as the stage writes it, through its own table writers and the balance
+    figures of moebalance.analysis.balance, from random routing with expert shares ``probs``."""
+    from moebalance.analysis.balance import SetRouting, summarize
+
     out.mkdir()
-    windows, doc = [], 0
-    for domain in DOMAINS:
-        for _ in range(DOCS_PER_DOMAIN[domain]):
-            for _ in range(2):  # two windows per document
-                windows.append(u.Window(domain, rng.integers(0, 50, 32),
-                                        rng.integers(0, 8, 32).astype(np.int8), doc, 100))
-            doc += 1
-    T = sum(len(w.token_ids) for w in windows)
+    bset = fake_balance_set(rng)
+    humaneval = [u.Window("humaneval", rng.integers(2, 50, 32),
+                          rng.integers(0, 8, 32).astype(np.int8), f"HumanEval/{d}")
+                 for d in range(DOCS_PER_DOMAIN["humaneval"]) for _ in range(2)]
+    windows = u.set_windows(bset) + humaneval
+    T_set = bset.windows * bset.seq_len
+    T = T_set + sum(len(w.token_ids) for w in humaneval)
     tables = {"counts": [], "coactivation": [], "vocab": [], "documents": []}
-    picks = {}
+    picks, balance = {}, {}
     for model in ("pretrain", "sft"):
         picks[model] = np.stack([np.stack([rng.choice(E, K, replace=False, p=probs)
                                            for _ in range(T)]) for _ in LAYERS], axis=1)
+        set_picks = picks[model][:T_set]
         tables["counts"].append(u.count_table(model, windows, picks[model], LAYERS, E))
-        tables["coactivation"].append(u.coactivation_table(model, picks[model], LAYERS, E))
-        tables["vocab"].append(u.vocab_table(model, windows, picks[model], LAYERS, E, 2))
-        nll_T = rng.gamma(4, 0.5, T) + nll_shift / 100
-        tables["documents"].append(u.document_table(model, windows, nll_T))
+        tables["coactivation"].append(u.coactivation_table(model, set_picks, LAYERS, E))
+        tables["vocab"].append(u.vocab_table(model, u.set_windows(bset), set_picks, LAYERS, E,
+                                             2))
+        nll_T = rng.gamma(4, 0.5, T_set) + nll_shift / 100
+        tables["documents"].append(u.document_table(model, bset, nll_T))
+        counts = SetRouting(set_picks, nll_T, E).counts_WLE(bset.windows)
+        balance[model] = summarize(counts, bset, K)
+    balance["jitter"] = {"fraction": 0.1, "difference": float(rng.normal(0, 0.01)),
+                         "maxvio_global_final": balance["pretrain"]["maxvio_global"]}
     for name, parts in tables.items():
         pd.concat([p.to_pandas() for p in parts]).to_parquet(out / f"{name}.parquet")
-    u.saturation_table(windows, picks["pretrain"], picks["sft"], LAYERS).to_pandas() \
-        .to_parquet(out / "saturation.parquet")
+    u.saturation_table(u.set_windows(bset), picks["pretrain"][:T_set], picks["sft"][:T_set],
+                       LAYERS).to_pandas().to_parquet(out / "saturation.parquet")
     (out / "meta.json").write_text(json.dumps({
         "top_k": K, "routed_experts": E, "layers": LAYERS, "token_classes": list(TOKEN_CLASSES),
         "models": ["pretrain", "sft"], "documents_per_domain": DOCS_PER_DOMAIN,
-        "training_domain_shares": {"library": 0.7, "test": 0.2, "docs": 0.1}}))
+        "humaneval_fit": ["HumanEval/0", "HumanEval/1"]}))
+    (out / "balance.json").write_text(json.dumps(balance))
 
 
-def write_run(folder, rng, *, nll_shift=0.0, skew=0.0, passes=0):
-    """A fake run: metrics, routing, SFT metrics, HumanEval files and utilization files."""
+def write_run(folder, rng, *, nll_shift=0.0, skew=0.0, passes=0, heldout_shift=None):
+    """A fake run: metrics, routing, SFT metrics, HumanEval files and utilization files.
+    The held-out documents' NLL moves by ``heldout_shift`` (default: nll_shift)."""
     probs = write_training(folder, rng, val_shift=nll_shift / 100, skew=skew)
     write_humaneval(folder / "humaneval", rng, nll_shift=nll_shift, passes=passes)
-    write_utilization(folder / "utilization", rng, probs, nll_shift)
+    write_utilization(folder / "utilization", rng, probs,
+                      nll_shift if heldout_shift is None else heldout_shift)
 
 
-def make_runs(root, seeds, *, lf_shift=0.0, lf_passes=0, aux_passes=0, seed_sd=0.0):
+def make_runs(root, seeds, *, lf_shift=0.0, lf_passes=0, aux_passes=0, seed_sd=0.0,
+              none_shift=None):
+    """loss_free and aux_loss runs; with ``none_shift`` also `none` runs: unbalanced routing
+    and solution NLL shifted by none_shift against aux_loss (held-out NLL not shifted)."""
     rng = np.random.default_rng(0)
     for seed in seeds:
-        seed_effect = rng.normal(0, seed_sd)  # training noise: shared by both variants' seed
+        seed_effect = rng.normal(0, seed_sd)  # training noise: shared by the variants' seed
         write_run(root / "loss_free" / f"seed{seed}", rng, nll_shift=lf_shift + seed_effect,
                   passes=lf_passes)
         write_run(root / "aux_loss" / f"seed{seed}", rng, nll_shift=seed_effect, skew=0.6,
                   passes=aux_passes)
+        if none_shift is not None:
+            write_run(root / "none" / f"seed{seed}", rng, nll_shift=none_shift + seed_effect,
+                      skew=2.0, heldout_shift=seed_effect)
     return root
 
 
-def compare(out, runs_dir, seeds, *extra):
-    assert main(["compare", "--runs-dir", str(runs_dir), "--variants", "loss_free", "aux_loss",
+def compare(out, runs_dir, seeds, *extra, variants=("loss_free", "aux_loss")):
+    assert main(["compare", "--runs-dir", str(runs_dir), "--variants", *variants,
                  "--seeds", *map(str, seeds), "--tables-dir", str(out / "tables"),
-                 "--figures-dir", str(out / "figures"), "--settings", '{"bootstrap": 200}',
-                 "--no-tracking", *extra]) == 0
+                 "--figures-dir", str(out / "figures"), "--no-tracking", *extra]) == 0
     tables = out / "tables"
     return {"table": pd.read_csv(tables / "comparison.csv"),
             "paired": pd.read_csv(tables / "paired.csv"),
@@ -142,6 +178,19 @@ def three_seeds(tmp_path_factory):
                    [0, 1, 2], "--baselines", write_baselines(root, nats_per_token=50.0))
 
 
+@pytest.fixture(scope="module")
+def with_control(tmp_path_factory):
+    """3 seeds of none, aux_loss and loss_free: `none` routes far less evenly and scores the
+    HumanEval solutions 20 nats worse than aux_loss in every seed, but its held-out documents
+    no differently: the control is detected on MaxVio and solution bits per byte, not on
+    held-out bits per byte."""
+    root = tmp_path_factory.mktemp("with_control")
+    return compare(root, make_runs(root / "runs", [0, 1, 2], lf_shift=-20.0, seed_sd=3.0,
+                                   none_shift=20.0),
+                   [0, 1, 2], "--baselines", write_baselines(root, nats_per_token=50.0),
+                   variants=("none", "aux_loss", "loss_free"))
+
+
 def copy_runs(study, to):
     import shutil
 
@@ -157,7 +206,7 @@ def test_one_seed_gets_no_seed_interval_and_claims_nothing(one_seed):
     assert row(table, "val_loss_pretrain", "loss_free").ci == \
         "none (1 seed: no seed-level interval)"
     bpb = row(table, "solution_bpb", "loss_free")
-    assert bpb.ci == "bootstrap over 30 problems (1 seed: evaluation noise only)"
+    assert bpb.ci == "t over 30 problems (1 seed: evaluation noise only)"
     assert bpb.ci_low < bpb["mean"] < bpb.ci_high
     assert "One seed" in one_seed["md"] and "One seed" in one_seed["answer"]
     primaries = one_seed["paired"][one_seed["paired"].role == "primary"]
@@ -178,13 +227,12 @@ def test_one_seed_still_writes_every_table_and_figure(one_seed):
     assert (one_seed["dir"] / "tables" / "relative_load.csv").is_file()
 
 
-def test_three_seeds_use_t_over_seeds_and_the_two_stage_bootstrap(three_seeds):
+def test_three_seeds_use_t_over_seeds_and_the_crossed_model_over_documents(three_seeds):
     table = three_seeds["table"]
     assert row(table, "val_loss_pretrain", "aux_loss").ci == "t over 3 seeds"
     bpb = row(table, "heldout_bpb_pretrain", "aux_loss")
     assert bpb.n_seeds == 3 and bpb.ci_low < bpb["mean"] < bpb.ci_high
-    assert bpb.ci in ("t over 3 seeds",
-                      "two-stage bootstrap: 3 seeds, then 18 documents within seed")
+    assert bpb.ci == "crossed model over 3 seeds x 14 documents"  # HumanEval's are apart
 
 
 def test_maxvio_gets_the_seed_t_only_and_dead_experts_no_interval(three_seeds):
@@ -211,27 +259,40 @@ def test_primaries_lead_comparison_md_with_holm_adjusted_verdicts(three_seeds):
     assert "Verdict: **better**" in md and "Holm-adjusted p" in md
 
 
-def test_the_solution_bpb_difference_names_its_test_and_interval(three_seeds):
+def test_the_solution_bpb_difference_is_the_crossed_model_of_a_ratio(three_seeds):
     bpb = three_seeds["paired"].set_index("metric").loc["solution_bpb"]
-    assert bpb.seed_t_method == "paired t over 3 seeds"
-    assert bpb.bootstrap_method == "two-stage bootstrap: 3 seeds, then 30 problems within seed"
-    widths = {"seed_t": bpb.seed_t_high - bpb.seed_t_low,
-              "bootstrap": bpb.bootstrap_high - bpb.bootstrap_low}
-    assert bpb.ci_high - bpb.ci_low == pytest.approx(max(widths.values()))
+    assert bpb.ci == "crossed model over 3 seeds x 30 problems"
     assert bpb.ci_high < 0
+    # the run value is the ratio of summed bits to summed bytes over the problems
+    nll = pd.read_parquet(three_seeds["dir"] / "runs" / "aux_loss" / "seed0" / "humaneval"
+                          / "solution_nll.parquet")
+    seed0 = float(row(three_seeds["table"], "solution_bpb", "aux_loss").seed_values.split(";")[0])
+    assert seed0 == pytest.approx(nll.nll.sum() / math.log(2) / nll.bytes.sum(), rel=1e-5)
+
+
+def test_each_primary_shows_one_interval_p_tost_and_mdd_with_its_upper_bound(three_seeds):
+    primaries = three_seeds["paired"][three_seeds["paired"].role == "primary"]
+    assert {"se", "df", "tost_p", "mdd_80", "mdd_80_upper", "published_effect"} <= set(
+        primaries.columns)
+    assert (primaries.mdd_80_upper > primaries.mdd_80).all()
+    for line in [x for x in three_seeds["md"].splitlines() if x.startswith("- **")
+                 and "Verdict" in x]:
+        assert line.count("95% CI") == 1 and line.count("TOST") == 1
+        assert "80% upper bound" in line
 
 
 def numbers(text):
     return [float(x) for x in re.findall(r"[-+−]?\d+\.\d+(?:e[-+]?\d+)?", text.replace("−", "-"))]
 
 
-def test_every_decimal_the_answer_quotes_is_in_the_tables(three_seeds):
-    tables = [pd.read_csv(three_seeds["dir"] / "tables" / name)
+@pytest.mark.parametrize("name", ["three_seeds", "with_control"])
+def test_every_decimal_the_answer_quotes_is_in_the_tables(name, request):
+    study = request.getfixturevalue(name)
+    tables = [pd.read_csv(study["dir"] / "tables" / name)
               for name in ("baselines.csv", "pass_at_1.csv")]
     values = pd.concat([t.select_dtypes("number").stack()
-                        for t in (three_seeds["paired"], three_seeds["table"], *tables)]
-                       ).to_numpy()
-    quoted = numbers(three_seeds["answer"])
+                        for t in (study["paired"], study["table"], *tables)]).to_numpy()
+    quoted = numbers(study["answer"])
     assert quoted
     for x in quoted:
         assert np.isclose(values, x, rtol=5e-4, atol=5e-5).any(), f"{x} not in the tables"
@@ -375,16 +436,20 @@ def test_without_the_rules_hashes_the_stamp_lists_what_the_runs_recorded():
     assert "**Corpus hash:** not recorded" in stamp
 
 
-def test_training_mix_weights_domains_by_their_training_share():
-    # layer loads: library all on expert 0, test all on expert 1; shares 0.75 / 0.25
+def test_training_mix_pools_the_corpus_domains_and_leaves_humaneval_out():
+    # layer loads: library all on expert 0, test all on expert 1, HumanEval all on expert 2
     util = runs.Utilization(
-        counts_LDE=np.array([[[10.0, 0, 0, 0], [0, 30.0, 0, 0]]]), counts_LCE=np.ones((1, 1, 4)),
-        domains=["library", "test"], classes=["x"], layers=[1], top_k=1, documents={},
-        shares={"library": 0.75, "test": 0.25}, pairs_LEE=np.ones((1, 4, 4)),
-        vocab_concentration_L=np.ones(1), saturation_L=None)
+        counts_LDE=np.array([[[0, 0, 50.0, 0], [30.0, 0, 0, 0], [0, 10.0, 0, 0]]]),
+        counts_LCE=np.ones((1, 1, 4)), domains=["humaneval", "library", "test"],
+        classes=["x"], layers=[1], top_k=1, documents={}, humaneval_fit_LE=None,
+        pairs_LEE=np.ones((1, 4, 4)), vocab_concentration_L=np.ones(1), saturation_L=None)
     np.testing.assert_allclose(util.mix_shares(), [[0.75, 0.25, 0, 0]])
     # MaxVio (Wang et al. Eq. 4) of (0.75, 0.25, 0, 0): (0.75 - 0.25) / 0.25 = 2
     assert util.values()["maxvio_global"] == pytest.approx(2.0)
+    # I(expert; domain) over library and test only: each domain on its own expert, shares
+    # 0.75 / 0.25: the entropy of (0.75, 0.25) in bits
+    assert util.values()["mi_domain"] == pytest.approx(
+        -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))
 
 
 def test_saturation_curve_weights_tokens_within_a_layer_and_averages_layers():
@@ -463,3 +528,73 @@ def test_a_baselines_file_without_the_bigram_is_a_usage_error(tmp_path, capsys):
                  "--tables-dir", str(tmp_path / "t"), "--figures-dir", str(tmp_path / "f"),
                  "--baselines", str(bad), "--no-tracking"]) == 2
     assert "--baselines" in capsys.readouterr().err
+
+
+def test_the_answer_reports_the_sensitivity_control_after_the_positive_control(with_control):
+    answer = with_control["answer"]
+    assert answer.index("Positive control") < answer.index("Sensitivity control") < \
+        answer.index("Primary endpoints")
+    md = with_control["md"]
+    assert md.index("Sensitivity control") < md.index("## Primary endpoints")
+
+
+def test_the_control_is_its_own_holm_family_on_every_primary(with_control):
+    paired = with_control["paired"]
+    control = paired[paired.role == "control"].set_index("metric")
+    assert set(control.variant) == {"none"} and set(control.baseline) == {"aux_loss"}
+    assert set(control.index) == {"maxvio_global_pretrain", "heldout_bpb_pretrain",
+                                  "solution_bpb"}
+    assert (control.p_holm >= control.p_value).all()
+    assert control.loc["maxvio_global_pretrain", "verdict"] == "detected"
+    assert control.loc["solution_bpb", "verdict"] == "detected"
+    assert control.loc["heldout_bpb_pretrain", "verdict"] == "not detected"
+
+
+def test_an_endpoint_that_misses_the_control_gives_no_verdict_on_the_pair(with_control):
+    primaries = with_control["paired"].query("role == 'primary'").set_index("metric")
+    assert primaries.loc["heldout_bpb_pretrain", "verdict"] == "not measurable here"
+    assert primaries.loc["solution_bpb", "verdict"] == "better"   # detected: a verdict stands
+    assert primaries.loc["maxvio_global_pretrain", "sensitivity"] == "detected"
+    lines = {key: next(x for x in with_control["answer"].splitlines()
+                       if x.startswith("- **" + metric_display(key)) and "none −" in x)
+             for key in ("heldout_bpb_pretrain", "solution_bpb")}
+    assert "cannot register balancing at this scale" in lines["heldout_bpb_pretrain"]
+    assert "**not measurable here**" in lines["heldout_bpb_pretrain"]
+    assert "registers balancing at this scale" in lines["solution_bpb"]
+    assert "cannot" not in lines["solution_bpb"]
+
+
+def metric_display(key):
+    from moebalance.analysis.catalogue import metric
+
+    return metric(key).display
+
+
+def test_an_absent_control_variant_is_said_not_failed(three_seeds):
+    assert "not run: the study has no none variant" in three_seeds["answer"]
+    assert (three_seeds["paired"].role != "control").all()
+
+
+def test_a_margin_wider_than_the_published_effect_is_said_to_not_exclude_it(three_seeds):
+    answer = three_seeds["answer"]
+    line = next(x for x in answer.splitlines() if x.startswith("- held-out bits/byte"))
+    assert "published effect 0.003" in line and "cannot exclude the published effect" in line
+    maxvio = next(x for x in answer.splitlines() if x.startswith("- MaxVio_global (pretrain"))
+    assert "published effect 0.68" in maxvio and "cannot exclude" not in maxvio
+
+
+def test_exploratory_rows_carry_bh_q_values_and_the_answer_calls_them_hypotheses(three_seeds):
+    exploratory = three_seeds["paired"][three_seeds["paired"].role == "exploratory"]
+    tested = exploratory[exploratory.p_value.notna()]
+    assert (tested.q_bh >= tested.p_value - 1e-12).all()
+    answer = three_seeds["answer"]
+    assert "**Hypotheses, not findings**" in answer
+    for key in ("maxvio_batch_last", "mi_token_class_pretrain",
+                "domain_specialization_pretrain"):
+        assert f"- {metric_display(key)}: loss_free − aux_loss = " in answer
+
+
+def test_the_answer_states_the_design_limits(three_seeds):
+    answer = three_seeds["answer"]
+    assert "not tuned in the default study" in answer and "config/long.yaml" in answer
+    assert "may span documents" in answer and "`grad_accum: 1`" in answer

@@ -111,9 +111,11 @@ def test_solution_nll_stage_writes_the_contract_columns(tiny, tmp_path):
                  "--settings", '{"fit_tokens": 256}']) == 0
     table = pq.read_table(out)
     assert table.column_names == ["task_id", "nll", "n_tokens", "bits_per_byte",
-                                  "context_tokens", "fits"]
+                                  "context_tokens", "fits", "bytes"]
     assert table.num_rows == 164
     rows = table.to_pylist()
     assert all(r["fits"] == (r["context_tokens"] <= 256) for r in rows)
     assert 0 < sum(r["fits"] for r in rows) < 164  # the tiny tokenizer leaves some out
     assert min(table.column("nll").to_pylist()) > 0
+    assert all(r["bits_per_byte"] == pytest.approx(r["nll"] / math.log(2) / r["bytes"])
+               for r in rows)

@@ -95,7 +95,7 @@ def test_the_settings_help_lists_every_key_with_its_default_as_json_and_its_desc
     lines = settings_keys(CompareSettings).splitlines()
     assert '  pair=["loss_free", "aux_loss"]: treatment and baseline: the primaries test ' \
         "treatment - baseline" in lines
-    assert "  bootstrap=2000: bootstrap replicates (two-stage resampling)" in lines
+    assert "  confidence=0.95: interval level; the tests run at alpha = 1 - confidence" in lines
     assert "    metric (required): an identifier of moebalance.analysis.catalogue" in lines
 
 
@@ -133,8 +133,6 @@ def test_every_committed_config_passes_the_schema(name):
     ("analysis", "UtilizationSettings", "jitter_fraction", 0.0),
     ("balance_set", "BalanceSetSettings", "windows", 2),
     ("balance_set", "BalanceSetSettings", "windows", 1),
-    ("analysis", "CompareSettings", "bootstrap", 100),
-    ("analysis", "CompareSettings", "bootstrap", 99),
     ("model", "ModelSettings", "qk_rope_head_dim", 7),
     ("pretrain", "TrainSettings", "device", "cuda:1"),
     ("pretrain", "TrainSettings", "device", "gpu"),

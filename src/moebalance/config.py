@@ -635,10 +635,18 @@ class CompareSettings(Settings):
         additionalProperties={"exclusiveMinimum": 0})
     control_margin: float = setting(0.3, "nats/token every seed of every variant must beat the "
                                     "interpolated bigram's val loss by", minimum=0)
-    bootstrap: int = setting(2000, "bootstrap replicates (two-stage resampling)", minimum=100)
+    control: tuple[str, str] = setting(
+        ("none", "aux_loss"), "the sensitivity control: a contrast each primary endpoint must "
+        "detect (its own Holm family) before its verdict on the pair means anything; variants "
+        "absent from the study are reported as such")
+    published_effect: dict[str, float] = setting(
+        factory=lambda: {"maxvio_global_pretrain": 0.68, "heldout_bpb_pretrain": 0.003,
+                         "solution_bpb": 0.003},
+        description="published effect of the pair per primary, in the metric's unit (cited in "
+        "config/config.yaml): set beside each minimum detectable difference and margin",
+        additionalProperties={"exclusiveMinimum": 0})
     confidence: float = setting(0.95, "interval level; the tests run at alpha = 1 - confidence",
                                 exclusiveMinimum=0, exclusiveMaximum=1)
-    bootstrap_seed: int = setting(0, "seed of the bootstrap's resampling", minimum=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -648,6 +656,8 @@ class CompareSettings(Settings):
         for metric in metrics:
             if metric not in self.equivalence:
                 raise ValueError(f"analysis.equivalence has no margin for primary {metric!r}")
+        if tuple(self.control) == tuple(self.pair):
+            raise ValueError("analysis.control must differ from analysis.pair")
 
     SECTION: ClassVar[str] = "analysis"
 

@@ -1,13 +1,13 @@
 """The metric catalogue: one entry per row of comparison.csv, keyed by a stable identifier.
 
 Code (tables, figures, the config's ``analysis.primary``) refers to metrics by identifier;
-the display name is data, used only where a person reads it. ``kind`` decides the interval
-a metric may have (see :mod:`moebalance.analysis.statistics`):
+the display name is data, used only where a person reads it. ``kind`` decides the variance
+model a metric gets (see :mod:`moebalance.analysis.statistics`):
 
-    per_run   one number per run (a loss, an entropy): t over seeds
-    per_unit  a mean over problems or documents: the wider of t over seeds and the
-              two-stage bootstrap (seeds, then ``unit`` within seed)
-    max       a max statistic (MaxVio): t over seeds only, never a bootstrap
+    per_run   one number per run (a loss, an entropy): t over seeds, paired by seed
+    per_unit  a mean or ratio over problems or documents, each scored under every seed: the
+              crossed seeds x ``unit`` model (its interval, test, TOST and MDD)
+    max       a max statistic (MaxVio): run-level like per_run, never over units
     count     a count (dead experts): the mean over seeds, no interval
 
 ``better`` is the direction that counts as better ("lower", "higher"), or None where a
@@ -25,7 +25,7 @@ class Metric:
     display: str
     kind: str
     better: str | None = None
-    unit: str = ""          # per_unit only: what the bootstrap resamples within a seed
+    unit: str = ""          # per_unit only: what the units crossed with seeds are
 
 
 def _m(*args, **kwargs) -> tuple[str, Metric]:

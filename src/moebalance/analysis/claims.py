@@ -2,8 +2,10 @@
 
 Every sentence that compares variants names its test and its interval, and every number
 it quotes is a value of comparison.csv or paired.csv (tests/test_compare.py checks that).
-comparison.md leads with the primaries and their Holm-adjusted verdicts; answer.md is the
-answer results/README.md carries between its ``<!-- answer -->`` markers.
+Both lead with the positive control (the n-gram baselines), then the sensitivity control
+(a contrast each primary endpoint must detect), then the primaries and their Holm-adjusted
+verdicts; answer.md is the answer results/README.md carries between its
+``<!-- answer -->`` markers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ import math
 import numpy as np
 
 from moebalance.analysis.catalogue import metric
-from moebalance.analysis.tables import MIN_DOCUMENTS, Plan
+from moebalance.analysis.tables import (
+    DETECTED,
+    MIN_DOCUMENTS,
+    NOT_DETECTED,
+    NOT_MEASURABLE,
+    ONE_SEED,
+    Plan,
+)
 
 ANSWER_BEGIN, ANSWER_END = "<!-- answer:begin -->", "<!-- answer:end -->"
 
@@ -28,25 +37,64 @@ def interval_text(row: dict, pct: int, signed: bool = True) -> str:
     if not np.isfinite(row["ci_low"]):
         return f"{fmt(row['diff'], signed)} (no interval: {row['ci']})"
     return (f"{fmt(row['diff'], signed)} [{fmt(row['ci_low'], signed)}, "
-            f"{fmt(row['ci_high'], signed)}] ({pct}% CI, {row['ci']})")
+            f"{fmt(row['ci_high'], signed)}] ({pct}% CI, {row['ci']}, df {fmt(row['df'])})")
 
 
 def test_name(row: dict) -> str:
-    return "two-stage bootstrap test" if row["ci"].startswith(("two-stage", "bootstrap")) \
-        else "paired t-test"
+    return "crossed-model t-test" if row["ci"].startswith("crossed") else "paired t-test"
+
+
+def tests_text(row: dict) -> str:
+    """The row's test, Holm-adjusted p (its family), TOST and minimum detectable difference:
+    all on the one variance model of its interval."""
+    return (f"{test_name(row)} p = {fmt(row['p_value'])}, Holm-adjusted p = "
+            f"{fmt(row['p_holm'])}; TOST within ±{fmt(row['margin'])}: p = "
+            f"{fmt(row['tost_p'])}; minimum detectable difference at 80% power "
+            f"{fmt(row['mdd_80'])} (80% upper bound {fmt(row['mdd_80_upper'])})")
 
 
 def primary_sentence(row: dict, pct: int) -> str:
     a, b = row["variant"], row["baseline"]
     text = (f"- **{row['display']}** ({row['better']} is better): {a} − {b} = "
             f"{interval_text(row, pct)}")
-    if row["verdict"] == "no claim (1 seed)":
+    if row["verdict"] == ONE_SEED:
         return text + "; one seed: no test of the variants, **no claim**."
-    return (text + f"; {test_name(row)} p = {fmt(row['p_value'])}, Holm-adjusted "
-            f"p = {fmt(row['p_holm'])}; TOST within ±{fmt(row['margin'])}: "
-            f"p = {fmt(row['tost_p'])}. Verdict: **{row['verdict']}**. Minimum detectable "
-            f"difference at 80% power (paired t, measured seed variance): "
-            f"{fmt(row['mdd_80'])}.")
+    why = (" (the sensitivity control is not detected on this endpoint)"
+           if row["verdict"] == NOT_MEASURABLE else "")
+    return text + f"; {tests_text(row)}. Verdict: **{row['verdict']}**{why}."
+
+
+def control_sentence(row: dict, pct: int, pair: str) -> str:
+    """One endpoint's sensitivity control; ``pair`` names the comparison it vouches for."""
+    text = (f"- **{row['display']}**: {row['variant']} − {row['baseline']} = "
+            f"{interval_text(row, pct)}")
+    if row["verdict"] == ONE_SEED:
+        return text + "; one seed: not tested."
+    text += f"; {tests_text(row)}. "
+    if row["verdict"] == DETECTED:
+        return text + "**Detected**: this endpoint registers balancing at this scale."
+    if row["verdict"] == NOT_DETECTED:
+        return (text + "**Not detected**: this endpoint cannot register balancing at this "
+                f"scale, so its {pair} comparison is **{NOT_MEASURABLE}**.")
+    return text + f"**{row['verdict']}**."
+
+
+def sensitivity_lines(paired: list[dict], plan: Plan, variants: list[str],
+                      pct: int) -> list[str]:
+    """The sensitivity control per primary endpoint, or why it did not run."""
+    if plan.control is None:
+        return []
+    a, b = plan.control
+    head = (f"**Sensitivity control** ({a} − {b} on every primary endpoint, "
+            "`analysis.control`; Holm over its own family):")
+    absent = [v for v in plan.control if v not in variants]
+    if absent:
+        return [f"{head} not run: the study has no {' or '.join(absent)} variant, so "
+                "nothing here shows that its endpoints can register balancing at this "
+                "scale; the verdicts below stand without that check.", ""]
+    pair = f"{plan.pair[0]} against {plan.pair[1]}"
+    return [head, "", *[control_sentence(r, pct, pair) for r in paired
+                        if r["role"] == "control"], ""]
 
 
 def seeds_sentence(paired: list[dict], plan: Plan) -> str:
@@ -56,9 +104,62 @@ def seeds_sentence(paired: list[dict], plan: Plan) -> str:
                 f"claims nothing about differences between {plan.pair[0]} and "
                 f"{plan.pair[1]}; intervals show evaluation noise of one run at most.")
     return (f"{seeds} seeds per variant, paired by seed; Holm's correction over the "
-            f"{len(plan.primaries)} primary endpoints at α = {fmt(plan.alpha)}. A difference "
-            "is claimed only where the Holm-adjusted test rejects; \"equivalent\" only where "
-            "TOST shows it inside the pre-registered margin; otherwise \"inconclusive\".")
+            f"{len(plan.primaries)} primary endpoints at α = {fmt(plan.alpha)}. Each "
+            "endpoint has one variance model (run-level: paired t over seeds; per document or "
+            "problem: the crossed seeds × units model) for its interval, test, TOST and "
+            "detectable difference. A difference is claimed only where the Holm-adjusted "
+            "test rejects; \"equivalent\" only where TOST shows it inside the pre-registered "
+            "margin; \"not measurable here\" where the sensitivity control is not detected; "
+            "otherwise \"inconclusive\".")
+
+
+def detectable_lines(primaries: list[dict]) -> list[str]:
+    """Each primary's minimum detectable difference with its upper bound, beside the pair's
+    published effect; a margin wider than that effect cannot exclude it."""
+    lines = []
+    for r in primaries:
+        if not np.isfinite(r.get("mdd_80", math.nan)):
+            lines.append(f"- {r['display']}: nothing at the seed level (fewer than two seeds "
+                         "or no spread).")
+            continue
+        text = (f"- {r['display']}: {fmt(r['mdd_80'])}, 80% upper bound "
+                f"{fmt(r['mdd_80_upper'])}")
+        effect = r.get("published_effect", math.nan)
+        if np.isfinite(effect):
+            text += f"; published effect {fmt(effect)}"
+            if r["mdd_80"] > effect:
+                text += " (below what this study can detect)"
+            if r["margin"] > effect:
+                text += (f"; the equivalence margin ±{fmt(r['margin'])} is wider than it, so "
+                         "\"equivalent\" here cannot exclude the published effect")
+        lines.append(text + ".")
+    return lines
+
+
+# Well-measured exploratory contrasts of the pair, shown in the answer as hypotheses
+HYPOTHESES = ("maxvio_batch_last", "mi_token_class_pretrain", "domain_specialization_pretrain")
+
+
+def hypothesis_lines(paired: list[dict], plan: Plan, pct: int) -> list[str]:
+    family = sum(r["role"] == "exploratory" and np.isfinite(r["p_value"]) for r in paired)
+    rows = [r for key in HYPOTHESES for r in paired
+            if r["metric"] == key and r["role"] == "exploratory"
+            and (r["variant"], r["baseline"]) == tuple(plan.pair)]
+    if not rows:
+        return []
+    return [f"**Hypotheses, not findings** (exploratory; Benjamini-Hochberg q over the "
+            f"{family} exploratory tests):", "",
+            *[f"- {r['display']}: {r['variant']} − {r['baseline']} = {interval_text(r, pct)}; "
+              f"p = {fmt(r['p_value'])}, q = {fmt(r['q_bh'])}." for r in rows], ""]
+
+
+DESIGN_LIMITS = (
+    "**Design limits:** the balancing coefficients (the aux loss's alpha, loss-free's gamma) "
+    "are not tuned in the default study; the frontier study (`config/long.yaml`) tunes each "
+    "method on its own seeds and compares them fairly. A \"sequence\" of the sequence-wise "
+    "balance loss is one training window (`pretrain.seq_len`, 256 tokens in the default "
+    "study), which may span documents. `global_aux_loss` at `grad_accum: 1` on one process is "
+    "the expert-level aux loss: its global batch is the micro-batch.")
 
 
 def pass_at_1_lines(pass_rows: list[dict], summary: dict, pct: int) -> list[str]:
@@ -105,12 +206,12 @@ def cells_table(rows: list[dict], variants: list[str]) -> list[str]:
 
 
 def exploratory_lines(paired: list[dict], pct: int) -> list[str]:
-    lines = ["| metric | variant − baseline | difference [CI] | p (unadjusted) |",
-             "|---|---|---|---|"]
+    lines = ["| metric | variant − baseline | difference [CI] | p (unadjusted) | BH q |",
+             "|---|---|---|---|---|"]
     for r in paired:
         if r["role"] == "exploratory":
             lines.append(f"| {r['display']} | {r['variant']} − {r['baseline']} | "
-                         f"{interval_text(r, pct)} | {fmt(r['p_value'])} |")
+                         f"{interval_text(r, pct)} | {fmt(r['p_value'])} | {fmt(r['q_bh'])} |")
     return lines
 
 
@@ -131,10 +232,11 @@ def domain_lines(domains: list[dict]) -> list[str]:
 NOTES = ("Notes: the utilization rows (MaxVio_global, CV, entropy, Gini, dead experts) are "
          "computed per MoE layer on held-out corpus documents weighted by each domain's share "
          "of the training split (the training mix), then averaged over layers; HumanEval "
-         "routing and single domains are reported apart. Max statistics (MaxVio) get only a "
-         "t-interval over seeds, counts (dead experts) no interval. Per-problem and "
-         "per-document metrics resample problems or documents (never windows) within seed, "
-         "after the seeds, and the wider of that bootstrap and the paired t rules. "
+         "routing and single domains are reported apart. Run-level metrics (MaxVio among "
+         "them) get a t over seeds, counts (dead experts) no interval. Per-problem and "
+         "per-document metrics (bits per byte: a ratio of summed bits to summed bytes, "
+         "linearized per unit) get the crossed seeds × units model with Satterthwaite df, "
+         "since the same problems and documents are scored under every seed. "
          f"Domains with fewer than {MIN_DOCUMENTS} held-out documents are flagged and get no "
          "interval.")
 
@@ -178,41 +280,44 @@ def comparison_markdown(rows: list[dict], paired: list[dict], pass_rows: list[di
     a, b = plan.pair
     primaries = [r for r in paired if r["role"] == "primary"]
     lines = ["# Comparison of balancing variants", "", *control,
+             *sensitivity_lines(paired, plan, variants, pct),
              f"## Primary endpoints: {a} against {b}", "", seeds_sentence(paired, plan), "",
              *([primary_sentence(r, pct) for r in primaries]
                or [f"- Not run: {a} and {b} are not both among the variants, or the "
                    "primary metrics are missing."]),
              *pass_at_1_lines(pass_rows, pass_summary, pct), "",
              "## Every metric per variant", "",
-             f"Cells: mean over seeds [{pct}% CI]; the interval column says what it resamples. "
-             "Rows not marked primary are exploratory: no claim rests on them.", "",
+             f"Cells: mean over seeds [{pct}% CI]; the interval column names its variance "
+             "model. Rows not marked primary are exploratory: no claim rests on them.", "",
              *cells_table(rows, variants), "",
-             f"## Exploratory paired differences against {b}", "",
+             f"## Exploratory paired differences against {b} (hypotheses)", "",
              *exploratory_lines(paired, pct), "",
              "## Per held-out domain (routing of that domain alone)", "",
-             *domain_lines(domains), "", NOTES]
+             *domain_lines(domains), "", NOTES, "", DESIGN_LIMITS]
     if missing:
         lines += ["", "Missing inputs (their rows are left out):", *[f"- {m}" for m in missing]]
     return "\n".join(lines) + "\n"
 
 
 def answer_markdown(paired: list[dict], pass_rows: list[dict], pass_summary: dict,
-                    plan: Plan, control: list[str] = ()) -> str:
-    """The answer for results/README.md: the primaries first, what the study can detect,
-    and the exploratory status of everything else."""
+                    plan: Plan, control: list[str] = (), variants: list[str] = ()) -> str:
+    """The answer for results/README.md: the positive control, the sensitivity control, the
+    primaries, what the study can detect, the hypotheses and the design's limits."""
     pct = round(plan.confidence * 100)
     primaries = [r for r in paired if r["role"] == "primary"]
     lines = [f"Generated by the compare stage from `tables/paired.csv` (test: "
              f"{plan.pair[0]} against {plan.pair[1]}).", "", *control,
+             *sensitivity_lines(paired, plan, list(variants), pct),
              seeds_sentence(paired, plan), "",
              "**Primary endpoints** (pre-registered in `analysis.primary`):", "",
              *[primary_sentence(r, pct) for r in primaries], "",
-             "**What this study can detect:** " + ("; ".join(
-                 f"{r['display']}: {fmt(r['mdd_80'])}" for r in primaries
-                 if np.isfinite(r.get("mdd_80", math.nan))) or
-                 "nothing at the seed level (fewer than two seeds or no seed spread)") +
-             " (minimum detectable difference at 80% power, paired t over the seeds).", "",
+             "**What this study can detect** (minimum detectable difference at 80% power from "
+             "each endpoint's variance model, with the 80% upper confidence bound of its "
+             "standard deviation; published effects from `analysis.published_effect`):", "",
+             *detectable_lines(primaries), "",
+             *hypothesis_lines(paired, plan, pct),
              "**pass@1:**", "", *pass_at_1_lines(pass_rows, pass_summary, pct), "",
+             DESIGN_LIMITS, "",
              "Every other row of `tables/comparison.md` is exploratory."]
     return "\n".join(lines) + "\n"
 

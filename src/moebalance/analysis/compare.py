@@ -4,21 +4,23 @@ Loads each run's folder (moebalance.study.RunPaths, runs.py), summarises every m
 variant and against the baseline with seed-level statistics (statistics.py, tables.py),
 and writes under TABLES_DIR:
 
-    comparison.csv         metric, display, kind, variant, n_seeds, mean, ci_low, ci_high,
-                           ci (what the interval resamples), seed_values, role
-    paired.csv             every variant − baseline per metric: diff, interval, p_value; for
-                           the primaries also p_holm, tost_p, margin, mdd_80, verdict
+    comparison.csv         metric, display, kind, variant, n_seeds, mean, se, df, ci_low,
+                           ci_high, ci (the variance model), seed_values, role
+    paired.csv             every variant − baseline per metric, and the sensitivity control:
+                           diff, se, df, interval, p_value; primary and control rows add
+                           p_holm, tost_p, margin, published_effect, mdd_80, mdd_80_upper,
+                           verdict (primaries: sensitivity); exploratory rows q_bh
     pass_at_1.csv          per seed: exact McNemar on greedy pass@1 of the pair
     domains.csv            per (variant, model, held-out domain): balance with t over seeds
     bias_layers.csv        per (variant, seed, layer): bias spread against mean-score spread,
                            their correlation, the last-quarter override rate
     utilization_layers.csv, relative_load.csv, specialization.csv
-    comparison.md          the primaries and their Holm-adjusted verdicts first
+    comparison.md          the controls, then the primaries and their Holm-adjusted verdicts
     answer.md              the answer results/README.md carries (``--readme`` fills it in)
 
 and the figures of :mod:`moebalance.analysis.figures` under FIGURES_DIR. The pair, the
-primaries, their margins and the statistics are the config's `analysis` keys the stage
-takes as ``--settings`` (moebalance.config.CompareSettings).
+primaries, their margins, the sensitivity control and the published effects are the
+config's `analysis` keys the stage takes as ``--settings`` (moebalance.config.CompareSettings).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import numpy as np
 from moebalance.config import CompareSettings, add_settings_argument, parse_settings
 from moebalance.study import RunPaths
 
-HELP = ("compare the variants with seed-level statistics: primaries with Holm, TOST and "
-        "power; exploratory tables; figures; the README's answer")
+HELP = ("compare the variants with seed-level statistics: the sensitivity control and the "
+        "primaries with Holm, TOST and power; exploratory tables; figures; the README's answer")
 log = logging.getLogger(__name__)
 
 
@@ -75,9 +77,10 @@ def plan_of(settings: CompareSettings):
         if primary.metric not in CATALOGUE:
             raise UsageError(f"--settings: analysis.primary: unknown metric {primary.metric!r}; "
                              "known: " + ", ".join(CATALOGUE))
-    primaries = tuple(Primary(p.metric, p.better, float(settings.equivalence[p.metric]))
+    primaries = tuple(Primary(p.metric, p.better, float(settings.equivalence[p.metric]),
+                              float(settings.published_effect.get(p.metric, math.nan)))
                       for p in settings.primary)
-    return Plan(settings.pair, primaries, settings.confidence, settings.bootstrap)
+    return Plan(tuple(settings.pair), primaries, settings.confidence, tuple(settings.control))
 
 
 def write_tables(tables_dir: Path, frames: dict, texts: dict) -> list[Path]:
@@ -187,10 +190,9 @@ def run(args: argparse.Namespace) -> None:
     if args.readme is not None and not Path(args.readme).is_file():
         raise UsageError(f"--readme: {args.readme} not found")
     baselines = read_baselines(args.baselines) if args.baselines else None  # fail fast
-    rng = np.random.default_rng(settings.bootstrap_seed)
     runs, missing = load_runs(args)
-    rows = tables.comparison_rows(runs, plan, rng)
-    paired = tables.paired_rows(runs, plan, rng)
+    rows = tables.comparison_rows(runs, plan)
+    paired = tables.paired_rows(runs, plan)
     pass_rows, pass_summary = tables.pass_at_1_rows(runs, plan)
     domains = tables.domain_rows(runs, plan)
     layer_df, load_df, spec_df = tables.utilization_tables(runs)
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> None:
     for row in baseline_rows:  # the margin the control asks of every seed (variants only)
         row["required_margin"] = settings.control_margin if row["kind"] == "variant" else math.nan
     control = claims.control_lines(baseline_rows, settings.control_margin)
-    answer = claims.answer_markdown(paired, pass_rows, pass_summary, plan, control)
+    answer = claims.answer_markdown(paired, pass_rows, pass_summary, plan, control, list(runs))
     warning, provenance, stamp = provenance_section(Path(args.runs_dir), args.variants,
                                                     args.seeds, args.code_hashes)
     written = write_tables(Path(args.tables_dir), {
@@ -232,8 +234,7 @@ def log_to_tracking(args, settings: CompareSettings, plan, written: list[Path],
 
     params = {"variants": args.variants, "seeds": args.seeds, "pair": list(plan.pair),
               "primaries": [f"{p.key}:{p.better}:{p.margin}" for p in plan.primaries],
-              "bootstrap": settings.bootstrap, "confidence": settings.confidence,
-              "bootstrap_seed": settings.bootstrap_seed}
+              "control": list(plan.control), "confidence": settings.confidence}
     with stage_run(args, "compare", params, torch_kernels=False) as mlflow:
         if mlflow is None:
             return

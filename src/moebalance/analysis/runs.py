@@ -15,7 +15,8 @@ metrics are computed from the count tables of the same routing pass.
 
 Missing optional files leave their metrics out of the run and are listed. Every value is
 keyed by its :mod:`moebalance.analysis.catalogue` identifier; per-problem and
-per-document metrics also keep their unit values (``RunData.units``) for the bootstrap.
+per-document metrics also keep each unit's numerator and denominator (``RunData.units``)
+for the crossed seeds x units model of statistics.py.
 
 Dimension letters: the legend in :mod:`moebalance` (L layers, E routed experts,
 N logged training steps, D domains, C token classes).
@@ -235,16 +236,21 @@ class RunData:
 
     run: Run
     values: dict[str, float] = field(default_factory=dict)   # catalogue key -> value
-    units: dict = field(default_factory=dict)                 # key -> Series unit id -> value
+    units: dict = field(default_factory=dict)                 # key -> DataFrame, see set_units
     routing: dict = field(default_factory=dict)               # see routing_arrays
     maxvio_N: np.ndarray | None = None
     first_pass: object = None        # Series task_id -> sample 0 passed
     utilization: dict[str, Utilization] = field(default_factory=dict)
     saturation_steps: object = None  # Series step -> router saturation vs the final model
 
-    def set_units(self, key: str, series) -> None:
-        self.units[key] = series
-        self.values[key] = float(series.mean()) if len(series) else math.nan
+    def set_units(self, key: str, num, den=None) -> None:
+        """A unit-level metric: ``num`` (and ``den``, 1 when None) are Series indexed by unit
+        id; the run's value is the ratio sum(num) / sum(den), a plain mean when den = 1."""
+        import pandas as pd
+
+        units = pd.DataFrame({"num": num, "den": 1.0 if den is None else den})
+        self.units[key] = units
+        self.values[key] = float(units.num.sum() / units.den.sum()) if len(units) else math.nan
 
 
 def _last_quarter(steps: np.ndarray) -> np.ndarray:
@@ -282,11 +288,11 @@ def _humaneval_values(data: RunData) -> None:
     nll = data.run.read("humaneval/solution_nll.parquet")
     if nll is not None:
         nll = nll.set_index("task_id")
-        data.set_units("solution_bpb_all", nll.bits_per_byte)
-        if "fits" in nll:  # the primary metrics: problems within the trained length only
-            nll = nll[nll.fits]
-        data.set_units("solution_nll", nll.nll)
-        data.set_units("solution_bpb", nll.bits_per_byte)
+        bits = nll.nll / math.log(2)  # bits per byte: sum of NLL bits / sum of solution bytes
+        data.set_units("solution_bpb_all", bits, nll.bytes)
+        fits = nll.fits  # the primaries: texts within the trained length only
+        data.set_units("solution_nll", nll.nll[fits])
+        data.set_units("solution_bpb", bits[fits], nll.bytes[fits])
 
 
 def _utilization_values(data: RunData) -> None:
@@ -310,9 +316,9 @@ def _utilization_values(data: RunData) -> None:
     documents = data.run.read("utilization/documents.parquet")
     if documents is not None:
         docs = documents[(documents.model == "pretrain") & (documents.domain != HUMANEVAL)]
-        # bits per byte of each held-out document: NLL (nats) / ln 2 / UTF-8 bytes
-        data.set_units("heldout_bpb_pretrain",
-                       (docs.nll / math.log(2) / docs.bytes).set_axis(docs.document))
+        # bits per byte of the held-out documents: sum of NLL bits / sum of UTF-8 bytes
+        docs = docs.set_index("document")
+        data.set_units("heldout_bpb_pretrain", docs.nll / math.log(2), docs.bytes)
     steps_table = data.run.read("utilization/saturation_steps.parquet")
     if steps_table is not None and len(steps_table):
         data.saturation_steps = saturation_curve(steps_table)

@@ -1,11 +1,19 @@
 """The comparison's tables: per-variant cells, paired differences against the baseline with
 the pre-registered primaries' verdicts, pass@1, per-domain and per-layer utilization.
 
-Which interval a row gets follows its metric's kind (catalogue.py) and the rules of
-statistics.py. The primaries (``analysis.primary``) of the configured pair (treatment A,
-baseline B) form one family, Holm-adjusted; every other row is "exploratory". A verdict
-word needs its test: better/worse from the Holm-adjusted test, "equivalent" from TOST
-inside the primary's margin, otherwise "inconclusive"; with one seed, "no claim (1 seed)".
+Which variance model a row gets follows its metric's kind (catalogue.py, statistics.py);
+its interval, p-value, TOST and minimum detectable difference come from that one model.
+Three families of paired rows:
+
+- primary: the primaries (``analysis.primary``) of the pair (treatment A, baseline B),
+  Holm-adjusted together. A verdict word needs its test: better/worse from the Holm-adjusted
+  test, "equivalent" from TOST inside the primary's margin, otherwise "inconclusive"; with
+  one seed "no claim (1 seed)"; and "not measurable here" where the endpoint does not
+  detect the sensitivity control.
+- control: the sensitivity control (``analysis.control``, by default none against aux_loss)
+  on every primary metric, Holm-adjusted as a family of its own: "detected" or "not
+  detected" per endpoint.
+- exploratory: every other row, with Benjamini-Hochberg q-values across the family.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ from moebalance.analysis.catalogue import CATALOGUE, metric
 from moebalance.analysis.runs import RunData
 
 MIN_DOCUMENTS = 5  # a domain with fewer held-out documents gets no interval, and a flag
+POWER = 0.8        # the power of the minimum detectable difference
+MDD_BOUND = 0.8    # the one-sided confidence level of its upper bound
+DETECTED, NOT_DETECTED, ONE_SEED = "detected", "not detected", "no claim (1 seed)"
+NOT_MEASURABLE = "not measurable here"
 
 
 @dataclass(frozen=True)
@@ -27,24 +39,30 @@ class Primary:
     key: str
     better: str          # "lower" | "higher"
     margin: float        # equivalence margin (TOST), in the metric's own unit
+    published_effect: float = math.nan  # the pair's published effect, same unit
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The analysis plan: the pair, the primaries, the test level and the bootstrap."""
+    """The analysis plan: the pair, the primaries, the test level and the sensitivity
+    control (a contrast every primary endpoint must detect; None: no control)."""
 
     pair: tuple[str, str]
     primaries: tuple[Primary, ...]
     confidence: float = 0.95
-    replicates: int = 2000
+    control: tuple[str, str] | None = None
 
     @property
     def alpha(self) -> float:
         return 1 - self.confidence
 
-    def role(self, key: str, variant: str) -> str:
-        is_primary = any(p.key == key for p in self.primaries) and variant == self.pair[0]
-        return "primary" if is_primary else "exploratory"
+    def role(self, key: str, variant: str, baseline: str) -> str:
+        if any(p.key == key for p in self.primaries):
+            if (variant, baseline) == tuple(self.pair):
+                return "primary"
+            if self.control is not None and (variant, baseline) == tuple(self.control):
+                return "control"
+        return "exploratory"
 
 
 def by_seed(runs: list[RunData], key: str) -> dict[int, float]:
@@ -61,85 +79,99 @@ def present_keys(runs: dict[str, list[RunData]]) -> list[str]:
     return [k for k in CATALOGUE if k in have]
 
 
-def comparison_rows(runs: dict[str, list[RunData]], plan: Plan,
-                    rng: np.random.Generator) -> list[dict]:
-    """One row per (metric, variant): mean over seeds, interval, what the interval is."""
+def estimate_columns(est: st.Estimate) -> dict:
+    return {"se": est.se, "df": est.df, "ci_low": est.low, "ci_high": est.high,
+            "ci": est.method}
+
+
+def comparison_rows(runs: dict[str, list[RunData]], plan: Plan) -> list[dict]:
+    """One row per (metric, variant): mean over seeds, its interval and what it is over."""
     rows = []
     for key in present_keys(runs):
         m = metric(key)
         for variant, rs in runs.items():
             values = by_seed(rs, key)
-            units = {s: u.to_numpy(np.float64) for s, u in units_by_seed(rs, key).items()}
-            iv = st.summarise(m.kind, values, plan.confidence, units, plan.replicates, rng,
-                              m.unit) if values else st.Interval(math.nan, math.nan,
-                                                                 math.nan, "missing")
+            est = st.summarise(m.kind, values, plan.confidence, units_by_seed(rs, key),
+                               m.unit) if values else st.missing(plan.confidence)
             rows.append({"metric": key, "display": m.display, "kind": m.kind,
-                         "variant": variant, "n_seeds": len(values), "mean": iv.estimate,
-                         "ci_low": iv.low, "ci_high": iv.high, "ci": iv.method,
+                         "variant": variant, "n_seeds": len(values), "mean": est.estimate,
+                         **estimate_columns(est),
                          "seed_values": ";".join(f"{values[s]:.6g}" for s in sorted(values)),
                          "role": "primary" if any(p.key == key for p in plan.primaries)
                          else "exploratory"})
     return rows
 
 
-def _difference(key: str, a: list[RunData], b: list[RunData], plan: Plan,
-                rng: np.random.Generator) -> dict:
-    """A - B for one metric: the ruling interval and, for per-unit metrics, both."""
+def _difference(key: str, a: list[RunData], b: list[RunData], plan: Plan) -> st.Estimate:
     m = metric(key)
-    va, vb = by_seed(a, key), by_seed(b, key)
-    seeds = sorted(set(va) & set(vb))
-    out = {"seeds": len(seeds), "seed_diffs": [va[s] - vb[s] for s in seeds]}
-    if m.kind == "per_unit" and units_by_seed(a, key) and units_by_seed(b, key):
-        both = st.compare_per_unit(units_by_seed(a, key), units_by_seed(b, key),
-                                   plan.replicates, rng, plan.confidence, m.unit)
-        out.update(ruling=both.ruling, bootstrap=both.bootstrap, seed_t=both.seed_t)
-    else:
-        out["ruling"] = out["seed_t"] = st.paired_seed_difference(va, vb, plan.confidence)
-    if m.kind == "count":  # counts: the difference of means, no interval and no test
-        iv = out["ruling"]
-        out["ruling"] = st.Interval(iv.estimate, math.nan, math.nan,
-                                    "none (a count: difference of seed means)", n_seeds=iv.n_seeds)
+    return st.difference(m.kind, by_seed(a, key), by_seed(b, key), plan.confidence,
+                         units_by_seed(a, key), units_by_seed(b, key), m.unit)
+
+
+def contrasts(runs: dict[str, list[RunData]], plan: Plan) -> list[tuple[str, str]]:
+    """(variant, baseline) pairs of paired.csv: every variant against the pair's baseline,
+    and the sensitivity control where its baseline is another variant."""
+    baseline = plan.pair[1]
+    out = [(v, baseline) for v in runs if v != baseline] if baseline in runs else []
+    if plan.control is not None and all(v in runs for v in plan.control) \
+            and tuple(plan.control) not in out:
+        out.append(tuple(plan.control))
     return out
 
 
-def paired_rows(runs: dict[str, list[RunData]], plan: Plan,
-                rng: np.random.Generator) -> list[dict]:
-    """Every variant against the baseline, every metric; the primaries of the pair get
-    Holm-adjusted p-values, TOST and the minimum detectable difference."""
-    baseline = plan.pair[1]
-    if baseline not in runs:
-        return []
-    margins = {p.key: p for p in plan.primaries}
+def paired_rows(runs: dict[str, list[RunData]], plan: Plan) -> list[dict]:
+    """Every contrast, every metric (the control's own baseline: the primaries only). The
+    primary and control rows add TOST, the minimum detectable difference at 80% power and
+    its 80% upper bound, all from the row's one Estimate."""
+    primaries = {p.key: p for p in plan.primaries}
     rows = []
-    for variant in (v for v in runs if v != baseline):
+    for variant, baseline in contrasts(runs, plan):
         for key in present_keys(runs):
-            d = _difference(key, runs[variant], runs[baseline], plan, rng)
-            iv, role = d["ruling"], plan.role(key, variant)
+            role = plan.role(key, variant, baseline)
+            if baseline != plan.pair[1] and role == "exploratory":
+                continue
+            est = _difference(key, runs[variant], runs[baseline], plan)
             row = {"metric": key, "display": metric(key).display, "variant": variant,
-                   "baseline": baseline, "role": role, "n_seeds": d["seeds"],
-                   "diff": iv.estimate, "ci_low": iv.low, "ci_high": iv.high, "ci": iv.method,
-                   "p_value": iv.p_value}
-            for name in ("bootstrap", "seed_t"):
-                if name in d:
-                    row.update({f"{name}_low": d[name].low, f"{name}_high": d[name].high,
-                                f"{name}_method": d[name].method})
-            if role == "primary":
-                primary = margins[key]
+                   "baseline": baseline, "role": role, "n_seeds": est.n_seeds,
+                   "diff": est.estimate, **estimate_columns(est), "p_value": est.p_value}
+            if role != "exploratory":
+                primary = primaries[key]
                 row.update(better=primary.better, margin=primary.margin,
-                           tost_p=st.tost(d["seed_diffs"], primary.margin),
-                           mdd_80=st.minimum_detectable_difference(d["seed_diffs"], plan.alpha))
+                           published_effect=primary.published_effect,
+                           tost_p=est.tost(primary.margin), mdd_80=est.mdd(POWER),
+                           mdd_80_upper=est.mdd_upper(POWER, MDD_BOUND))
             rows.append(row)
-    return _adjust_primaries(rows, plan)
+    return _adjust(rows, plan)
 
 
-def _adjust_primaries(rows: list[dict], plan: Plan) -> list[dict]:
-    primaries = [r for r in rows if r["role"] == "primary"]
-    adjusted, _ = st.holm([r["p_value"] for r in primaries], plan.alpha)
-    for row, p in zip(primaries, adjusted, strict=True):
+def _holm(rows: list[dict], plan: Plan) -> None:
+    adjusted, _ = st.holm([r["p_value"] for r in rows], plan.alpha)
+    for row, p in zip(rows, adjusted, strict=True):
         row["p_holm"] = p
-        diff = st.Interval(row["diff"], row["ci_low"], row["ci_high"], row["ci"])
-        row["verdict"] = ("no claim (1 seed)" if row["n_seeds"] < 2 else
-                          st.verdict(diff, row["better"], p, plan.alpha, row["tost_p"]))
+
+
+def _adjust(rows: list[dict], plan: Plan) -> list[dict]:
+    """Holm within the control family and within the primaries, the control's verdict per
+    endpoint, the primaries' verdicts, and BH q-values over the exploratory rows."""
+    family = {role: [r for r in rows if r["role"] == role]
+              for role in ("control", "primary", "exploratory")}
+    _holm(family["control"], plan)
+    for row in family["control"]:
+        row["verdict"] = (ONE_SEED if row["n_seeds"] < 2 else
+                          "not tested" if not np.isfinite(row["p_holm"]) else
+                          DETECTED if row["p_holm"] < plan.alpha else NOT_DETECTED)
+    sensitivity = {r["metric"]: r["verdict"] for r in family["control"]}
+    _holm(family["primary"], plan)
+    for row in family["primary"]:
+        row["sensitivity"] = sensitivity.get(row["metric"], "absent")
+        row["verdict"] = (ONE_SEED if row["n_seeds"] < 2 else
+                          NOT_MEASURABLE if row["sensitivity"] == NOT_DETECTED else
+                          st.verdict(row["diff"], row["better"], row["p_holm"], plan.alpha,
+                                     row["tost_p"]))
+    for row, q in zip(family["exploratory"],
+                      st.benjamini_hochberg([r["p_value"] for r in family["exploratory"]]),
+                      strict=True):
+        row["q_bh"] = q
     return rows
 
 
@@ -174,7 +206,7 @@ def domain_rows(runs: dict[str, list[RunData]], plan: Plan) -> list[dict]:
                "documents": int(g.documents.min()), "n_seeds": len(g),
                "flag": f"fewer than {MIN_DOCUMENTS} documents: no interval" if few else ""}
         for column in ("maxvio_global", "entropy", "cv"):
-            iv = st.seed_interval(g[column].to_numpy(), plan.confidence)
+            iv = st.seed_mean(g[column].to_numpy(), plan.confidence)
             row.update({column: iv.estimate, f"{column}_low": math.nan if few else iv.low,
                         f"{column}_high": math.nan if few else iv.high,
                         "ci": "none" if few else iv.method})

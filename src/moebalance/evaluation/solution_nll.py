@@ -6,6 +6,7 @@ the likelihood they give the reference solution moves long before pass@1 does.
     nll            -sum_t log p(solution token t | prompt, earlier solution tokens), in nats
     n_tokens       number of solution tokens
     bits_per_byte  nll / ln 2 / UTF-8 bytes of the solution (tokenizer-independent)
+    bytes          UTF-8 bytes of the solution (compare pools bits per byte as a ratio of sums)
     context_tokens tokens of prompt + solution
     fits           context_tokens <= fit_tokens, the longest sequence the model was
                    trained on (True for every problem without it); the stage's one
@@ -36,7 +37,8 @@ from moebalance.evaluation.humaneval import add_model_arguments, load_inputs, nl
 HELP = "NLL and bits per byte of every HumanEval canonical solution given its prompt"
 NLL_SCHEMA = pa.schema([("task_id", pa.string()), ("nll", pa.float64()),
                         ("n_tokens", pa.int64()), ("bits_per_byte", pa.float64()),
-                        ("context_tokens", pa.int64()), ("fits", pa.bool_())])
+                        ("context_tokens", pa.int64()), ("fits", pa.bool_()),
+                        ("bytes", pa.int64())])
 log = logging.getLogger(__name__)
 
 
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> None:
             rows.append({"task_id": task_id, "nll": nll, "n_tokens": n_tokens,
                          "bits_per_byte": bits_per_byte(nll, solution),
                          "context_tokens": context,
-                         "fits": fit_tokens is None or context <= fit_tokens})
+                         "fits": fit_tokens is None or context <= fit_tokens,
+                         "bytes": len(solution.encode("utf-8"))})
         write_parquet(pa.Table.from_pylist(rows, schema=NLL_SCHEMA), args.out)
         means = nll_means(rows)
         log.info("solution NLL: %s (means over the %d of %d problems within %s tokens)",
