@@ -205,6 +205,32 @@ def cells_table(rows: list[dict], variants: list[str]) -> list[str]:
     return lines
 
 
+# Each held-out MaxVio and the figures that say how far to trust it (docs/reference.md §4)
+RELIABILITY = {"maxvio_global_pretrain": ("maxvio_floor_pretrain", "maxvio_split_half_pretrain",
+                                          "maxvio_set_size_pretrain")}
+
+
+def reliability_lines(rows: list[dict], variants: list[str]) -> list[str]:
+    """Beside each held-out MaxVio_global (mean over seeds): the sampling floor at the
+    balance set's size, the split-half difference and the half-size set's difference."""
+    means = {(r["metric"], r["variant"]): r["mean"] for r in rows}
+    lines = []
+    for key, (floor, halves, size) in RELIABILITY.items():
+        if not any((key, v) in means for v in variants):
+            continue
+        lines += [f"**{metric(key).display}** beside its reliability (means over seeds): the "
+                  "sampling floor (perfectly balanced routing of as many tokens), |split-half "
+                  "difference| (halves by document hash) and |half-size set - full set|.", "",
+                  "| variant | MaxVio_global | floor | split-half | half-size |",
+                  "|---|---|---|---|---|"]
+        for v in variants:
+            if (key, v) in means:
+                lines.append(f"| {v} | " + " | ".join(
+                    fmt(means.get((k, v), math.nan)) for k in (key, floor, halves, size)) + " |")
+        lines.append("")
+    return lines
+
+
 def exploratory_lines(paired: list[dict], pct: int) -> list[str]:
     lines = ["| metric | variant − baseline | difference [CI] | p (unadjusted) | BH q |",
              "|---|---|---|---|---|"]
@@ -230,9 +256,9 @@ def domain_lines(domains: list[dict]) -> list[str]:
 
 
 NOTES = ("Notes: the utilization rows (MaxVio_global, CV, entropy, Gini, dead experts) are "
-         "computed per MoE layer on held-out corpus documents weighted by each domain's share "
-         "of the training split (the training mix), then averaged over layers; HumanEval "
-         "routing and single domains are reported apart. Run-level metrics (MaxVio among "
+         "computed per MoE layer on the test split's held-out balance set (windows of the "
+         "training length drawn in the training token mix, each model routing it once), then "
+         "averaged over layers; HumanEval routing and single domains are reported apart. Run-level metrics (MaxVio among "
          "them) get a t over seeds, counts (dead experts) no interval. Per-problem and "
          "per-document metrics (bits per byte: a ratio of summed bits to summed bytes, "
          "linearized per unit) get the crossed seeds × units model with Satterthwaite df, "
@@ -286,6 +312,7 @@ def comparison_markdown(rows: list[dict], paired: list[dict], pass_rows: list[di
                or [f"- Not run: {a} and {b} are not both among the variants, or the "
                    "primary metrics are missing."]),
              *pass_at_1_lines(pass_rows, pass_summary, pct), "",
+             *reliability_lines(rows, variants),
              "## Every metric per variant", "",
              f"Cells: mean over seeds [{pct}% CI]; the interval column names its variance "
              "model. Rows not marked primary are exploratory: no claim rests on them.", "",
