@@ -598,3 +598,17 @@ def test_the_answer_states_the_design_limits(three_seeds):
     answer = three_seeds["answer"]
     assert "not tuned in the default study" in answer and "config/long.yaml" in answer
     assert "may span documents" in answer and "`grad_accum: 1`" in answer
+
+
+def test_comparison_md_sets_floor_and_split_half_beside_each_heldout_maxvio(three_seeds):
+    md = three_seeds["md"]
+    head = md.index("| variant | MaxVio_global | floor | split-half | half-size |")
+    assert head < md.index("## Every metric per variant")
+    rows = md[head:].splitlines()[2:4]
+    table = three_seeds["table"].set_index(["metric", "variant"])["mean"]
+    for row in rows:
+        variant, value, floor, *_ = [c.strip() for c in row.strip("|").split("|")]
+        assert float(value) == pytest.approx(table[("maxvio_global_pretrain", variant)],
+                                             rel=1e-3)
+        assert float(floor) == pytest.approx(table[("maxvio_floor_pretrain", variant)],
+                                             rel=1e-3)
