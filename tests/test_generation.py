@@ -101,6 +101,34 @@ def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
     assert nll == pytest.approx(mean_loss * n_tokens, rel=1e-5)
 
 
+def test_a_text_longer_than_the_trained_length_is_scored_in_windows_of_it(tiny):
+    from moebalance.data.encoding import encode_continuation
+
+    model, tokenizer = load_for_evaluation(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
+    prompt, solution = "def f(x):\n", "    y = x + 1\n" * 12 + "    return y\n"
+    ids, first = encode_continuation(tokenizer, prompt, solution)
+    context = 16
+    assert len(ids) > 2 * context
+    # by hand: windows [0, 16), [8, 24), [16, 32), ...; each new token is predicted inside
+    # the first window that reaches it, from the tokens of that window before it
+    expected, scored = 0.0, first
+    with torch.no_grad():
+        for start in range(0, len(ids), context // 2):
+            end = min(start + context, len(ids))
+            logp = model(input_ids=torch.tensor([ids[start:end]])).logits[0].log_softmax(-1)
+            for t in range(max(scored, start + 1), end):
+                expected -= logp[t - start - 1, ids[t]].item()
+            scored = max(scored, end)
+            if end == len(ids):
+                break
+    nll, n_tokens, n_context = solution_nll(model, tokenizer, prompt, solution, context)
+    assert nll == pytest.approx(expected, rel=1e-5)
+    assert (n_tokens, n_context) == (len(ids) - first, len(ids))
+    # within the trained length it is the one-forward figure
+    assert solution_nll(model, tokenizer, prompt, solution, len(ids)) == \
+        solution_nll(model, tokenizer, prompt, solution)
+
+
 def test_bits_per_byte_converts_nats_per_byte():
     assert bits_per_byte(math.log(2) * 8, "abcd") == pytest.approx(2.0)
 

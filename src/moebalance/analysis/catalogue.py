@@ -40,12 +40,12 @@ CATALOGUE: dict[str, Metric] = dict([
     _m("heldout_bpb_pretrain", "held-out bits/byte (pretrain)", "per_unit", "lower",
        "documents"),
     _m("val_loss_sft", "val loss (SFT, nats/token)", "per_run", "lower"),
-    _m("solution_bpb", "HumanEval canonical-solution bits/byte (texts within the trained "
-       "length)", "per_unit", "lower", "problems"),
-    _m("solution_nll", "HumanEval canonical-solution NLL (nats/problem, texts within the "
-       "trained length)", "per_unit", "lower", "problems"),
-    _m("solution_bpb_all", "HumanEval canonical-solution bits/byte (every problem)",
+    _m("solution_bpb", "HumanEval canonical-solution bits/byte (every problem)", "per_unit",
+       "lower", "problems"),
+    _m("solution_nll", "HumanEval canonical-solution NLL (nats/problem, every problem)",
        "per_unit", "lower", "problems"),
+    _m("solution_bpb_fit", "HumanEval canonical-solution bits/byte (problems within the "
+       "trained length)", "per_unit", "lower", "problems"),
     _m("pass_at_1", "pass@1", "per_run", "higher"),
     _m("pass_at_10", "pass@10", "per_run", "higher"),
     _m("pass_at_100", "pass@100", "per_run", "higher"),

@@ -289,10 +289,10 @@ def _humaneval_values(data: RunData) -> None:
     if nll is not None:
         nll = nll.set_index("task_id")
         bits = nll.nll / math.log(2)  # bits per byte: sum of NLL bits / sum of solution bytes
-        data.set_units("solution_bpb_all", bits, nll.bytes)
-        fits = nll.fits  # the primaries: texts within the trained length only
-        data.set_units("solution_nll", nll.nll[fits])
-        data.set_units("solution_bpb", bits[fits], nll.bytes[fits])
+        data.set_units("solution_bpb", bits, nll.bytes)  # every problem: the primary
+        data.set_units("solution_nll", nll.nll)
+        fits = nll.fits  # a labelled row: the texts within the trained length
+        data.set_units("solution_bpb_fit", bits[fits], nll.bytes[fits])
 
 
 def _utilization_values(data: RunData) -> None:

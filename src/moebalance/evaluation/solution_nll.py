@@ -13,9 +13,13 @@ the likelihood they give the reference solution moves long before pass@1 does.
                    ``--settings`` key (moebalance.config.SolutionNllSettings), which the
                    workflow computes per variant
 
-The means (``nll_means`` in evaluation/humaneval.py, which the score stage uses too) are
-over the problems that fit: positions past the trained length are extrapolation, not what
-pretraining taught (docs/reference.md §5); ``*_all`` means cover every problem.
+Every problem is scored, each token from at most ``fit_tokens - 1`` tokens before it: a text
+longer than the trained length is scored in overlapping windows of that length (see
+:func:`solution_nll`), since positions past it are extrapolation, not what pretraining
+taught (docs/reference.md §5). Compare's primary pools every problem; the problems that
+fit in one window are a labelled row of their own. ``nll_means`` (evaluation/humaneval.py,
+which the score stage uses too) gives the fitting problems' means and ``*_all`` every
+problem's.
 
 Prompt and solution are tokenized as one text (as code appears in training); the tokens
 holding any solution character are scored, the one straddling the boundary included
@@ -42,9 +46,16 @@ NLL_SCHEMA = pa.schema([("task_id", pa.string()), ("nll", pa.float64()),
 log = logging.getLogger(__name__)
 
 
-def solution_nll(model, tokenizer, prompt: str, solution: str) -> tuple[float, int, int]:
+def solution_nll(model, tokenizer, prompt: str, solution: str,
+                 context: int | None = None) -> tuple[float, int, int]:
     """(summed NLL in nats, number of solution tokens, tokens of prompt + solution) of
-    ``solution`` following ``prompt``."""
+    ``solution`` following ``prompt``.
+
+    With ``context`` (the trained length), a text longer than it is scored in windows of
+    ``context`` tokens that advance by half of it: every token is predicted from at most
+    ``context - 1`` tokens before it, at positions the model was trained on, and from at
+    least ``context // 2`` of them once the text is that long. A text within ``context`` is
+    one forward, as without it."""
     import torch
 
     from moebalance.data.encoding import encode_continuation
@@ -54,15 +65,22 @@ def solution_nll(model, tokenizer, prompt: str, solution: str) -> tuple[float, i
         return 0.0, 0, len(token_ids)
     first = max(first, 1)  # the very first token has nothing to be predicted from
     device = next(model.parameters()).device
-    ids = torch.tensor([token_ids], device=device)
+    ids = torch.tensor(token_ids, device=device)
+    n = len(token_ids)
+    width = n if context is None or n <= context else context
+    nll, scored = 0.0, first  # tokens before ``scored`` are predicted (or not needed) already
     with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    # Position t predicts token t + 1: the solution's tokens are predicted by the
-    # positions from first - 1 to the second-to-last.
-    log_probs = torch.log_softmax(logits[0, first - 1:-1], dim=-1)
-    targets = ids[0, first:]
-    nll = -log_probs.gather(1, targets[:, None]).sum().item()
-    return nll, len(token_ids) - first, len(token_ids)
+        for start in range(0, n, max(1, width // 2)):
+            end = min(start + width, n)
+            if end > scored:
+                logits = model(input_ids=ids[None, start:end]).logits[0].float()
+                # position t of the window predicts its token t + 1
+                log_probs = torch.log_softmax(logits[scored - start - 1:end - start - 1], -1)
+                nll -= log_probs.gather(1, ids[scored:end, None]).sum().item()
+                scored = end
+            if end == n:
+                break
+    return nll, n - first, n
 
 
 def bits_per_byte(nll_nats: float, text: str) -> float:
@@ -88,7 +106,8 @@ def run(args: argparse.Namespace) -> None:
         rows = []
         for task_id, problem in tqdm(problems.items(), desc="solution NLL", unit="problem"):
             solution = problem["canonical_solution"]
-            nll, n_tokens, context = solution_nll(model, tokenizer, problem["prompt"], solution)
+            nll, n_tokens, context = solution_nll(model, tokenizer, problem["prompt"], solution,
+                                                  fit_tokens)
             rows.append({"task_id": task_id, "nll": nll, "n_tokens": n_tokens,
                          "bits_per_byte": bits_per_byte(nll, solution),
                          "context_tokens": context,
