@@ -203,6 +203,11 @@ def test_loss_free_lowers_maxvio_from_an_imbalanced_router_init():
     assert loss_free < 0.6 * none
 
 
+def test_compile_refuses_strategies_that_cannot_be_compiled_together():
+    with pytest.raises(ValueError, match="cannot combine aux_loss with global_aux_loss"):
+        trainer(balancing={"strategies": ["aux_loss", "global_aux_loss"]}, compile=True)
+
+
 def test_aux_losses_train_under_activation_checkpointing():
     t = trainer(steps=2, activation_checkpointing=True,
                 balancing={"strategies": ["aux_loss", "seq_aux_loss", "z_loss"]})

@@ -1,8 +1,11 @@
 """Load-balancing strategies: one small family with one interface.
 
-A strategy may add a differentiable loss term to every micro-batch (``loss``) and
-may change the routers' biases once per optimizer step, after all micro-batches
-and ranks (``after_step``). The router only counts; these decide. Strategies
+A strategy is a function of tensors: it may add a differentiable loss term to every
+micro-batch, from that micro-batch's routing records (``loss``), and may give the routers
+a new bias once per optimizer step, from the step's counts, the bias and the step
+(``new_bias``). The router counts, the trainer sums over ranks and writes the bias; these
+decide. What a strategy does is declared by its class (``adds_loss``, ``moves_bias``,
+``frozen_options``), and the trainer, the telemetry and SFT read only that. Strategies
 combine: ``Balancing`` is a list of them (the DeepSeek-V3 recipe is
 ``[loss_free, seq_aux_loss]``; ``none`` is the empty list).
 
@@ -20,14 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from moebalance.config import settings_from_dict
-from moebalance.model.router import CountingRouter, RoutingRecord
+from moebalance.model.router import RoutingRecord
 
 # ---------------------------------------------------------------------------- the equations
 
@@ -122,6 +125,7 @@ def smebu_step(counts_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torc
     bias_LE = bias_LE + gamma * velocity_LE
     return bias_LE - bias_LE.mean(-1, keepdim=True), velocity_LE
 
+
 # ---------------------------------------------------------------------------- the strategies
 
 
@@ -136,30 +140,59 @@ def option(default: Any, *, description: str = "", **bounds: float) -> Any:
 
 
 @dataclass
+class StepCounts:
+    """What the routers counted over one optimizer step: every micro-batch, summed over
+    ranks by the trainer. L MoE layers, E routed experts."""
+
+    counts_LE: torch.Tensor  # assignments per expert (T K per layer in all)
+
+
+@dataclass
 class Strategy:
-    """Interface: ``loss`` per micro-batch (None: no term), ``after_step`` per optimizer step.
+    """Interface: ``loss`` per micro-batch, ``new_bias`` once per optimizer step.
+
+    - ``loss(records, step_counts)``: a differentiable term from the routing records of one
+      micro-batch (one per MoE layer); ``step_counts()`` gives the (L, E) assignments of the
+      optimizer step so far, summed over ranks. A class that overrides it ``adds_loss``:
+      it gets a loss column in metrics.parquet.
+    - ``new_bias(counted, bias_LE, step, total_steps)``: the (L, E) bias of the next step,
+      from this step's :class:`StepCounts` and bias; it returns a new tensor and writes
+      nothing (the trainer writes the routers' buffers). A class that overrides it
+      ``moves_bias``, and declares ``frozen_options``: the option values that hold its
+      bias, applied by ``finetune.freeze_bias``.
 
     A subclass that sets ``name`` is registered in ``STRATEGIES`` under it; its init fields
     are the options of ``balancing.<name>`` in the config."""
 
     name: ClassVar[str]
+    adds_loss: ClassVar[bool] = False
+    moves_bias: ClassVar[bool] = False
+    frozen_options: ClassVar[dict[str, Any]] = {}
+    # strategies this one cannot be compiled with (train.compile), each with its reason
+    not_compiled_with: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.adds_loss = cls.loss is not Strategy.loss
+        cls.moves_bias = cls.new_bias is not Strategy.new_bias
         if "name" in cls.__dict__:
             if cls.name in STRATEGIES:
                 raise TypeError(f"two balancing strategies named {cls.name!r}")
+            if cls.moves_bias and not cls.frozen_options:
+                raise TypeError(f"{cls.name} moves the bias: declare frozen_options, the "
+                                "option values that hold it (finetune.freeze_bias)")
             STRATEGIES[cls.name] = cls
 
-    def loss(self, routers: Sequence[CountingRouter]) -> torch.Tensor | None:
-        return None
+    def loss(self, records: Sequence[RoutingRecord],
+             step_counts: Callable[[], torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
 
-    def after_step(self, routers: Sequence[CountingRouter], counts_LE: torch.Tensor,
-                   step: int, total_steps: int) -> None:
-        return None
+    def new_bias(self, counted: StepCounts, bias_LE: torch.Tensor, step: int,
+                 total_steps: int) -> torch.Tensor:
+        raise NotImplementedError
 
     def gamma_at(self, step: int, total_steps: int) -> float:
-        """The bias update speed in force at ``step`` (0 for strategies that keep the bias)."""
+        """The bias update speed in force at ``step`` (0 for strategies without a step size)."""
         return 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -174,15 +207,15 @@ class Strategy:
 class LayerMeanLoss(Strategy):
     """A loss term: ``coefficient`` times the mean over MoE layers of ``per_layer``."""
 
-    def per_layer(self, router: CountingRouter) -> torch.Tensor:
+    def per_layer(self, record: RoutingRecord) -> torch.Tensor:
         raise NotImplementedError
 
     @property
     def coefficient(self) -> float:
         raise NotImplementedError
 
-    def loss(self, routers):
-        return self.coefficient * torch.stack([self.per_layer(r) for r in routers]).mean()
+    def loss(self, records, step_counts):
+        return self.coefficient * torch.stack([self.per_layer(r) for r in records]).mean()
 
 
 @dataclass
@@ -194,8 +227,8 @@ class AuxLoss(LayerMeanLoss):
 
     coefficient = property(lambda self: self.alpha)
 
-    def per_layer(self, router):
-        return expert_balance_loss(router.record, router.top_k)
+    def per_layer(self, record):
+        return expert_balance_loss(record, record.top_k)
 
 
 @dataclass
@@ -207,8 +240,8 @@ class SeqAuxLoss(LayerMeanLoss):
 
     coefficient = property(lambda self: self.alpha)
 
-    def per_layer(self, router):
-        return sequence_balance_loss(router.record, router.top_k)
+    def per_layer(self, record):
+        return sequence_balance_loss(record, record.top_k)
 
 
 @dataclass
@@ -221,15 +254,16 @@ class GlobalAuxLoss(Strategy):
     """
 
     name: ClassVar[str] = "global_aux_loss"
+    # on one micro-batch aux_loss and this are the same expression, and the compiled
+    # backward (torch 2.13) then doubles its gradient
+    not_compiled_with: ClassVar[tuple[str, ...]] = ("aux_loss",)
     alpha: float = option(1e-2, minimum=0, description="coefficient of the loss term")
 
-    def loss(self, routers):
-        counts_LE = torch.stack([r.counts_E for r in routers]).clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(counts_LE)
+    def loss(self, records, step_counts):
+        counts_LE = step_counts()
         return self.alpha * torch.stack(
-            [global_balance_loss(r.record, c_E, r.top_k) for r, c_E in zip(routers, counts_LE,
-                                                                             strict=True)]).mean()
+            [global_balance_loss(r, c_E, r.top_k) for r, c_E in zip(records, counts_LE,
+                                                                     strict=True)]).mean()
 
 
 @dataclass
@@ -237,6 +271,7 @@ class LossFree(Strategy):
     """Auxiliary-loss-free balancing: move each bias against its expert's load, once per step."""
 
     name: ClassVar[str] = "loss_free"
+    frozen_options: ClassVar[dict[str, Any]] = {"stop_fraction": 0.0}
     gamma: float = option(1e-3, minimum=0, description="bias update speed per optimizer step")
     rule: Literal["sign", "proportional"] = option(
         "sign", description="sign (the papers) or proportional to the load error")
@@ -247,12 +282,9 @@ class LossFree(Strategy):
     def gamma_at(self, step: int, total_steps: int) -> float:
         return self.gamma if step < self.stop_fraction * total_steps else 0.0
 
-    def after_step(self, routers, counts_LE, step, total_steps):
-        delta_LE = bias_delta(counts_LE, self.gamma_at(step, total_steps), self.rule,
-                              self.recentre)
-        with torch.no_grad():
-            for router, delta_E in zip(routers, delta_LE, strict=True):
-                router.e_score_correction_bias.add_(delta_E)  # in place (torchtitan #1222)
+    def new_bias(self, counted, bias_LE, step, total_steps):
+        return bias_LE + bias_delta(counted.counts_LE, self.gamma_at(step, total_steps),
+                                    self.rule, self.recentre)
 
 
 @dataclass
@@ -260,6 +292,7 @@ class Smebu(Strategy):
     """Soft-clamped momentum expert bias updates (Trinity Large; our reading, see smebu_step)."""
 
     name: ClassVar[str] = "smebu"
+    frozen_options: ClassVar[dict[str, Any]] = {"stop_fraction": 0.0}
     gamma: float = option(1e-2, minimum=0, description=(
         "bias step per optimizer step; as loss_free's, sized for short runs"))
     beta: float = option(0.9, minimum=0, exclusiveMaximum=1,
@@ -273,17 +306,17 @@ class Smebu(Strategy):
     def gamma_at(self, step, total_steps):
         return self.gamma if step < self.stop_fraction * total_steps else 0.0
 
-    def after_step(self, routers, counts_LE, step, total_steps):
+    def new_bias(self, counted, bias_LE, step, total_steps):
         gamma = self.gamma_at(step, total_steps)
-        with torch.no_grad():
-            bias_LE = torch.stack([r.e_score_correction_bias for r in routers]).float()
-            if self.velocity_LE is None:
-                self.velocity_LE = torch.zeros_like(bias_LE)
-            bias_LE, self.velocity_LE = smebu_step(counts_LE.to(bias_LE), bias_LE,
-                                                   self.velocity_LE.to(bias_LE), gamma,
-                                                   self.beta, self.kappa)
-            for router, bias_E in zip(routers, bias_LE, strict=True):
-                router.e_score_correction_bias.copy_(bias_E)  # in place (torchtitan #1222)
+        if gamma == 0.0:
+            return bias_LE  # held: not even re-centred, so a frozen bias stays bit-exact
+        bias_LE = bias_LE.float()
+        if self.velocity_LE is None:
+            self.velocity_LE = torch.zeros_like(bias_LE)
+        bias_LE, self.velocity_LE = smebu_step(counted.counts_LE.to(bias_LE), bias_LE,
+                                               self.velocity_LE.to(bias_LE), gamma,
+                                               self.beta, self.kappa)
+        return bias_LE
 
     def state_dict(self):
         return {} if self.velocity_LE is None else {"velocity_LE": self.velocity_LE.cpu()}
@@ -301,8 +334,8 @@ class ZLoss(LayerMeanLoss):
 
     coefficient = property(lambda self: self.beta)
 
-    def per_layer(self, router):
-        return router_z_loss(router.record)
+    def per_layer(self, record):
+        return router_z_loss(record)
 
 
 @dataclass
@@ -313,9 +346,11 @@ class Balancing:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Balancing:
-        """From the `balancing` section: ``strategies: [names]`` plus options per name."""
+        """From the `balancing` section: ``strategies: [names]`` plus options per name, and
+        ``freeze_bias`` (every bias-moving strategy takes its ``frozen_options``)."""
         values = dict(values)
         names = values.pop("strategies", [])
+        freeze = values.pop("freeze_bias", False)
         unknown = sorted(set(names) - set(STRATEGIES))
         if unknown:
             raise ValueError(f"unknown balancing strategy {', '.join(unknown)}; "
@@ -323,20 +358,32 @@ class Balancing:
         stray = sorted(set(values) - set(STRATEGIES))
         if stray:
             raise ValueError(f"unknown key(s) in balancing: {', '.join(stray)}")
-        return cls([settings_from_dict(STRATEGIES[name], values.get(name) or {},
-                                       f"balancing.{name}") for name in names])
+        return cls([settings_from_dict(
+            STRATEGIES[name], (values.get(name) or {}) | (STRATEGIES[name].frozen_options
+                                                          if freeze else {}),
+            f"balancing.{name}") for name in names])
 
-    def losses(self, routers: Sequence[CountingRouter]) -> dict[str, torch.Tensor]:
-        terms = {}
-        for strategy in self.strategies:
-            term = strategy.loss(routers)
-            if term is not None:
-                terms[strategy.name] = term
-        return terms
+    @property
+    def moves_bias(self) -> bool:
+        return any(s.moves_bias for s in self.strategies)
 
-    def after_step(self, routers, counts_LE, step, total_steps) -> None:
+    def losses(self, records: Sequence[RoutingRecord],
+               step_counts: Callable[[], torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {s.name: s.loss(records, step_counts) for s in self.strategies if s.adds_loss}
+
+    def new_bias(self, counted: StepCounts, bias_LE: torch.Tensor, step: int,
+                 total_steps: int) -> torch.Tensor:
+        """The bias after every bias-moving strategy's update, in order."""
         for strategy in self.strategies:
-            strategy.after_step(routers, counts_LE, step, total_steps)
+            if strategy.moves_bias:
+                bias_LE = strategy.new_bias(counted, bias_LE, step, total_steps)
+        return bias_LE
+
+    def compile_conflicts(self) -> list[tuple[str, str]]:
+        """Pairs of these strategies that cannot be compiled together (train.compile)."""
+        names = [s.name for s in self.strategies]
+        return [(other, s.name) for s in self.strategies for other in s.not_compiled_with
+                if other in names]
 
     def gamma_at(self, step: int, total_steps: int) -> float:
         """The bias update speed in force at ``step`` (0 without a bias-updating strategy)."""
@@ -349,6 +396,11 @@ class Balancing:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for strategy in self.strategies:
             strategy.load_state_dict(state.get(strategy.name, {}))
+
+
+def loss_terms() -> list[str]:
+    """The strategies that add a loss term, in registration order: metrics.parquet's columns."""
+    return [name for name, cls in STRATEGIES.items() if cls.adds_loss]
 
 
 # ---------------------------------------------------------------------------- the schema
@@ -370,7 +422,10 @@ def options_schema() -> dict[str, Any]:
     """The JSON schema of the `balancing` section, from the registered strategy classes."""
     properties: dict[str, Any] = {"strategies": {
         "type": "array", "uniqueItems": True, "items": {"enum": list(STRATEGIES)},
-        "description": "the strategies applied together ([] = no balancing)"}}
+        "description": "the strategies applied together ([] = no balancing)"},
+        "freeze_bias": {"type": "boolean", "description": (
+            "hold the bias: each bias-moving strategy takes its frozen options "
+            "(finetune.freeze_bias sets it for SFT)")}}
     for name, cls in STRATEGIES.items():
         hints = typing.get_type_hints(cls)
         properties[name] = {

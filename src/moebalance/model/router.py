@@ -31,6 +31,7 @@ class RoutingRecord:
     probs_BSE: torch.Tensor     # normalised scores s' (differentiable): P_i of the balance losses
     logits_BSE: torch.Tensor    # router logits (differentiable): router z-loss
     selected_BSE: torch.Tensor  # 1.0 where the expert is in the token's top-K (no grad)
+    top_k: int                  # K, experts per token
 
 
 class CountingRouter(DeepseekV3TopkRouter):
@@ -141,7 +142,7 @@ class CountingRouter(DeepseekV3TopkRouter):
         B_S_E = (B, S, self.num_experts)
         self.record = RoutingRecord(probs_BSE=probs_TE.view(B_S_E),
                                     logits_BSE=logits_TE.view(B_S_E),
-                                    selected_BSE=selected_TE.view(B_S_E))
+                                    selected_BSE=selected_TE.view(B_S_E), top_k=self.top_k)
 
 
 def attach_routers(model) -> list[CountingRouter]:
