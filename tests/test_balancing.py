@@ -15,6 +15,7 @@ from moebalance.model.balancing import (
     STRATEGIES,
     Balancing,
     LossFree,
+    StepCounts,
     Strategy,
     bias_delta,
     expert_balance_loss,
@@ -22,6 +23,7 @@ from moebalance.model.balancing import (
     loss_terms,
     option,
     options_schema,
+    quantile_bias,
     router_z_loss,
     sequence_balance_loss,
     smebu_step,
@@ -164,18 +166,42 @@ def test_strategies_combine_into_one_plan():
     assert row["loss"] == pytest.approx(row["lm_loss"] + row["seq_aux_loss"])
 
 
+def test_quantile_bias_sets_each_expert_where_k_t_over_n_margins_lie_above():
+    # 1 layer, N = 2 experts, K = 1, T = 4 tokens: quota q = T K / N = 2 (counts sum to T K).
+    # 4 bins over [-2, 2): width 1, edges -2, -1, 0, 1, 2.
+    # expert 0 margins per bin [0, 1, 2, 1]: 1 margin in [1, 2), so 1 more of the 2 in
+    #   [0, 1), spread evenly: beta_0 = 1 - (1/2) * 1 = 0.5
+    # expert 1 margins per bin [2, 2, 0, 0]: both of [-1, 0) needed: beta_1 = 0 - (2/2) = -1
+    # bias = -beta + mean(beta) = [-0.5, 1] - 0.25 = [-0.75, 0.75]
+    margins = torch.tensor([[[0.0, 1, 2, 1], [2, 2, 0, 0]]])
+    bias = quantile_bias(margins, counts_LE=torch.tensor([[3.0, 1.0]]), span=2.0)
+    assert bias[0].tolist() == pytest.approx([-0.75, 0.75])
+
+
+def test_quantile_strategy_sets_the_bias_until_its_stop_fraction():
+    strategy = Balancing.from_dict({"strategies": ["quantile"],
+                                    "quantile": {"bins": 4, "stop_fraction": 0.5}})
+    counted = StepCounts(torch.tensor([[3.0, 1.0]]),
+                         torch.tensor([[[0.0, 1, 2, 1], [2, 2, 0, 0]]]))
+    bias = torch.tensor([[0.5, -0.5]])
+    # set, not nudged: the old bias does not enter
+    assert strategy.new_bias(counted, bias, 0, 4)[0].tolist() == pytest.approx([-0.75, 0.75])
+    assert torch.equal(strategy.new_bias(counted, bias, 2, 4), bias)  # held from step 2 of 4
+
+
 def test_strategies_declare_whether_they_add_a_loss_and_move_the_bias():
     declared = {name: (cls.adds_loss, cls.moves_bias) for name, cls in STRATEGIES.items()}
     assert declared == {"aux_loss": (True, False), "seq_aux_loss": (True, False),
                         "global_aux_loss": (True, False), "z_loss": (True, False),
-                        "loss_free": (False, True), "smebu": (False, True)}
+                        "loss_free": (False, True), "smebu": (False, True),
+                        "quantile": (False, True)}
     assert loss_terms() == ["aux_loss", "seq_aux_loss", "global_aux_loss", "z_loss"]
 
 
 def test_freeze_bias_gives_each_bias_mover_its_declared_frozen_options():
-    plan = Balancing.from_dict({"strategies": ["loss_free", "smebu", "aux_loss"],
+    plan = Balancing.from_dict({"strategies": ["loss_free", "smebu", "quantile", "aux_loss"],
                                 "loss_free": {"gamma": 0.01}, "freeze_bias": True})
-    assert [s.stop_fraction for s in plan.strategies[:2]] == [0.0, 0.0]
+    assert [s.stop_fraction for s in plan.strategies[:3]] == [0.0, 0.0, 0.0]
     assert plan.strategies[0].gamma == 0.01 and plan.gamma_at(0, 10) == 0.0
 
 

@@ -126,6 +126,29 @@ def smebu_step(counts_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torc
     return bias_LE - bias_LE.mean(-1, keepdim=True), velocity_LE
 
 
+def quantile_bias(margins_LEQ: torch.Tensor, counts_LE: torch.Tensor,
+                  span: float) -> torch.Tensor:
+    """Quantile Balancing's bias from one step's margin histogram (see QuantileBalancing).
+
+    beta_i is the margin that q = K T / N of the step's tokens exceed (q from the counts:
+    sum_i c_i / N), read from the histogram of expert i with its counts spread evenly
+    within each bin; the bias is -beta, mean-centred per layer.
+    """
+    width = 2 * span / margins_LEQ.shape[-1]
+    hist_LEQ = margins_LEQ.double()
+    quota_L11 = (counts_LE.double().sum(-1) / counts_LE.shape[-1])[:, None, None]
+    above_LEQ = hist_LEQ.flip(-1).cumsum(-1).flip(-1)  # margins in bin b or higher
+    # the bin holding the q-th largest margin: the highest with >= q margins at or above it
+    bin_LE1 = (above_LEQ >= quota_L11).sum(-1, keepdim=True) - 1
+    above_next_LEQ = torch.cat([above_LEQ[..., 1:], torch.zeros_like(above_LEQ[..., :1])], -1)
+    short_LE1 = quota_L11 - above_next_LEQ.gather(-1, bin_LE1)  # taken from that bin
+    in_bin_LE1 = hist_LEQ.gather(-1, bin_LE1).clamp_min(1)
+    # Marin #3406 step 2: beta_i = the (K T / N)-th largest of s_{t,i} - alpha_t over tokens t
+    beta_LE = (-span + (bin_LE1 + 1) * width - short_LE1 / in_bin_LE1 * width).squeeze(-1)
+    # Marin #3406 step 3 (Marin's grug: mean-centred): b_i = -beta_i + mean_j beta_j
+    return beta_LE.mean(-1, keepdim=True) - beta_LE
+
+
 # ---------------------------------------------------------------------------- the strategies
 
 
@@ -142,9 +165,10 @@ def option(default: Any, *, description: str = "", **bounds: float) -> Any:
 @dataclass
 class StepCounts:
     """What the routers counted over one optimizer step: every micro-batch, summed over
-    ranks by the trainer. L MoE layers, E routed experts."""
+    ranks by the trainer. L MoE layers, E routed experts, Q margin bins."""
 
-    counts_LE: torch.Tensor  # assignments per expert (T K per layer in all)
+    counts_LE: torch.Tensor                  # assignments per expert (T K per layer in all)
+    margins_LEQ: torch.Tensor | None = None  # margin histogram, when a strategy asks for it
 
 
 @dataclass
@@ -190,6 +214,10 @@ class Strategy:
     def new_bias(self, counted: StepCounts, bias_LE: torch.Tensor, step: int,
                  total_steps: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def margin_histogram(self) -> tuple[int, float] | None:
+        """(bins, span) of the score-margin histogram ``new_bias`` reads; None: none."""
+        return None
 
     def gamma_at(self, step: int, total_steps: int) -> float:
         """The bias update speed in force at ``step`` (0 for strategies without a step size)."""
@@ -339,6 +367,57 @@ class ZLoss(LayerMeanLoss):
 
 
 @dataclass
+class QuantileBalancing(Strategy):
+    """Quantile Balancing: each step, set every bias so that about K T / N tokens pick its expert.
+
+    Sources (docs/reference.md §2): J. Su, "A Tour of MoE, 6" (kexue.fm/archives/11619,
+    2026; part 7, kexue.fm/archives/11626, restates its assignment problem) and Marin's
+    implementation (marin-community/marin: experiments/grug/moe, and issue #3406). Balanced
+    top-K routing of T tokens to N experts is the assignment
+        max sum_{t,i} x_{t,i} s_{t,i}  s.t.  sum_i x_{t,i} = K,  sum_t x_{t,i} = K T / N;
+    with a dual variable alpha_t per token and beta_i per expert, token t takes expert i
+    iff s_{t,i} - alpha_t - beta_i > 0, and routing by TopK(s + b) is b = -beta. QB makes
+    one alternating step of that dual per optimizer step, from the bias b that routed the
+    step (Marin #3406 steps 1-3, with the order statistics of Marin's grug code):
+        alpha_t = the (K+1)-th largest of s_{t,j} + b_j over experts j
+        beta_i  = the (K T / N)-th largest of s_{t,i} - alpha_t over the step's tokens t
+        b_i    <- -beta_i + mean_j beta_j
+    No step size: the bias is set, not nudged (so a bias-moving strategy listed before this
+    one in a variant has no effect). Where the sources leave a choice, OUR READING:
+    - s is the score the router adds its bias to (DeepSeek-V3 Eq. 16: the sigmoid or
+      softmax scores), as Marin uses the logits its own bias is added to;
+    - beta_i is read from a histogram of the margins s_{t,i} - alpha_t
+      (router.margin_histogram: ``bins`` over [-span, span), counts spread evenly within a
+      bin) summed over micro-batches and ranks, so it is the quantile of the whole global
+      batch, as Megatron-LM's global-batch QB (NVIDIA/Megatron-LM #6637) and Marin #7812
+      do; Marin's grug takes each device's exact quantile and averages the betas;
+    - the mean-centring and the timing are Marin's (-beta minus its mean, in force from the
+      next step); beta is not smoothed (Megatron's EMA option is off by default too);
+      group-limited routing is left out of alpha_t;
+    - ``stop_fraction`` holds the bias from that fraction of the run on (Marin's grug has a
+      freeze step too).
+    """
+
+    name: ClassVar[str] = "quantile"
+    frozen_options: ClassVar[dict[str, Any]] = {"stop_fraction": 0.0}
+    bins: int = option(16000, minimum=2, description=(
+        "margin histogram bins over [-span, span): 2.5e-4 wide at the defaults"))
+    span: float = option(2.0, exclusiveMinimum=0, description=(
+        "the histogram covers margins in [-span, span); scores in (0, 1) and a bias "
+        "spread under 1 keep them inside (-2, 2)"))
+    stop_fraction: float = option(1.0, minimum=0, maximum=1, description=(
+        "the bias is held from this fraction of the run on"))
+
+    def margin_histogram(self):
+        return (self.bins, self.span)
+
+    def new_bias(self, counted, bias_LE, step, total_steps):
+        if step >= self.stop_fraction * total_steps:
+            return bias_LE
+        return quantile_bias(counted.margins_LEQ, counted.counts_LE, self.span).to(bias_LE)
+
+
+@dataclass
 class Balancing:
     """The strategies of one variant, applied together."""
 
@@ -378,6 +457,10 @@ class Balancing:
             if strategy.moves_bias:
                 bias_LE = strategy.new_bias(counted, bias_LE, step, total_steps)
         return bias_LE
+
+    def margin_histogram(self) -> tuple[int, float] | None:
+        """(bins, span) of the margin histogram a strategy reads, if one does."""
+        return next((spec for s in self.strategies if (spec := s.margin_histogram())), None)
 
     def compile_conflicts(self) -> list[tuple[str, str]]:
         """Pairs of these strategies that cannot be compiled together (train.compile)."""

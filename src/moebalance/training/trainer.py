@@ -96,6 +96,9 @@ class Trainer:
         self.routers = routers_of(self.model)
         self.layers = moe_layer_indices(self.model)
         self.balancing = balancing
+        self.margins = balancing.margin_histogram()
+        for router in self.routers if self.margins else []:
+            router.track_margins(*self.margins)
         self.train_batches, self.val_batches = train_batches, val_batches
         self.optimizer = build_optimizer(self.model, settings, fused=self.device.type == "cuda")
         # model + cross-entropy + balancing terms: one module, so compile and DDP see it whole
@@ -249,8 +252,9 @@ class Trainer:
         overridden_L = self._all_reduce(torch.stack([r.overridden_tokens for r in self.routers]))
         bias_LE = torch.stack([r.e_score_correction_bias for r in self.routers]).clone()
         if self.balancing.moves_bias:
-            new_bias_LE = self.balancing.new_bias(StepCounts(counts_LE), bias_LE, step,
-                                                  self.s.steps)
+            counted = StepCounts(counts_LE, self._all_reduce(torch.stack(
+                [r.margin_hist_EQ for r in self.routers])) if self.margins else None)
+            new_bias_LE = self.balancing.new_bias(counted, bias_LE, step, self.s.steps)
             for router, bias_E in zip(self.routers, new_bias_LE, strict=True):
                 router.e_score_correction_bias.copy_(bias_E)
         return {"counts_LE": counts_LE, "bias_LE": bias_LE,
