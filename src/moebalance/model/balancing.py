@@ -132,19 +132,23 @@ def quantile_bias(margins_LEQ: torch.Tensor, counts_LE: torch.Tensor,
 
     beta_i is the margin that q = K T / N of the step's tokens exceed (q from the counts:
     sum_i c_i / N), read from the histogram of expert i with its counts spread evenly
-    within each bin; the bias is -beta, mean-centred per layer.
+    within each bin; the bias is -beta, mean-centred per layer. The histogram's cumulative
+    sums are exact in fp32 up to 2^24 tokens per step.
     """
     width = 2 * span / margins_LEQ.shape[-1]
-    hist_LEQ = margins_LEQ.double()
-    quota_L11 = (counts_LE.double().sum(-1) / counts_LE.shape[-1])[:, None, None]
-    above_LEQ = hist_LEQ.flip(-1).cumsum(-1).flip(-1)  # margins in bin b or higher
-    # the bin holding the q-th largest margin: the highest with >= q margins at or above it
-    bin_LE1 = (above_LEQ >= quota_L11).sum(-1, keepdim=True) - 1
-    above_next_LEQ = torch.cat([above_LEQ[..., 1:], torch.zeros_like(above_LEQ[..., :1])], -1)
-    short_LE1 = quota_L11 - above_next_LEQ.gather(-1, bin_LE1)  # taken from that bin
-    in_bin_LE1 = hist_LEQ.gather(-1, bin_LE1).clamp_min(1)
-    # Marin #3406 step 2: beta_i = the (K T / N)-th largest of s_{t,i} - alpha_t over tokens t
-    beta_LE = (-span + (bin_LE1 + 1) * width - short_LE1 / in_bin_LE1 * width).squeeze(-1)
+    quota_LE1 = (counts_LE.sum(-1, keepdim=True) / counts_LE.shape[-1]).expand_as(counts_LE)
+    below_LEQ = margins_LEQ.cumsum(-1) - margins_LEQ  # margins in the bins under bin b
+    total_LE1 = margins_LEQ.sum(-1, keepdim=True)     # T, every token once per expert
+    # the bin holding the q-th largest margin: the highest b with >= q margins at or above it
+    bin_LE1 = torch.searchsorted(below_LEQ.contiguous(), total_LE1 - quota_LE1[..., None],
+                                 right=True) - 1
+    in_bin_LE1 = margins_LEQ.gather(-1, bin_LE1).double()
+    above_LE1 = total_LE1.double() - below_LEQ.gather(-1, bin_LE1).double() - in_bin_LE1
+    short_LE1 = quota_LE1[..., None].double() - above_LE1  # of the q, those inside the bin
+    # Su 2026 / Marin #3406 step 2: beta_i = the (K T / N)-th largest of s_{t,i} - alpha_t
+    # over tokens t (linear within the bin)
+    beta_LE = (-span + (bin_LE1 + 1) * width - short_LE1 / in_bin_LE1.clamp_min(1) * width
+               ).squeeze(-1)
     # Marin #3406 step 3 (Marin's grug: mean-centred): b_i = -beta_i + mean_j beta_j
     return beta_LE.mean(-1, keepdim=True) - beta_LE
 
