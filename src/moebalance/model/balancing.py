@@ -136,17 +136,19 @@ def quantile_bias(margins_LEQ: torch.Tensor, counts_LE: torch.Tensor,
     sums are exact in fp32 up to 2^24 tokens per step.
     """
     width = 2 * span / margins_LEQ.shape[-1]
-    quota_LE1 = (counts_LE.sum(-1, keepdim=True) / counts_LE.shape[-1]).expand_as(counts_LE)
+    # q = K T / N per layer, as the counts hold it (T K assignments over N experts)
+    quota_LE1 = (counts_LE.sum(-1, keepdim=True) / counts_LE.shape[-1]).expand_as(
+        counts_LE)[..., None]
     below_LEQ = margins_LEQ.cumsum(-1) - margins_LEQ  # margins in the bins under bin b
     total_LE1 = margins_LEQ.sum(-1, keepdim=True)     # T, every token once per expert
     # the bin holding the q-th largest margin: the highest b with >= q margins at or above it
-    bin_LE1 = torch.searchsorted(below_LEQ.contiguous(), total_LE1 - quota_LE1[..., None],
+    bin_LE1 = torch.searchsorted(below_LEQ.contiguous(), total_LE1 - quota_LE1,
                                  right=True) - 1
     in_bin_LE1 = margins_LEQ.gather(-1, bin_LE1).double()
     above_LE1 = total_LE1.double() - below_LEQ.gather(-1, bin_LE1).double() - in_bin_LE1
-    short_LE1 = quota_LE1[..., None].double() - above_LE1  # of the q, those inside the bin
-    # Su 2026 / Marin #3406 step 2: beta_i = the (K T / N)-th largest of s_{t,i} - alpha_t
-    # over tokens t (linear within the bin)
+    short_LE1 = quota_LE1.double() - above_LE1  # of the q, those inside the bin
+    # Su 2026 (kexue.fm/archives/11619) / Marin #3406 step 2: beta_i = the (K T / N)-th
+    # largest of s_{t,i} - alpha_t over tokens t (linear within the bin)
     beta_LE = (-span + (bin_LE1 + 1) * width - short_LE1 / in_bin_LE1.clamp_min(1) * width
                ).squeeze(-1)
     # Marin #3406 step 3 (Marin's grug: mean-centred): b_i = -beta_i + mean_j beta_j
