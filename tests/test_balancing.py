@@ -13,12 +13,15 @@ from moebalance.model.balancing import (
     STRATEGIES,
     Balancing,
     LossFree,
+    StepCounts,
     Strategy,
     bias_delta,
     expert_balance_loss,
     global_balance_loss,
+    loss_terms,
     option,
     options_schema,
+    quantile_bias,
     router_z_loss,
     sequence_balance_loss,
     smebu_step,
@@ -31,7 +34,7 @@ def record(probs, experts) -> RoutingRecord:
     probs_BSE = torch.tensor(probs, dtype=torch.float32)
     selected_BSE = torch.zeros_like(probs_BSE).scatter_(-1, torch.tensor(experts), 1.0)
     return RoutingRecord(probs_BSE=probs_BSE, logits_BSE=probs_BSE.log(),
-                         selected_BSE=selected_BSE)
+                         selected_BSE=selected_BSE, top_k=len(experts[0][0]))
 
 
 def test_aux_loss_is_one_when_perfectly_balanced():
@@ -82,7 +85,7 @@ def test_global_loss_takes_frequencies_from_global_counts():
 def test_router_z_loss():
     # logits [0, 0]: logsumexp = ln 2, squared = 0.480453
     r = RoutingRecord(probs_BSE=torch.zeros(1, 1, 2), logits_BSE=torch.zeros(1, 1, 2),
-                      selected_BSE=torch.zeros(1, 1, 2))
+                      selected_BSE=torch.zeros(1, 1, 2), top_k=1)
     assert router_z_loss(r).item() == pytest.approx(0.4804530)
 
 
@@ -154,8 +157,65 @@ def test_strategies_combine_into_one_plan():
     row = tiny_trainer({"strategies": ["loss_free", "seq_aux_loss"],
                         "seq_aux_loss": {"alpha": 1e-4}, "loss_free": {"gamma": 0.01}}
                        ).train_step()
-    assert row["seq_aux_loss"] > 0 and row["aux_loss"] == row["z_loss"] == row["smebu"] == 0
+    assert row["seq_aux_loss"] > 0 and row["aux_loss"] == row["z_loss"] == 0
     assert row["loss"] == pytest.approx(row["lm_loss"] + row["seq_aux_loss"])
+
+
+def test_quantile_bias_sets_each_expert_where_k_t_over_n_margins_lie_above():
+    # 1 layer, N = 2 experts, K = 1, T = 4 tokens: quota q = T K / N = 2 (counts sum to T K).
+    # 4 bins over [-2, 2): width 1, edges -2, -1, 0, 1, 2.
+    # expert 0 margins per bin [0, 1, 2, 1]: 1 margin in [1, 2), so 1 more of the 2 in
+    #   [0, 1), spread evenly: beta_0 = 1 - (1/2) * 1 = 0.5
+    # expert 1 margins per bin [2, 2, 0, 0]: both of [-1, 0) needed: beta_1 = 0 - (2/2) = -1
+    # bias = -beta + mean(beta) = [-0.5, 1] - 0.25 = [-0.75, 0.75]
+    margins = torch.tensor([[[0.0, 1, 2, 1], [2, 2, 0, 0]]])
+    bias = quantile_bias(margins, counts_LE=torch.tensor([[3.0, 1.0]]), span=2.0)
+    assert bias[0].tolist() == pytest.approx([-0.75, 0.75])
+
+
+def test_quantile_strategy_sets_the_bias_until_its_stop_fraction():
+    strategy = Balancing.from_dict({"strategies": ["quantile"],
+                                    "quantile": {"bins": 4, "stop_fraction": 0.5}})
+    counted = StepCounts(torch.tensor([[3.0, 1.0]]),
+                         torch.tensor([[[0.0, 1, 2, 1], [2, 2, 0, 0]]]))
+    bias = torch.tensor([[0.5, -0.5]])
+    # set, not nudged: the old bias does not enter
+    assert strategy.new_bias(counted, bias, 0, 4)[0].tolist() == pytest.approx([-0.75, 0.75])
+    assert torch.equal(strategy.new_bias(counted, bias, 2, 4), bias)  # held from step 2 of 4
+
+
+def test_strategies_declare_whether_they_add_a_loss_and_move_the_bias():
+    expected = {"aux_loss": (True, False), "seq_aux_loss": (True, False),
+                "global_aux_loss": (True, False), "z_loss": (True, False),
+                "loss_free": (False, True), "smebu": (False, True), "quantile": (False, True)}
+    assert {name: (STRATEGIES[name].adds_loss, STRATEGIES[name].moves_bias)
+            for name in expected} == expected
+    assert loss_terms()[:4] == ["aux_loss", "seq_aux_loss", "global_aux_loss", "z_loss"]
+    assert not {"loss_free", "smebu", "quantile"} & set(loss_terms())
+
+
+def test_freeze_bias_gives_each_bias_mover_its_declared_frozen_options():
+    plan = Balancing.from_dict({"strategies": ["loss_free", "smebu", "quantile", "aux_loss"],
+                                "loss_free": {"gamma": 0.01}, "freeze_bias": True})
+    assert [s.stop_fraction for s in plan.strategies[:3]] == [0.0, 0.0, 0.0]
+    assert plan.strategies[0].gamma == 0.01 and plan.gamma_at(0, 10) == 0.0
+
+
+def test_a_bias_mover_that_does_not_declare_how_it_freezes_is_refused():
+    with pytest.raises(TypeError, match="frozen_options"):
+        @dataclass
+        class Unfreezable(Strategy):
+            name: ClassVar[str] = "unfreezable_probe"
+
+            def new_bias(self, counted, bias_LE, step, total_steps):
+                return bias_LE + 1
+    assert "unfreezable_probe" not in STRATEGIES
+
+
+def test_strategies_that_cannot_be_compiled_together_are_named():
+    plan = Balancing.from_dict({"strategies": ["global_aux_loss", "loss_free", "aux_loss"]})
+    assert plan.compile_conflicts() == [("aux_loss", "global_aux_loss")]
+    assert Balancing.from_dict({"strategies": ["global_aux_loss"]}).compile_conflicts() == []
 
 
 def test_unknown_strategy_name_is_rejected_naming_it():
@@ -186,22 +246,29 @@ def test_an_option_out_of_its_bounds_fails_schema_validation_naming_it():
 
 def test_a_new_strategy_is_one_class_registered_with_its_options_in_the_schema():
     @dataclass
-    class Halve(Strategy):
-        """Halve every bias after each step (a newcomer's strategy)."""
+    class Scale(Strategy):
+        """Multiply every bias by a factor after each step (a newcomer's strategy)."""
 
-        name: ClassVar[str] = "halve_probe"
+        name: ClassVar[str] = "scale_probe"
+        frozen_options: ClassVar[dict] = {"factor": 1.0}
         factor: float = option(0.5, exclusiveMinimum=0, description="bias multiplier")
 
+        def new_bias(self, counted, bias_LE, step, total_steps):
+            return bias_LE * self.factor
+
     try:
-        assert STRATEGIES["halve_probe"] is Halve
-        plan = Balancing.from_dict({"strategies": ["halve_probe"], "halve_probe": {"factor": 0.25}})
+        assert STRATEGIES["scale_probe"] is Scale and Scale.moves_bias and not Scale.adds_loss
+        plan = Balancing.from_dict({"strategies": ["scale_probe"], "scale_probe": {"factor": 0.25}})
         assert plan.strategies[0].factor == 0.25
+        assert "scale_probe" not in loss_terms()
         options = options_schema()["properties"]
-        assert "halve_probe" in options["strategies"]["items"]["enum"]
-        assert options["halve_probe"]["properties"]["factor"] == {
+        assert "scale_probe" in options["strategies"]["items"]["enum"]
+        assert options["scale_probe"]["properties"]["factor"] == {
             "type": "number", "exclusiveMinimum": 0, "description": "bias multiplier"}
+        row = tiny_trainer({"strategies": ["scale_probe"]}).train_step()
+        assert "scale_probe" not in row and row["loss"] == row["lm_loss"]
     finally:
-        del STRATEGIES["halve_probe"]
+        del STRATEGIES["scale_probe"]
 
 
 def test_an_option_outside_its_choices_is_refused_naming_the_key():

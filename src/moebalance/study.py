@@ -90,13 +90,12 @@ def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
 
 
 def sft_settings(pretrain_settings: dict[str, Any], finetune: dict[str, Any]) -> dict[str, Any]:
-    """A variant's SFT settings (science only): its own balancing (with ``freeze_bias``, the
-    bias updates' gamma is 0 from the first step) and the ``finetune.train`` loop settings."""
+    """A variant's SFT settings (science only): its own balancing (with ``freeze_bias``, every
+    bias-moving strategy holds its bias, as its class declares) and the ``finetune.train``
+    loop settings."""
     balancing = copy.deepcopy(pretrain_settings["balancing"])
     if finetune.get("freeze_bias", False):
-        for name in ("loss_free", "smebu"):  # the strategies that move the bias
-            if name in balancing.get("strategies", []):
-                balancing.setdefault(name, {})["stop_fraction"] = 0.0
+        balancing["freeze_bias"] = True
     train, _ = split_execution(dict(finetune.get("train", {})))
     return {"balancing": balancing, "train": train}
 

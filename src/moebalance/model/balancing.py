@@ -1,8 +1,11 @@
 """Load-balancing strategies: one small family with one interface.
 
-A strategy may add a differentiable loss term to every micro-batch (``loss``) and
-may change the routers' biases once per optimizer step, after all micro-batches
-and ranks (``after_step``). The router only counts; these decide. Strategies
+A strategy is a function of tensors: it may add a differentiable loss term to every
+micro-batch, from that micro-batch's routing records (``loss``), and may give the routers
+a new bias once per optimizer step, from the step's counts, the bias and the step
+(``new_bias``). The router counts, the trainer sums over ranks and writes the bias; these
+decide. What a strategy does is declared by its class (``adds_loss``, ``moves_bias``,
+``frozen_options``), and the trainer, the telemetry and SFT read only that. Strategies
 combine: ``Balancing`` is a list of them (the DeepSeek-V3 recipe is
 ``[loss_free, seq_aux_loss]``; ``none`` is the empty list).
 
@@ -18,14 +21,14 @@ experts per token, B sequences of S tokens, T = B*S tokens).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from moebalance.config import setting, settings_from_dict, settings_schema
-from moebalance.model.router import CountingRouter, RoutingRecord
+from moebalance.model.router import RoutingRecord
 
 # ---------------------------------------------------------------------------- the equations
 
@@ -120,6 +123,36 @@ def smebu_step(counts_LE: torch.Tensor, bias_LE: torch.Tensor, velocity_LE: torc
     bias_LE = bias_LE + gamma * velocity_LE
     return bias_LE - bias_LE.mean(-1, keepdim=True), velocity_LE
 
+
+def quantile_bias(margins_LEQ: torch.Tensor, counts_LE: torch.Tensor,
+                  span: float) -> torch.Tensor:
+    """Quantile Balancing's bias from one step's margin histogram (see QuantileBalancing).
+
+    beta_i is the margin that q = K T / N of the step's tokens exceed (q from the counts:
+    sum_i c_i / N), read from the histogram of expert i with its counts spread evenly
+    within each bin; the bias is -beta, mean-centred per layer. The histogram's cumulative
+    sums are exact in fp32 up to 2^24 tokens per step.
+    """
+    width = 2 * span / margins_LEQ.shape[-1]
+    # q = K T / N per layer, as the counts hold it (T K assignments over N experts)
+    quota_LE1 = (counts_LE.sum(-1, keepdim=True) / counts_LE.shape[-1]).expand_as(
+        counts_LE)[..., None]
+    below_LEQ = margins_LEQ.cumsum(-1) - margins_LEQ  # margins in the bins under bin b
+    total_LE1 = margins_LEQ.sum(-1, keepdim=True)     # T, every token once per expert
+    # the bin holding the q-th largest margin: the highest b with >= q margins at or above it
+    bin_LE1 = torch.searchsorted(below_LEQ.contiguous(), total_LE1 - quota_LE1,
+                                 right=True) - 1
+    in_bin_LE1 = margins_LEQ.gather(-1, bin_LE1).double()
+    above_LE1 = total_LE1.double() - below_LEQ.gather(-1, bin_LE1).double() - in_bin_LE1
+    short_LE1 = quota_LE1.double() - above_LE1  # of the q, those inside the bin
+    # Su 2026 (kexue.fm/archives/11619) / Marin #3406 step 2: beta_i = the (K T / N)-th
+    # largest of s_{t,i} - alpha_t over tokens t (linear within the bin)
+    beta_LE = (-span + (bin_LE1 + 1) * width - short_LE1 / in_bin_LE1.clamp_min(1) * width
+               ).squeeze(-1)
+    # Marin #3406 step 3 (Marin's grug: mean-centred): b_i = -beta_i + mean_j beta_j
+    return beta_LE.mean(-1, keepdim=True) - beta_LE
+
+
 # ---------------------------------------------------------------------------- the strategies
 
 
@@ -135,30 +168,64 @@ def option(default: Any, *, description: str = "", **bounds: float) -> Any:
 
 
 @dataclass
+class StepCounts:
+    """What the routers counted over one optimizer step: every micro-batch, summed over
+    ranks by the trainer. L MoE layers, E routed experts, Q margin bins."""
+
+    counts_LE: torch.Tensor                  # assignments per expert (T K per layer in all)
+    margins_LEQ: torch.Tensor | None = None  # margin histogram, when a strategy asks for it
+
+
+@dataclass
 class Strategy:
-    """Interface: ``loss`` per micro-batch (None: no term), ``after_step`` per optimizer step.
+    """Interface: ``loss`` per micro-batch, ``new_bias`` once per optimizer step.
+
+    - ``loss(records, step_counts)``: a differentiable term from the routing records of one
+      micro-batch (one per MoE layer); ``step_counts()`` gives the (L, E) assignments of the
+      optimizer step so far, summed over ranks. A class that overrides it ``adds_loss``:
+      it gets a loss column in metrics.parquet.
+    - ``new_bias(counted, bias_LE, step, total_steps)``: the (L, E) bias of the next step,
+      from this step's :class:`StepCounts` and bias; it returns a new tensor and writes
+      nothing (the trainer writes the routers' buffers). A class that overrides it
+      ``moves_bias``, and declares ``frozen_options``: the option values that hold its
+      bias, applied by ``finetune.freeze_bias``.
 
     A subclass that sets ``name`` is registered in ``STRATEGIES`` under it; its init fields
     are the options of ``balancing.<name>`` in the config."""
 
     name: ClassVar[str]
+    adds_loss: ClassVar[bool] = False
+    moves_bias: ClassVar[bool] = False
+    frozen_options: ClassVar[dict[str, Any]] = {}
+    # strategies this one cannot be compiled with (train.compile), each with its reason
+    not_compiled_with: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.adds_loss = cls.loss is not Strategy.loss
+        cls.moves_bias = cls.new_bias is not Strategy.new_bias
         if "name" in cls.__dict__:
             if cls.name in STRATEGIES:
                 raise TypeError(f"two balancing strategies named {cls.name!r}")
+            if cls.moves_bias and not cls.frozen_options:
+                raise TypeError(f"{cls.name} moves the bias: declare frozen_options, the "
+                                "option values that hold it (finetune.freeze_bias)")
             STRATEGIES[cls.name] = cls
 
-    def loss(self, routers: Sequence[CountingRouter]) -> torch.Tensor | None:
-        return None
+    def loss(self, records: Sequence[RoutingRecord],
+             step_counts: Callable[[], torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
 
-    def after_step(self, routers: Sequence[CountingRouter], counts_LE: torch.Tensor,
-                   step: int, total_steps: int) -> None:
+    def new_bias(self, counted: StepCounts, bias_LE: torch.Tensor, step: int,
+                 total_steps: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def margin_histogram(self) -> tuple[int, float] | None:
+        """(bins, span) of the score-margin histogram ``new_bias`` reads; None: none."""
         return None
 
     def gamma_at(self, step: int, total_steps: int) -> float:
-        """The bias update speed in force at ``step`` (0 for strategies that keep the bias)."""
+        """The bias update speed in force at ``step`` (0 for strategies without a step size)."""
         return 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -173,15 +240,15 @@ class Strategy:
 class LayerMeanLoss(Strategy):
     """A loss term: ``coefficient`` times the mean over MoE layers of ``per_layer``."""
 
-    def per_layer(self, router: CountingRouter) -> torch.Tensor:
+    def per_layer(self, record: RoutingRecord) -> torch.Tensor:
         raise NotImplementedError
 
     @property
     def coefficient(self) -> float:
         raise NotImplementedError
 
-    def loss(self, routers):
-        return self.coefficient * torch.stack([self.per_layer(r) for r in routers]).mean()
+    def loss(self, records, step_counts):
+        return self.coefficient * torch.stack([self.per_layer(r) for r in records]).mean()
 
 
 @dataclass
@@ -193,8 +260,8 @@ class AuxLoss(LayerMeanLoss):
 
     coefficient = property(lambda self: self.alpha)
 
-    def per_layer(self, router):
-        return expert_balance_loss(router.record, router.top_k)
+    def per_layer(self, record):
+        return expert_balance_loss(record, record.top_k)
 
 
 @dataclass
@@ -206,8 +273,8 @@ class SeqAuxLoss(LayerMeanLoss):
 
     coefficient = property(lambda self: self.alpha)
 
-    def per_layer(self, router):
-        return sequence_balance_loss(router.record, router.top_k)
+    def per_layer(self, record):
+        return sequence_balance_loss(record, record.top_k)
 
 
 @dataclass
@@ -220,15 +287,16 @@ class GlobalAuxLoss(Strategy):
     """
 
     name: ClassVar[str] = "global_aux_loss"
+    # on one micro-batch aux_loss and this are the same expression, and the compiled
+    # backward (torch 2.13) then doubles its gradient
+    not_compiled_with: ClassVar[tuple[str, ...]] = ("aux_loss",)
     alpha: float = option(1e-2, minimum=0, description="coefficient of the loss term")
 
-    def loss(self, routers):
-        counts_LE = torch.stack([r.counts_E for r in routers]).clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(counts_LE)
+    def loss(self, records, step_counts):
+        counts_LE = step_counts()
         return self.alpha * torch.stack(
-            [global_balance_loss(r.record, c_E, r.top_k) for r, c_E in zip(routers, counts_LE,
-                                                                             strict=True)]).mean()
+            [global_balance_loss(r, c_E, r.top_k) for r, c_E in zip(records, counts_LE,
+                                                                     strict=True)]).mean()
 
 
 @dataclass
@@ -236,6 +304,7 @@ class LossFree(Strategy):
     """Auxiliary-loss-free balancing: move each bias against its expert's load, once per step."""
 
     name: ClassVar[str] = "loss_free"
+    frozen_options: ClassVar[dict[str, Any]] = {"stop_fraction": 0.0}
     gamma: float = option(1e-3, minimum=0, description="bias update speed per optimizer step")
     rule: Literal["sign", "proportional"] = option(
         "sign", description="sign (the papers) or proportional to the load error")
@@ -246,12 +315,9 @@ class LossFree(Strategy):
     def gamma_at(self, step: int, total_steps: int) -> float:
         return self.gamma if step < self.stop_fraction * total_steps else 0.0
 
-    def after_step(self, routers, counts_LE, step, total_steps):
-        delta_LE = bias_delta(counts_LE, self.gamma_at(step, total_steps), self.rule,
-                              self.recentre)
-        with torch.no_grad():
-            for router, delta_E in zip(routers, delta_LE, strict=True):
-                router.e_score_correction_bias.add_(delta_E)  # in place (torchtitan #1222)
+    def new_bias(self, counted, bias_LE, step, total_steps):
+        return bias_LE + bias_delta(counted.counts_LE, self.gamma_at(step, total_steps),
+                                    self.rule, self.recentre)
 
 
 @dataclass
@@ -259,6 +325,7 @@ class Smebu(Strategy):
     """Soft-clamped momentum expert bias updates (Trinity Large; our reading, see smebu_step)."""
 
     name: ClassVar[str] = "smebu"
+    frozen_options: ClassVar[dict[str, Any]] = {"stop_fraction": 0.0}
     gamma: float = option(1e-2, minimum=0, description=(
         "bias step per optimizer step; as loss_free's, sized for short runs"))
     beta: float = option(0.9, minimum=0, exclusiveMaximum=1,
@@ -272,17 +339,17 @@ class Smebu(Strategy):
     def gamma_at(self, step, total_steps):
         return self.gamma if step < self.stop_fraction * total_steps else 0.0
 
-    def after_step(self, routers, counts_LE, step, total_steps):
+    def new_bias(self, counted, bias_LE, step, total_steps):
         gamma = self.gamma_at(step, total_steps)
-        with torch.no_grad():
-            bias_LE = torch.stack([r.e_score_correction_bias for r in routers]).float()
-            if self.velocity_LE is None:
-                self.velocity_LE = torch.zeros_like(bias_LE)
-            bias_LE, self.velocity_LE = smebu_step(counts_LE.to(bias_LE), bias_LE,
-                                                   self.velocity_LE.to(bias_LE), gamma,
-                                                   self.beta, self.kappa)
-            for router, bias_E in zip(routers, bias_LE, strict=True):
-                router.e_score_correction_bias.copy_(bias_E)  # in place (torchtitan #1222)
+        if gamma == 0.0:
+            return bias_LE  # held: not even re-centred, so a frozen bias stays bit-exact
+        bias_LE = bias_LE.float()
+        if self.velocity_LE is None:
+            self.velocity_LE = torch.zeros_like(bias_LE)
+        bias_LE, self.velocity_LE = smebu_step(counted.counts_LE.to(bias_LE), bias_LE,
+                                               self.velocity_LE.to(bias_LE), gamma,
+                                               self.beta, self.kappa)
+        return bias_LE
 
     def state_dict(self):
         return {} if self.velocity_LE is None else {"velocity_LE": self.velocity_LE.cpu()}
@@ -300,8 +367,59 @@ class ZLoss(LayerMeanLoss):
 
     coefficient = property(lambda self: self.beta)
 
-    def per_layer(self, router):
-        return router_z_loss(router.record)
+    def per_layer(self, record):
+        return router_z_loss(record)
+
+
+@dataclass
+class QuantileBalancing(Strategy):
+    """Quantile Balancing: each step, set every bias so that about K T / N tokens pick its expert.
+
+    Sources (docs/reference.md §2): J. Su, "A Tour of MoE, 6" (kexue.fm/archives/11619,
+    2026; part 7, kexue.fm/archives/11626, restates its assignment problem) and Marin's
+    implementation (marin-community/marin: experiments/grug/moe, and issue #3406). Balanced
+    top-K routing of T tokens to N experts is the assignment
+        max sum_{t,i} x_{t,i} s_{t,i}  s.t.  sum_i x_{t,i} = K,  sum_t x_{t,i} = K T / N;
+    with a dual variable alpha_t per token and beta_i per expert, token t takes expert i
+    iff s_{t,i} - alpha_t - beta_i > 0, and routing by TopK(s + b) is b = -beta. QB makes
+    one alternating step of that dual per optimizer step, from the bias b that routed the
+    step (Marin #3406 steps 1-3, with the order statistics of Marin's grug code):
+        alpha_t = the (K+1)-th largest of s_{t,j} + b_j over experts j
+        beta_i  = the (K T / N)-th largest of s_{t,i} - alpha_t over the step's tokens t
+        b_i    <- -beta_i + mean_j beta_j
+    No step size: the bias is set, not nudged (so a bias-moving strategy listed before this
+    one in a variant has no effect). Where the sources leave a choice, OUR READING:
+    - s is the score the router adds its bias to (DeepSeek-V3 Eq. 16: the sigmoid or
+      softmax scores), as Marin uses the logits its own bias is added to;
+    - beta_i is read from a histogram of the margins s_{t,i} - alpha_t
+      (router.margin_histogram: ``bins`` over [-span, span), counts spread evenly within a
+      bin) summed over micro-batches and ranks, so it is the quantile of the whole global
+      batch, as Megatron-LM's global-batch QB (NVIDIA/Megatron-LM #6637) and Marin #7812
+      do; Marin's grug takes each device's exact quantile and averages the betas;
+    - the mean-centring and the timing are Marin's (-beta minus its mean, in force from the
+      next step); beta is not smoothed (Megatron's EMA option is off by default too);
+      group-limited routing is left out of alpha_t;
+    - ``stop_fraction`` holds the bias from that fraction of the run on (Marin's grug has a
+      freeze step too).
+    """
+
+    name: ClassVar[str] = "quantile"
+    frozen_options: ClassVar[dict[str, Any]] = {"stop_fraction": 0.0}
+    bins: int = option(16000, minimum=2, description=(
+        "margin histogram bins over [-span, span): 2.5e-4 wide at the defaults"))
+    span: float = option(2.0, exclusiveMinimum=0, description=(
+        "the histogram covers margins in [-span, span); scores in (0, 1) and a bias "
+        "spread under 1 keep them inside (-2, 2)"))
+    stop_fraction: float = option(1.0, minimum=0, maximum=1, description=(
+        "the bias is held from this fraction of the run on"))
+
+    def margin_histogram(self):
+        return (self.bins, self.span)
+
+    def new_bias(self, counted, bias_LE, step, total_steps):
+        if step >= self.stop_fraction * total_steps:
+            return bias_LE
+        return quantile_bias(counted.margins_LEQ, counted.counts_LE, self.span).to(bias_LE)
 
 
 @dataclass
@@ -312,9 +430,11 @@ class Balancing:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Balancing:
-        """From the `balancing` section: ``strategies: [names]`` plus options per name."""
+        """From the `balancing` section: ``strategies: [names]`` plus options per name, and
+        ``freeze_bias`` (every bias-moving strategy takes its ``frozen_options``)."""
         values = dict(values)
         names = values.pop("strategies", [])
+        freeze = values.pop("freeze_bias", False)
         unknown = sorted(set(names) - set(STRATEGIES))
         if unknown:
             raise ValueError(f"unknown balancing strategy {', '.join(unknown)}; "
@@ -322,20 +442,36 @@ class Balancing:
         stray = sorted(set(values) - set(STRATEGIES))
         if stray:
             raise ValueError(f"unknown key(s) in balancing: {', '.join(stray)}")
-        return cls([settings_from_dict(STRATEGIES[name], values.get(name) or {},
-                                       f"balancing.{name}") for name in names])
+        return cls([settings_from_dict(
+            STRATEGIES[name], (values.get(name) or {}) | (STRATEGIES[name].frozen_options
+                                                          if freeze else {}),
+            f"balancing.{name}") for name in names])
 
-    def losses(self, routers: Sequence[CountingRouter]) -> dict[str, torch.Tensor]:
-        terms = {}
-        for strategy in self.strategies:
-            term = strategy.loss(routers)
-            if term is not None:
-                terms[strategy.name] = term
-        return terms
+    @property
+    def moves_bias(self) -> bool:
+        return any(s.moves_bias for s in self.strategies)
 
-    def after_step(self, routers, counts_LE, step, total_steps) -> None:
+    def losses(self, records: Sequence[RoutingRecord],
+               step_counts: Callable[[], torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {s.name: s.loss(records, step_counts) for s in self.strategies if s.adds_loss}
+
+    def new_bias(self, counted: StepCounts, bias_LE: torch.Tensor, step: int,
+                 total_steps: int) -> torch.Tensor:
+        """The bias after every bias-moving strategy's update, in order."""
         for strategy in self.strategies:
-            strategy.after_step(routers, counts_LE, step, total_steps)
+            if strategy.moves_bias:
+                bias_LE = strategy.new_bias(counted, bias_LE, step, total_steps)
+        return bias_LE
+
+    def margin_histogram(self) -> tuple[int, float] | None:
+        """(bins, span) of the margin histogram a strategy reads, if one does."""
+        return next((spec for s in self.strategies if (spec := s.margin_histogram())), None)
+
+    def compile_conflicts(self) -> list[tuple[str, str]]:
+        """Pairs of these strategies that cannot be compiled together (train.compile)."""
+        names = [s.name for s in self.strategies]
+        return [(other, s.name) for s in self.strategies for other in s.not_compiled_with
+                if other in names]
 
     def gamma_at(self, step: int, total_steps: int) -> float:
         """The bias update speed in force at ``step`` (0 without a bias-updating strategy)."""
@@ -350,13 +486,21 @@ class Balancing:
             strategy.load_state_dict(state.get(strategy.name, {}))
 
 
+def loss_terms() -> list[str]:
+    """The strategies that add a loss term, in registration order: metrics.parquet's columns."""
+    return [name for name, cls in STRATEGIES.items() if cls.adds_loss]
+
+
 # ---------------------------------------------------------------------------- the schema
 
 def options_schema() -> dict[str, Any]:
     """The JSON schema of the `balancing` section, from the registered strategy classes."""
     properties: dict[str, Any] = {"strategies": {
         "type": "array", "uniqueItems": True, "items": {"enum": list(STRATEGIES)},
-        "description": "the strategies applied together ([] = no balancing)"}}
+        "description": "the strategies applied together ([] = no balancing)"},
+        "freeze_bias": {"type": "boolean", "description": (
+            "hold the bias: each bias-moving strategy takes its frozen options "
+            "(finetune.freeze_bias sets it for SFT)")}}
     properties |= {name: settings_schema(cls) for name, cls in STRATEGIES.items()}
     return {"type": "object", "additionalProperties": False,
             "description": "options of each balancing strategy; a variant picks which apply",

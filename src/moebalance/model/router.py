@@ -8,7 +8,9 @@ Face checkpoint. What it adds:
 - in training forwards only, per-expert token counts accumulated over micro-batches
   (``counts_E``, fp32), the number of tokens whose top-K set the bias changed
   (``overridden_tokens``: biased top-K differs from TopK(s), the bias override rate's
-  numerator) and a :class:`RoutingRecord` of the last forward for the auxiliary losses.
+  numerator) and a :class:`RoutingRecord` of the last forward for the auxiliary losses;
+  when a strategy asks (:meth:`CountingRouter.track_margins`), a histogram of the score
+  margins that Quantile Balancing sets the bias from (:func:`margin_histogram`).
   It never changes the bias: the trainer does (see :mod:`moebalance.model.balancing`).
 
 Routing and gating are fp32 even under bf16 autocast. Dimension letters: the legend in
@@ -31,6 +33,28 @@ class RoutingRecord:
     probs_BSE: torch.Tensor     # normalised scores s' (differentiable): P_i of the balance losses
     logits_BSE: torch.Tensor    # router logits (differentiable): router z-loss
     selected_BSE: torch.Tensor  # 1.0 where the expert is in the token's top-K (no grad)
+    top_k: int                  # K, experts per token
+
+
+def margin_histogram(scores_TE: torch.Tensor, bias_E: torch.Tensor, top_k: int, bins: int,
+                     span: float) -> torch.Tensor:
+    """(E, bins) counts of the margins m_{t,i} = s_{t,i} - alpha_t, per expert, in equal bins
+    over [-span, span) (margins outside go to the end bins), where alpha_t is the (K+1)-th
+    largest biased score of token t: the highest score an expert could have without making
+    the token's top-K. Quantile Balancing's statistic (see balancing.quantile_bias); a sum
+    over tokens, so micro-batches and ranks add up. Group-limited routing is not applied.
+    """
+    T, E = scores_TE.shape
+    # Su 2026 (kexue.fm/archives/11619) / Marin #3406 step 1: alpha_t = the (K+1)-th largest
+    # of s_{t,j} + b_j over experts j
+    alpha_T1 = (scores_TE + bias_E).topk(top_k + 1, dim=-1).values[:, -1:]
+    margin_TE = scores_TE - alpha_T1
+    bin_TE = ((margin_TE + span) * (bins / (2 * span))).floor().clamp(0, bins - 1).long()
+    flat_TE = bin_TE + torch.arange(E, device=bin_TE.device) * bins
+    hist = torch.zeros(E * bins, dtype=torch.float32, device=scores_TE.device)
+    # 1-D scatter_add_: deterministic on CUDA under torch.use_deterministic_algorithms
+    hist.scatter_add_(0, flat_TE.reshape(-1), torch.ones(T * E, device=scores_TE.device))
+    return hist.view(E, bins)
 
 
 class CountingRouter(DeepseekV3TopkRouter):
@@ -50,6 +74,18 @@ class CountingRouter(DeepseekV3TopkRouter):
                                              persistent=False)
         self.counting_eval = False
         self.record: RoutingRecord | None = None
+        # margin histogram (E, bins) of the training forwards, only once track_margins is called
+        self.register_buffer("margin_hist_EQ", None, persistent=False)
+        self.margin_span = 0.0
+
+    def track_margins(self, bins: int, span: float) -> None:
+        """From now on, also count the score margins of training forwards in ``bins`` bins over
+        [-span, span) (:func:`margin_histogram`), reset with the counts."""
+        if self.top_k >= self.num_experts:
+            raise ValueError("score margins need top_k < routed experts")
+        self.margin_hist_EQ = torch.zeros(self.num_experts, bins, dtype=torch.float32,
+                                          device=self.counts_E.device)
+        self.margin_span = span
 
     def is_training_forward(self) -> bool:
         return self.training and torch.is_grad_enabled()
@@ -76,6 +112,8 @@ class CountingRouter(DeepseekV3TopkRouter):
         self.score_sum_E.zero_()
         self.tokens_seen.zero_()
         self.overridden_tokens.zero_()
+        if self.margin_hist_EQ is not None:
+            self.margin_hist_EQ.zero_()
         self.record = None
 
     def _group_mask(self, choice_TE: torch.Tensor) -> torch.Tensor:
@@ -136,12 +174,16 @@ class CountingRouter(DeepseekV3TopkRouter):
         self.score_sum_E.add_(scores_TE.detach().sum(0))
         self.tokens_seen.add_(scores_TE.shape[0])
         self.overridden_tokens.add_(self._overridden(scores_TE.detach(), selected_TE).sum())
+        if self.margin_hist_EQ is not None:
+            self.margin_hist_EQ.add_(margin_histogram(
+                scores_TE.detach(), self.e_score_correction_bias, self.top_k,
+                self.margin_hist_EQ.shape[1], self.margin_span))
         # (B, S) from the model; a flat (T,) input is one sequence
         B, S = (1, lead_shape[0]) if len(lead_shape) == 1 else (-1, lead_shape[-1])
         B_S_E = (B, S, self.num_experts)
         self.record = RoutingRecord(probs_BSE=probs_TE.view(B_S_E),
                                     logits_BSE=logits_TE.view(B_S_E),
-                                    selected_BSE=selected_TE.view(B_S_E))
+                                    selected_BSE=selected_TE.view(B_S_E), top_k=self.top_k)
 
 
 def attach_routers(model) -> list[CountingRouter]:

@@ -92,16 +92,17 @@ class TrainingForward(torch.nn.Module):
     """``forward(input_ids, labels, ...)`` -> (summed CE, {loss term name: term}).
 
     Wraps a ``*ForCausalLM`` model (its backbone ``.model`` and its bias-free ``.lm_head``);
-    the routers count and record as the backbone runs, and the strategies read the records.
+    the routers count and record as the backbone runs, and the strategies read the records
+    and ``step_counts()``, the trainer's (L, E) counts of the optimizer step so far.
     """
 
-    def __init__(self, model, balancing, routers, chunk_tokens: int = 0) -> None:
+    def __init__(self, model, balancing, routers, chunk_tokens: int, step_counts) -> None:
         super().__init__()
         if model.lm_head.bias is not None:
             raise ValueError("TrainingForward expects an LM head without bias")
         self.model = model
         self.balancing, self.routers = balancing, list(routers)
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens, self.step_counts = chunk_tokens, step_counts
 
     def forward(self, input_ids, labels, **inputs):
         hidden_BSH = self.model.model(input_ids=input_ids, use_cache=False,
@@ -111,5 +112,6 @@ class TrainingForward(torch.nn.Module):
         ce_sum = linear_cross_entropy_sum(hidden_BSH.flatten(0, 1), self.model.lm_head.weight,
                                           labels.flatten(), self.chunk_tokens, dtype)
         recording = self.model.training and torch.is_grad_enabled()
-        terms = self.balancing.losses(self.routers) if recording else {}
+        terms = self.balancing.losses([r.record for r in self.routers],
+                                      self.step_counts) if recording else {}
         return ce_sum, terms

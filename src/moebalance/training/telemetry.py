@@ -7,7 +7,7 @@ routing.parquet: one row per (optimizer step, MoE layer, routed expert):
     override_rate (the layer's share of tokens whose top-K set the bias changed, the same
     on every expert row of the layer).
 metrics.parquet: one row per optimizer step:
-    step, loss, lm_loss, one column per balancing loss term, lr, grad_norm, gamma,
+    step, loss, lm_loss, one column per strategy that adds a loss term, lr, grad_norm, gamma,
     tokens_per_s, tokens_seen, maxvio_batch (mean over layers), maxvio_layer{L},
     bias_override_rate (mean over layers), val_loss, val_maxvio (held-out MaxVio_global of
     the validation batches, mean over layers; NaN between validations).
@@ -23,10 +23,7 @@ import pyarrow as pa
 import torch
 
 from moebalance.maxvio import max_violation
-from moebalance.model.balancing import STRATEGIES
-
-# Every loss term gets a column (0.0 when its strategy is off), so variants share one schema.
-LOSS_TERMS = [name for name, cls in STRATEGIES.items() if name != "loss_free"]
+from moebalance.model.balancing import loss_terms
 
 
 class Telemetry:
@@ -46,7 +43,9 @@ class Telemetry:
             "step": step,
             "loss": lm_loss + sum(terms.values()),
             "lm_loss": lm_loss,
-            **{name: terms.get(name, 0.0) for name in LOSS_TERMS},
+            # every strategy that adds a loss gets a column (0.0 when it is off), so
+            # variants share one schema; bias-only strategies get none
+            **{name: terms.get(name, 0.0) for name in loss_terms()},
             "lr": lr,
             "grad_norm": grad_norm,
             "gamma": gamma,

@@ -3,8 +3,9 @@
 One optimizer step = ``grad_accum`` micro-batches on each of ``world`` ranks. The
 routers count the tokens of every training forward; after the optimizer step the
 trainer sums the counts over ranks, records them with the bias that routed the
-step, and lets the balancing strategies update the bias (the router only counts;
-the trainer decides). The batch source is pluggable and labels of -100 are masked.
+step, asks the balancing strategies for the next bias and writes it into the routers
+(the router only counts; the strategies decide; only the trainer all-reduces and
+writes). The batch source is pluggable and labels of -100 are masked.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from moebalance.config import ExecutionSettings, TrainSettings
 from moebalance.determinism import deterministic_kernels
 from moebalance.maxvio import max_violation
-from moebalance.model.balancing import Balancing
+from moebalance.model.balancing import Balancing, StepCounts
 from moebalance.model.router import moe_layer_indices, routers_of
 from moebalance.training.batches import IGNORE_INDEX, BatchSource
 from moebalance.training.checkpoint import Checkpoints
@@ -74,11 +75,10 @@ class Trainer:
                  execution: ExecutionSettings = DEFAULT_EXECUTION,
                  on_log: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.s, self.execution = settings, execution
-        names = {strategy.name for strategy in balancing.strategies}
-        if settings.compile and {"aux_loss", "global_aux_loss"} <= names:
-            # on one micro-batch the two terms are the same expression, and the compiled
-            # backward (torch 2.13) then doubles its gradient
-            raise ValueError("train.compile cannot combine aux_loss with global_aux_loss")
+        conflicts = balancing.compile_conflicts() if settings.compile else []
+        if conflicts:
+            raise ValueError("train.compile cannot combine "
+                             + ", ".join(f"{first} with {second}" for first, second in conflicts))
         if execution.threads and settings.device != "cuda":
             torch.set_num_threads(execution.threads)
         self.device = resolve_device(settings.device)
@@ -96,11 +96,14 @@ class Trainer:
         self.routers = routers_of(self.model)
         self.layers = moe_layer_indices(self.model)
         self.balancing = balancing
+        self.margins = balancing.margin_histogram()
+        for router in self.routers if self.margins else []:
+            router.track_margins(*self.margins)
         self.train_batches, self.val_batches = train_batches, val_batches
         self.optimizer = build_optimizer(self.model, settings, fused=self.device.type == "cuda")
         # model + cross-entropy + balancing terms: one module, so compile and DDP see it whole
         self.training_forward = TrainingForward(self.model, balancing, self.routers,
-                                                settings.loss_chunk_tokens)
+                                                settings.loss_chunk_tokens, self._step_counts)
         self.ddp, self.forward_loss = self._wrap(self.training_forward)
         self.checkpoints = Checkpoints(checkpoint_dir) if checkpoint_dir else None
         self.fingerprint = fingerprint  # a checkpoint of other settings or code is not resumed
@@ -166,6 +169,10 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(tensor)
         return tensor
+
+    def _step_counts(self) -> torch.Tensor:
+        """(L, E) assignments of this optimizer step so far: every micro-batch, all ranks."""
+        return self._all_reduce(torch.stack([r.counts_E for r in self.routers]))
 
     def _forward(self, batch: dict[str, torch.Tensor], forward) -> tuple[torch.Tensor, dict]:
         """Summed next-token cross-entropy of a batch and the balancing terms (training only)."""
@@ -237,13 +244,19 @@ class Trainer:
     @torch.no_grad()
     def _after_step(self, step: int) -> dict[str, torch.Tensor]:
         """After the optimizer step: the routers' counts summed over ranks, the bias that
-        routed this step, then the strategies' bias updates. Returns the telemetry inputs."""
-        counts_LE = self._all_reduce(torch.stack([r.counts_E for r in self.routers]))
+        routed this step, then the next bias from the strategies, written into the routers
+        (fp32, in place: torchtitan #1222). Returns the telemetry inputs."""
+        counts_LE = self._step_counts()
         score_LE = self._all_reduce(torch.stack([r.score_sum_E for r in self.routers]))
         seen_L1 = self._all_reduce(torch.stack([r.tokens_seen for r in self.routers]))[:, None]
         overridden_L = self._all_reduce(torch.stack([r.overridden_tokens for r in self.routers]))
         bias_LE = torch.stack([r.e_score_correction_bias for r in self.routers]).clone()
-        self.balancing.after_step(self.routers, counts_LE, step, self.s.steps)
+        if self.balancing.moves_bias:
+            counted = StepCounts(counts_LE, self._all_reduce(torch.stack(
+                [r.margin_hist_EQ for r in self.routers])) if self.margins else None)
+            new_bias_LE = self.balancing.new_bias(counted, bias_LE, step, self.s.steps)
+            for router, bias_E in zip(self.routers, new_bias_LE, strict=True):
+                router.e_score_correction_bias.copy_(bias_E)
         return {"counts_LE": counts_LE, "bias_LE": bias_LE,
                 "mean_score_LE": score_LE / seen_L1.clamp_min(1),
                 "override_rate_L": overridden_L / seen_L1[:, 0].clamp_min(1)}
