@@ -152,7 +152,7 @@ def test_killed_pretrain_process_resumes_to_the_same_final_weights(tmp_path):
 
 
 def test_heldout_maxvio_is_recomputed_from_the_saved_model_with_stock_transformers(pretrained):
-    """val_maxvio of the last validation = MaxVio_global (Wang et al. 2024, Eq. 4) of the
+    """val_subset_maxvio of the last validation = MaxVio_global (Wang et al. 2024, Eq. 4) of the
     experts that stock DeepseekV3 routers choose for the same validation windows."""
     from transformers import AutoModelForCausalLM
 
@@ -162,7 +162,7 @@ def test_heldout_maxvio_is_recomputed_from_the_saved_model_with_stock_transforme
 
     root, out = pretrained
     metrics = pd.read_parquet(out / "metrics.parquet")
-    assert metrics["val_maxvio"].notna().tolist() == metrics["val_loss"].notna().tolist()
+    assert metrics["val_subset_maxvio"].notna().tolist() == metrics["val_loss"].notna().tolist()
     model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     gates = [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]
     counts = np.zeros((len(gates), SETTINGS["model"]["routed_experts"]))
@@ -175,4 +175,4 @@ def test_heldout_maxvio_is_recomputed_from_the_saved_model_with_stock_transforme
             model(input_ids=windows.micro_batch(0, i)["input_ids"])
     mean = counts.mean(axis=1, keepdims=True)
     expected = ((counts.max(axis=1, keepdims=True) - mean) / mean).mean()
-    assert metrics["val_maxvio"].iloc[-1] == pytest.approx(expected, rel=1e-6)
+    assert metrics["val_subset_maxvio"].iloc[-1] == pytest.approx(expected, rel=1e-6)

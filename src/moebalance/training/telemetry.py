@@ -9,8 +9,11 @@ routing.parquet: one row per (optimizer step, MoE layer, routed expert):
 metrics.parquet: one row per optimizer step:
     step, loss, lm_loss, one column per strategy that adds a loss term, lr, grad_norm, gamma,
     tokens_per_s, tokens_seen, maxvio_batch (mean over layers), maxvio_layer{L},
-    bias_override_rate (mean over layers), val_loss, val_maxvio (held-out MaxVio_global of
-    the validation batches, mean over layers; NaN between validations).
+    bias_override_rate (mean over layers), val_loss and val_subset_maxvio: the periodic
+    validation on a fixed subset of the val split (``eval_batches`` batches; the loss the
+    n-gram baselines are scored against), its MaxVio_global a progress signal only, mean
+    over layers; NaN between validations. Held-out balance is measured on the balance set
+    (pretrain/balance.json; moebalance.analysis.balance).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Telemetry:
             **{f"maxvio_layer{layer}": v for layer, v in zip(self.layers, maxvio_L, strict=True)},
             "bias_override_rate": float(override_L.mean()),
             "val_loss": math.nan,
-            "val_maxvio": math.nan,
+            "val_subset_maxvio": math.nan,
         }
         self.metrics.append(row)
         self.routing.append((step, counts_LE.cpu().numpy().astype(np.int64),
@@ -63,10 +66,10 @@ class Telemetry:
                              mean_score_LE.cpu().numpy().astype(np.float32), override_L))
         return row
 
-    def record_val(self, step: int, val_loss: float, val_maxvio: float = math.nan) -> None:
+    def record_val(self, step: int, val_loss: float, val_subset_maxvio: float = math.nan) -> None:
         for row in reversed(self.metrics):
             if row["step"] == step:
-                row["val_loss"], row["val_maxvio"] = val_loss, val_maxvio
+                row["val_loss"], row["val_subset_maxvio"] = val_loss, val_subset_maxvio
                 return
         raise KeyError(f"no metrics row for step {step}")
 

@@ -263,9 +263,11 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
-        """Mean validation loss over ``eval_batches`` fixed batches, and the held-out
-        MaxVio_global of those batches (Wang et al. 2024, Eq. 4: the expert counts of all
-        validation tokens, per MoE layer, averaged over layers). Training counts are untouched."""
+        """Mean validation loss over ``eval_batches`` fixed batches, and the MaxVio_global of
+        those batches (Wang et al. 2024, Eq. 4: the expert counts of all their tokens, per MoE
+        layer, averaged over layers): a fixed subset, logged as ``val_subset_maxvio`` to
+        follow training; held-out balance is the balance set's (analysis.balance). Training
+        counts are untouched."""
         self.model.eval()
         for router in self.routers:
             router.start_eval_counts()
