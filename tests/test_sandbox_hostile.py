@@ -84,16 +84,10 @@ def score_as(privilege: str, programs: list, *, workers: int = 2, timeout: float
             return pool.layers, list(pool.map(programs))
     spec = {"workers": workers, "limits": asdict(limits), "isolation": asdict(isolation),
             "programs": [asdict(p) if isinstance(p, PairProgram) else p for p in programs]}
-    proc = unprivileged.run([sys.executable, "-c", POOL_CHILD], input=json.dumps(spec),
-                            env=child_env())
+    proc = unprivileged.run([sys.executable, "-c", POOL_CHILD], input=json.dumps(spec))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     return out["layers"], [Execution(**run) for run in out["runs"]]
-
-
-def child_env() -> dict[str, str]:
-    """Our environment, with our import path (this checkout's src/ first) spelt out."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 def assert_layers_of(privilege: str, layers: dict[str, str]) -> None:
@@ -267,8 +261,7 @@ def test_without_root_hostile_programs_still_fail_within_their_limits(shared_tmp
     out = shared_tmp / "out"
     proc = unprivileged.run([sys.executable, "-m", "moebalance.cli", "score", str(samples),
                              "--out", str(out), "--workers", str(WORKERS),
-                             "--settings", score_settings(isolation), "--no-tracking"],
-                            env=child_env())
+                             "--settings", score_settings(isolation), "--no-tracking"])
     assert proc.returncode == 0, proc.stderr
 
     verdicts(out, hostile, isolation)
