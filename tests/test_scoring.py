@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import fakes
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -82,13 +83,12 @@ def test_pass_at_k_is_reported_for_every_k_up_to_the_fewest_samples_of_a_task(tm
 
 
 def test_nll_means_are_added_to_the_summary(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     nll = tmp_path / "solution_nll.parquet"
-    pq.write_table(pa.Table.from_pylist([
-        {"task_id": "HumanEval/2", "nll": 2.0, "n_tokens": 4, "bits_per_byte": 0.5},
-        {"task_id": "HumanEval/3", "nll": 6.0, "n_tokens": 4, "bits_per_byte": 1.5}]), nll)
+    fakes.write_solution_nll(nll, [
+        {"task_id": "HumanEval/2", "nll": 2.0, "n_tokens": 4, "bits_per_byte": 0.5,
+         "context_tokens": 30, "fits": True},
+        {"task_id": "HumanEval/3", "nll": 6.0, "n_tokens": 4, "bits_per_byte": 1.5,
+         "context_tokens": 30, "fits": True}])
     samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", "")])
     summary = score(samples, tmp_path / "out", "--nll", str(nll))
     assert summary["mean_nll"] == 4.0 and summary["nll_per_token"] == 1.0
