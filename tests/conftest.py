@@ -40,10 +40,11 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True,
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end runs first: they are the longest tests by far, so under xdist the
-    other workers finish everything else while one runs them, instead of starting them
-    last."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    """The end-to-end runs first, then the other slow tests: they are the longest by far, so
+    under xdist the other workers finish everything else while some run them, instead of
+    starting them last."""
+    items.sort(key=lambda item: (item.get_closest_marker("e2e") is None,
+                                 item.get_closest_marker("slow") is None))
 
 
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MOEBALANCE_STUDY")

@@ -132,6 +132,7 @@ def test_bad_settings_are_a_usage_error_naming_the_key(tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_killed_pretrain_process_resumes_to_the_same_final_weights(tmp_path):
     tokens = write_tokens_dir(tmp_path / "tokens")
     settings = {**SETTINGS, "train": {**SETTINGS["train"], "steps": 120, "eval_every": 100}}

@@ -124,6 +124,7 @@ def train_on_two_ranks(x, **train) -> list[tuple[torch.Tensor, list[float]]]:
         return [result[0], result[1]]
 
 
+@pytest.mark.slow
 def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch():
     x = torch.randint(0, VOCAB, (4, 17))
     per_rank = [bias for bias, _ in train_on_two_ranks(x, steps=2, micro_batch_size=2)]
@@ -134,6 +135,7 @@ def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch(
     assert per_rank[0].abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_gpu_preset_path_bf16_compiled_accumulated_ddp_runs_on_cpu():
     # config/gpu.yaml's code path, but for the device: bf16 autocast, torch.compile, gradient
     # accumulation and two DDP ranks (gloo), so that a slip in those branches fails here first

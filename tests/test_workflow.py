@@ -12,6 +12,7 @@ from conftest import REPO, run_snakemake
 
 from moebalance.study import deep_merge
 
+pytestmark = pytest.mark.slow  # every test here starts Snakemake
 PROFILE = ("--workflow-profile", "workflow/profiles/default")
 
 
