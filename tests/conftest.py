@@ -9,6 +9,8 @@ import yaml
 from moe_helpers import humaneval_tokenizer
 from referencing import Registry, Resource
 
+from moebalance.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "workflow" / "schemas"
 
@@ -63,6 +65,17 @@ def untracked():
     yield
     for name in TRACKING_ENV:
         os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> Path:
+    """One SQLite MLflow store for the session (creating one takes seconds): tests that track
+    log to it, each under an experiment of its own."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    assert main(["init-tracking", "--store", str(store), "--out",
+                 str(store.with_suffix(".json"))]) == 0
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri set it
+    return store
 
 
 @pytest.fixture(scope="session")
