@@ -86,9 +86,9 @@ def test_nll_means_are_added_to_the_summary(tmp_path):
     nll = tmp_path / "solution_nll.parquet"
     fakes.write_solution_nll(nll, [
         {"task_id": "HumanEval/2", "nll": 2.0, "n_tokens": 4, "bits_per_byte": 0.5,
-         "context_tokens": 30, "fits": True},
+         "context_tokens": 30, "fits": True, "bytes": 6},
         {"task_id": "HumanEval/3", "nll": 6.0, "n_tokens": 4, "bits_per_byte": 1.5,
-         "context_tokens": 30, "fits": True}])
+         "context_tokens": 30, "fits": True, "bytes": 6}])
     samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", "")])
     summary = score(samples, tmp_path / "out", "--nll", str(nll))
     assert summary["mean_nll"] == 4.0 and summary["nll_per_token"] == 1.0
