@@ -9,6 +9,8 @@ import yaml
 from moe_helpers import humaneval_tokenizer
 from referencing import Registry, Resource
 
+from moebalance.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "workflow" / "schemas"
 
@@ -40,23 +42,40 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True,
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end runs first: they are the longest tests by far, so under xdist the
-    other workers finish everything else while one runs them, instead of starting them
-    last."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    """The end-to-end runs first, then the other slow tests: they are the longest by far, so
+    under xdist the other workers finish everything else while some run them, instead of
+    starting them last."""
+    items.sort(key=lambda item: (item.get_closest_marker("e2e") is None,
+                                 item.get_closest_marker("slow") is None))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def isolated_mlflow(tmp_path_factory):
-    """Stages called in tests log to a throw-away store, never to the repository's results/."""
-    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MOEBALANCE_STUDY")
+
+
+def pytest_configure(config):
+    """Stages called in tests are tracked only where a test asks (``--mlflow-store``): a
+    store named in the caller's shell never receives test runs."""
+    for name in TRACKING_ENV:
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def untracked():
+    """Nor a store an earlier test named: mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI."""
     yield
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    for name in TRACKING_ENV:
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> Path:
+    """One SQLite MLflow store for the session (creating one takes seconds): tests that track
+    log to it, each under an experiment of its own."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    assert main(["init-tracking", "--store", str(store), "--out",
+                 str(store.with_suffix(".json"))]) == 0
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri set it
+    return store
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,15 @@ def tokenizer_in(folder: Path, tokenizer_dir: Path):
     return AutoTokenizer.from_pretrained(folder)
 
 
+def tiny_model_folder(folder: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
+    """A tiny_model with the tokenizer of ``tokenizer_dir``, saved as the training stages
+    leave a model folder (weights, config, tokenizer)."""
+    tokenizer = tokenizer_in(folder, tokenizer_dir)
+    build_model(ModelSettings(**{**TINY, **overrides}), len(tokenizer), tokenizer.eos_token_id,
+                tokenizer.pad_token_id, seed=seed).save_pretrained(folder)
+    return folder
+
+
 def write_tokens_dir(directory: Path, n_train: int = 4000, n_val: int = 800) -> Path:
     """Token shards in the tokens stage's format (meta.json + raw uint16 .bin files)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import json
 import math
 import re
 
+import fakes
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +13,6 @@ from moebalance import provenance
 from moebalance.analysis import claims, runs
 from moebalance.analysis import utilization as u
 from moebalance.cli import main
-from moebalance.data.token_classes import TOKEN_CLASSES
 
 LAYERS, E, K, STEPS, TASKS = [1, 2], 8, 2, 40, 30
 DOMAINS = ("library", "test", "docs", "humaneval")
@@ -21,36 +21,29 @@ DOCS_PER_DOMAIN = {"library": 6, "test": 6, "docs": 2, "humaneval": 6}
 
 def write_training(folder, rng, *, val_shift, skew):
     probs = np.exp(skew * np.arange(E)) / np.exp(skew * np.arange(E)).sum()
-    for stage in ("pretrain", "sft"):
-        (folder / stage).mkdir(parents=True)
-        pd.DataFrame({"step": range(STEPS), "lm_loss": 3.0, "loss": 3.0,
-                      "tokens_per_s": rng.normal(1000, 50, STEPS),
-                      "bias_override_rate": np.linspace(0.0, 0.3, STEPS),
-                      "val_loss": [math.nan] * (STEPS - 1) + [2.5 + val_shift]}
-                     ).to_parquet(folder / stage / "metrics.parquet")
-    steps, layers, experts = np.meshgrid(range(STEPS), LAYERS, range(E), indexing="ij")
+    tokens_per_s = {stage: rng.normal(1000, 50, STEPS) for stage in ("pretrain", "sft")}
     tokens = rng.multinomial(64 * K, probs, size=(STEPS, len(LAYERS)))
-    pd.DataFrame({"step": steps.ravel(), "layer": layers.ravel(), "expert": experts.ravel(),
-                  "tokens": tokens.ravel(), "bias": rng.normal(0, 0.01, steps.size),
-                  "mean_score": rng.normal(0.5, 0.02, steps.size),
-                  "override_rate": np.repeat(np.linspace(0, 0.3, STEPS), len(LAYERS) * E)}
-                 ).to_parquet(folder / "pretrain" / "routing.parquet")
+    shape = (STEPS, len(LAYERS), E)
+    bias = rng.normal(0, 0.01, shape)
+    mean_score = rng.normal(0.5, 0.02, shape)
+    override = np.repeat(np.linspace(0, 0.3, STEPS)[:, None], len(LAYERS), axis=1)
+    for stage in ("pretrain", "sft"):
+        fakes.write_training(folder / stage, tokens, LAYERS, val_loss=2.5 + val_shift,
+                             tokens_per_s_N=tokens_per_s[stage], bias_NLE=bias,
+                             mean_score_NLE=mean_score, override_NL=override,
+                             routing=stage == "pretrain")
     return probs
 
 
 def write_humaneval(he, rng, *, nll_shift, passes):
-    he.mkdir()
     tasks = [f"HumanEval/{i}" for i in range(TASKS)]
-    passed = np.zeros(TASKS, dtype=bool)
-    passed[:passes] = True
-    pd.DataFrame({"task_id": tasks, "sample": 0, "status": "passed", "passed": passed,
-                  "seconds": 0.1}).to_parquet(he / "executions.parquet")
-    (he / "summary.json").write_text(json.dumps({"pass@1": passes / TASKS}))
+    fakes.write_scores(he, {task: [i < passes] for i, task in enumerate(tasks)})
     nll = rng.gamma(5, 10, TASKS) + nll_shift
     n_bytes = rng.integers(60, 140, TASKS)
-    pd.DataFrame({"task_id": tasks, "nll": nll, "n_tokens": 50,
-                  "bits_per_byte": nll / math.log(2) / n_bytes, "context_tokens": 80,
-                  "fits": True, "bytes": n_bytes}).to_parquet(he / "solution_nll.parquet")
+    fakes.write_solution_nll(he / "solution_nll.parquet", [
+        {"task_id": task, "nll": value, "n_tokens": 50,
+         "bits_per_byte": value / math.log(2) / size, "context_tokens": 80, "fits": True,
+         "bytes": int(size)} for task, value, size in zip(tasks, nll, n_bytes, strict=True)])
 
 
 def fake_balance_set(rng, seq_len: int = 32):
@@ -73,41 +66,19 @@ def fake_balance_set(rng, seq_len: int = 32):
 def write_utilization(out, rng, probs, nll_shift):
     """utilization/ as the stage writes it, through its own table writers and the balance
     figures of moebalance.analysis.balance, from random routing with expert shares ``probs``."""
-    from moebalance.analysis.balance import SetRouting, summarize
-
-    out.mkdir()
     bset = fake_balance_set(rng)
     humaneval = [u.Window("humaneval", rng.integers(2, 50, 32),
                           rng.integers(0, 8, 32).astype(np.int8), f"HumanEval/{d}")
                  for d in range(DOCS_PER_DOMAIN["humaneval"]) for _ in range(2)]
-    windows = u.set_windows(bset) + humaneval
     T_set = bset.windows * bset.seq_len
     T = T_set + sum(len(w.token_ids) for w in humaneval)
-    tables = {"counts": [], "coactivation": [], "vocab": [], "documents": []}
-    picks, balance = {}, {}
+    picks, nll = {}, {}
     for model in ("pretrain", "sft"):
         picks[model] = np.stack([np.stack([rng.choice(E, K, replace=False, p=probs)
                                            for _ in range(T)]) for _ in LAYERS], axis=1)
-        set_picks = picks[model][:T_set]
-        tables["counts"].append(u.count_table(model, windows, picks[model], LAYERS, E))
-        tables["coactivation"].append(u.coactivation_table(model, set_picks, LAYERS, E))
-        tables["vocab"].append(u.vocab_table(model, u.set_windows(bset), set_picks, LAYERS, E,
-                                             2))
-        nll_T = rng.gamma(4, 0.5, T_set) + nll_shift / 100
-        tables["documents"].append(u.document_table(model, bset, nll_T))
-        counts = SetRouting(set_picks, nll_T, E).counts_WLE(bset.windows)
-        balance[model] = summarize(counts, bset, K)
-    balance["jitter"] = {"fraction": 0.1, "difference": float(rng.normal(0, 0.01)),
-                         "maxvio_global_final": balance["pretrain"]["maxvio_global"]}
-    for name, parts in tables.items():
-        pd.concat([p.to_pandas() for p in parts]).to_parquet(out / f"{name}.parquet")
-    u.saturation_table(u.set_windows(bset), picks["pretrain"][:T_set], picks["sft"][:T_set],
-                       LAYERS).to_pandas().to_parquet(out / "saturation.parquet")
-    (out / "meta.json").write_text(json.dumps({
-        "top_k": K, "routed_experts": E, "layers": LAYERS, "token_classes": list(TOKEN_CLASSES),
-        "models": ["pretrain", "sft"], "documents_per_domain": DOCS_PER_DOMAIN,
-        "humaneval_fit": ["HumanEval/0", "HumanEval/1"]}))
-    (out / "balance.json").write_text(json.dumps(balance))
+        nll[model] = rng.gamma(4, 0.5, T_set) + nll_shift / 100
+    fakes.write_utilization(out, bset, humaneval, ["HumanEval/0", "HumanEval/1"], picks, nll,
+                            LAYERS, E, jitter_difference=float(rng.normal(0, 0.01)))
 
 
 def write_run(folder, rng, *, nll_shift=0.0, skew=0.0, passes=0, heldout_shift=None):

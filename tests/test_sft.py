@@ -147,6 +147,7 @@ def test_sft_stage_fine_tunes_a_pretrained_model(tokenizer, tmp_path):
     assert provenance["source_hash"] == "abc123"  # the code hash compare checks
 
 
+@pytest.mark.slow
 def test_killed_sft_process_resumes_to_the_same_weights_and_routing(tokenizer, tmp_path):
     pretrained, sft = sft_inputs(tokenizer, tmp_path)
     settings = {**SFT_SETTINGS, "train": {**SFT_SETTINGS["train"], "steps": 80,

@@ -3,10 +3,13 @@
 import json
 import math
 
+import fakes
+import numpy as np
 import pandas as pd
 import pytest
 
 from moebalance.analysis.sweep_select import choice_of, run_summary, sweep_table
+from moebalance.atomic import write_json
 from moebalance.cli import main
 from moebalance.config import SweepSettings
 from moebalance.study import apply_sweep, format_value, grid_variants
@@ -178,14 +181,11 @@ def test_stage_writes_table_choice_and_frontier_from_run_files(tmp_path):
                                   ("aux_loss@alpha=1e-2", 3.1, 0.1), ("none", 3.0, 2.0)):
         for seed in (100, 101):
             folder = tmp_path / "runs" / variant / f"seed{seed}" / "pretrain"
-            folder.mkdir(parents=True)
-            pd.DataFrame({"step": [0], "val_loss": [loss + seed / 1e4]}).to_parquet(
-                folder / "metrics.parquet")
-            routing_rows([[[9, 1]]]).to_parquet(folder / "routing.parquet")
-            (folder / "balance.json").write_text(json.dumps(BALANCE | {"maxvio_global": maxvio}))
+            fakes.write_training(folder, np.array([[[9, 1]]]), [0], val_loss=loss + seed / 1e4)
+            write_json(BALANCE | {"maxvio_global": maxvio}, folder / "balance.json")
     baselines = tmp_path / "baselines.json"
-    baselines.write_text(json.dumps({"tokens": 100, "bytes": 300,
-                                     "bigram": {"nats_per_token": 4.0, "bits_per_byte": 1.9}}))
+    write_json({"tokens": 100, "bytes": 300,
+                "bigram": {"nats_per_token": 4.0, "bits_per_byte": 1.9}}, baselines)
     table, choice, figure = tmp_path / "sweep.csv", tmp_path / "choice.json", tmp_path / "f.png"
     assert main(["sweep-select", "--settings", json.dumps(sweep), "--runs", str(tmp_path / "runs"),
                  "--table", str(table), "--choice", str(choice), "--figure", str(figure),

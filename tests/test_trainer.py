@@ -131,6 +131,7 @@ def train_on_two_ranks(x, *runs: dict) -> list[list[tuple[torch.Tensor, list[flo
         return [list(pair) for pair in zip(result[0], result[1], strict=True)]
 
 
+@pytest.mark.slow
 def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch():
     # the counts (and QB's margin histogram) are sums: all-reduced, they are the whole batch's
     x = torch.randint(0, VOCAB, (4, 17))
@@ -144,6 +145,7 @@ def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch(
         assert per_rank[0].abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_gpu_preset_path_bf16_compiled_accumulated_ddp_runs_on_cpu():
     # config/gpu.yaml's code path, but for the device: bf16 autocast, torch.compile, gradient
     # accumulation and two DDP ranks (gloo), so that a slip in those branches fails here first

@@ -12,6 +12,7 @@ from conftest import REPO, run_snakemake
 
 from moebalance.study import deep_merge
 
+pytestmark = pytest.mark.slow  # every test here starts Snakemake
 PROFILE = ("--workflow-profile", "workflow/profiles/default")
 
 
@@ -210,7 +211,8 @@ AGAIN = ("runs/loss_free/seed0/humaneval/summary.json",
 VOLATILE = {"tokens_per_s", "seconds", "wall_seconds", "samples_per_s", "elapsed_s", "uid"}
 VOLATILE_ROWS = {"tokens_per_s_pretrain": "tokens/s (pretrain)"}
 # Bookkeeping that differs by design: logs, timings, the MLflow store and its address.
-NOT_OUTPUTS = {"logs", "benchmarks", "mlartifacts", "mlflow.db", "mlflow.json", ".snakemake"}
+NOT_OUTPUTS = {"logs", "benchmarks", "mlartifacts", "mlflow.db", "mlflow.json",
+               "mlflow.parents.lock", ".snakemake"}
 
 
 def _without_volatile(value):

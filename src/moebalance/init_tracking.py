@@ -12,14 +12,10 @@ import logging
 from pathlib import Path
 
 from moebalance.atomic import write_json
-from moebalance.tracking import (
-    DEFAULT_EXPERIMENT,
-    DEFAULT_STORE,
-    EXPERIMENT_KIND,
-    setup_store,
-    tracking_uri,
-)
+from moebalance.tracking.args import DEFAULT_EXPERIMENT, tracking_uri
+from moebalance.tracking.runs import EXPERIMENT_KIND, SQLITE, setup_store
 
+DEFAULT_STORE = "results/mlflow.db"
 HELP = "create the MLflow tracking store and experiment (run once, before any stage)"
 log = logging.getLogger(__name__)
 
@@ -36,11 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from mlflow.tracking import MlflowClient
 
-    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
-    _, experiment = setup_store(args.store, args.experiment)
+    uri = tracking_uri(args.store)
+    if uri.startswith(SQLITE):
+        Path(uri.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
+    _, experiment = setup_store(uri, args.experiment)
     for key, value in EXPERIMENT_KIND.items():  # also on a server's existing experiment
         MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
-    uri = tracking_uri(args.store)
     log.info("MLflow store %s, experiment %s (%s)", uri, args.experiment, experiment.experiment_id)
     write_json(
         {"tracking_uri": uri, "experiment": args.experiment,

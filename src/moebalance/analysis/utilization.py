@@ -59,6 +59,7 @@ import numpy as np
 
 from moebalance.analysis.balance import (
     BalanceSet,
+    SetRouting,
     measure,
     predicted_mask,
     route_set,
@@ -395,29 +396,36 @@ class HeldOutRouting:
         return set_windows(self.balance_set) + self.humaneval
 
 
-def route_model(routing: HeldOutRouting, name: str, model, tokenizer,
-                args: argparse.Namespace, settings: UtilizationSettings) -> None:
-    """Measure one model on the balance set, route HumanEval, and add its table rows."""
-    from moebalance.model.router import moe_layer_indices
-
-    routing.layers = layers = moe_layer_indices(model)
-    routing.top_k = int(model.config.num_experts_per_tok)
-    routing.routed_experts = E = int(model.config.n_routed_experts)
-    bset = routing.balance_set
-    routing.balance[name], set_routing = measure(model, bset, args.batch_size)
-    he_picks_TLK, _ = route(model, [w.token_ids for w in routing.humaneval],
-                            tokenizer.eos_token_id, tokenizer.pad_token_id, args.batch_size)
+def add_model_rows(routing: HeldOutRouting, name: str, set_routing: SetRouting,
+                   he_picks_TLK: np.ndarray, vocab_min_count: int) -> None:
+    """Model ``name``'s picks and its rows of the four tables: its routing of the balance set
+    (``set_routing``) and HumanEval's top-K (``he_picks_TLK``)."""
+    bset, layers, E = routing.balance_set, routing.layers, routing.routed_experts
     routing.picks[name] = set_routing.picks_TLK
-    set_only = set_windows(bset)
     for stem, table in (
             ("documents", document_table(name, bset, set_routing.nll_T)),
             ("counts", count_table(name, routing.windows,
                                    np.concatenate([set_routing.picks_TLK, he_picks_TLK]),
                                    layers, E)),
             ("coactivation", coactivation_table(name, set_routing.picks_TLK, layers, E)),
-            ("vocab", vocab_table(name, set_only, set_routing.picks_TLK, layers, E,
-                                  settings.vocab_min_count))):
+            ("vocab", vocab_table(name, set_windows(bset), set_routing.picks_TLK, layers, E,
+                                  vocab_min_count))):
         routing.tables[stem].append(table)
+
+
+def route_model(routing: HeldOutRouting, name: str, model, tokenizer,
+                args: argparse.Namespace, settings: UtilizationSettings) -> None:
+    """Measure one model on the balance set, route HumanEval, and add its table rows."""
+    from moebalance.model.router import moe_layer_indices
+
+    routing.layers = moe_layer_indices(model)
+    routing.top_k = int(model.config.num_experts_per_tok)
+    routing.routed_experts = int(model.config.n_routed_experts)
+    bset = routing.balance_set
+    routing.balance[name], set_routing = measure(model, bset, args.batch_size)
+    he_picks_TLK, _ = route(model, [w.token_ids for w in routing.humaneval],
+                            tokenizer.eos_token_id, tokenizer.pad_token_id, args.batch_size)
+    add_model_rows(routing, name, set_routing, he_picks_TLK, settings.vocab_min_count)
     log.info("%s: MaxVio_global %.4f on %d held-out tokens (floor %.4f); %d HumanEval tokens",
              name, routing.balance[name]["maxvio_global"], len(set_routing.picks_TLK),
              routing.balance[name]["maxvio_floor"], len(he_picks_TLK))

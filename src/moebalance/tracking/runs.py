@@ -1,6 +1,4 @@
-"""MLflow tracking for every stage: the shared arguments, one run per stage run, its tags
-and headline metrics (the `init-tracking` stage that creates the store is
-:mod:`moebalance.init_tracking`).
+"""MLflow runs of the stages: one run per stage run, its tags and headline metrics.
 
 Every stage run is one MLflow run, tagged with stage, variant, seed, git commit, config
 hash, code hash and the machine's provenance. Runs nest: a parent run per study (the
@@ -9,75 +7,33 @@ child per (variant, seed) that carries the headline metrics, and the stage runs 
 it; stages without a variant (corpus, compare, ...) sit directly under the study.
 The experiment is marked as model development, so the MLflow UI opens on its runs table.
 
-The store is an embedded SQLite file by default; the environment variable
-MLFLOW_TRACKING_URI points everything at another store or a server instead.
+Whether a run is tracked, and where, is :func:`moebalance.tracking.args.requested_uri`.
+mlflow is imported only inside the functions that log, so an untracked run never loads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from moebalance.errors import UsageError
+from moebalance import provenance
 from moebalance.study import run_name
+from moebalance.tracking.args import requested_uri
 
-DEFAULT_STORE = "results/mlflow.db"
-DEFAULT_EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "moebalance")
 STUDY_ENV = "MOEBALANCE_STUDY"
 # MLflow 3 opens an experiment without this tag on its GenAI overview, not on the runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-log = logging.getLogger(__name__)
-
-
-def tracking_uri(store: str | os.PathLike) -> str:
-    """MLFLOW_TRACKING_URI if set, else an embedded SQLite store at ``store``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(store).resolve()}"
-
-
-NO_TRACKING_ENV = "MOEBALANCE_NO_TRACKING"
-
-
-def tracking_switched_off() -> bool:
-    """Whether MOEBALANCE_NO_TRACKING asks every stage of this process tree to skip MLflow
-    (1/true/yes; unset, empty, 0/false/no leave tracking on; anything else is an error)."""
-    value = os.environ.get(NO_TRACKING_ENV, "").strip().lower()
-    if value in ("", "0", "false", "no"):
-        return False
-    if value in ("1", "true", "yes"):
-        return True
-    raise UsageError(f"{NO_TRACKING_ENV}={value!r}: use 1 (tracking off) or 0 (on)")
-
-
-def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("tracking")
-    group.add_argument(
-        "--mlflow-store",
-        default=DEFAULT_STORE,
-        help="SQLite file of the MLflow store (ignored when MLFLOW_TRACKING_URI is set)",
-    )
-    group.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    group.add_argument("--variant", default=None, help="variant tag of this run, if any")
-    group.add_argument("--seed", type=int, default=None,
-                       help="seed of this run: the training stages seed the model's "
-                       "initialisation and the data order with it; other stages record it "
-                       "as a tag")
-    group.add_argument(
-        "--no-tracking", action="store_true",
-        help=f"do not log this run to MLflow at all (also when {NO_TRACKING_ENV}=1 is set: "
-        "tracking is an execution knob, so `MOEBALANCE_NO_TRACKING=1 snakemake ...` runs a "
-        "study, or reruns part of one, with the same outputs and no stage run logged)")
-    group.add_argument("--source-hash", default="",
-                       help="hash of the stage's code (Snakemake passes it; recorded as a tag, "
-                       "and a training checkpoint of other code is not resumed)")
+SQLITE = "sqlite:///"
 
 
 def config_hash(params: Mapping[str, Any]) -> str:
@@ -86,8 +42,8 @@ def config_hash(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def setup_store(store: str | os.PathLike, experiment: str):
-    """Point MLflow at the store; create the experiment if it is new.
+def setup_store(uri: str, experiment: str):
+    """Point MLflow at the store ``uri``; create the experiment if it is new.
 
     With the embedded SQLite store, artifacts go to ``mlartifacts/`` beside the database
     (MLflow's default would be ./mlruns in whatever directory the stage runs in).
@@ -95,10 +51,9 @@ def setup_store(store: str | os.PathLike, experiment: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri(store)
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
-        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    if uri.startswith(SQLITE) and mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = Path(uri.removeprefix(SQLITE)).parent / "mlartifacts"
         try:
             mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri(),
                                      tags=EXPERIMENT_KIND)
@@ -107,12 +62,19 @@ def setup_store(store: str | os.PathLike, experiment: str):
     return mlflow, mlflow.set_experiment(experiment)
 
 
-@contextlib.contextmanager
-def _parents_lock(store: str | os.PathLike) -> Iterator[None]:
-    """Serialises the find-or-create of parent runs between concurrent stage jobs."""
-    import fcntl
+def _lock_file(uri: str) -> Path:
+    """Where concurrent stage jobs of one store take turns: beside a SQLite store, else in
+    the temp folder, named after the store."""
+    if uri.startswith(SQLITE):
+        return Path(uri.removeprefix(SQLITE)).with_suffix(".parents.lock")
+    name = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"moebalance-mlflow-{name}.parents.lock"
 
-    path = Path(store).resolve().with_suffix(".parents.lock")
+
+@contextlib.contextmanager
+def _parents_lock(uri: str) -> Iterator[None]:
+    """Serialises the find-or-create of parent runs between concurrent stage jobs."""
+    path = _lock_file(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -136,7 +98,7 @@ def _find_or_create(client, experiment_id: str, name: str, tags: dict[str, str],
     return run.info.run_id
 
 
-def parent_run(args: argparse.Namespace, experiment_id: str) -> str | None:
+def parent_run(args: argparse.Namespace, uri: str, experiment_id: str) -> str | None:
     """The run a stage run nests under: its (variant, seed) run, or the study run for stages
     without a variant; None outside a study (no MOEBALANCE_STUDY)."""
     from mlflow.tracking import MlflowClient
@@ -145,7 +107,7 @@ def parent_run(args: argparse.Namespace, experiment_id: str) -> str | None:
     if not study:
         return None
     client = MlflowClient()
-    with _parents_lock(args.mlflow_store):
+    with _parents_lock(uri):
         parent = _find_or_create(client, experiment_id, f"study {study}",
                                  {"moebalance.level": "study", "moebalance.study": study}, None)
         if args.variant is None or args.seed is None:
@@ -211,17 +173,17 @@ def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any],
               torch_kernels: bool = True) -> Iterator[Any]:
     """One MLflow run for one stage invocation; yields the ``mlflow`` module (or None).
 
-    ``args`` carries the options of :func:`add_tracking_arguments`. With ``--no-tracking``
-    or MOEBALANCE_NO_TRACKING=1 nothing is logged and None is yielded.
+    ``args`` carries the options of :func:`moebalance.tracking.args.add_tracking_arguments`.
+    A run nobody asked to track (:func:`moebalance.tracking.args.requested_uri`) logs
+    nothing, writes nothing and yields None.
     ``torch_kernels=False``: the stage computes without torch (see
     :func:`moebalance.provenance.fingerprint`).
     """
-    if args.no_tracking or tracking_switched_off():
+    uri = requested_uri(args)
+    if uri is None:
         yield None
         return
-    mlflow, experiment = setup_store(args.mlflow_store, args.experiment)
-    from moebalance import provenance
-
+    mlflow, experiment = setup_store(uri, args.experiment)
     record = provenance.fingerprint(torch_kernels)
     tags = {
         "stage": stage,
@@ -233,7 +195,7 @@ def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any],
         **provenance.as_tags(record),
     }
     name = "/".join(str(p) for p in (stage, args.variant, args.seed) if p is not None)
-    parent = parent_run(args, experiment.experiment_id)
+    parent = parent_run(args, uri, experiment.experiment_id)
     with mlflow.start_run(run_name=name, tags=tags, parent_run_id=parent):
         # MLflow caps a param value at a few thousand characters: long lists become JSON strings.
         mlflow.log_params({k: json.dumps(v) if not isinstance(v, str) else v

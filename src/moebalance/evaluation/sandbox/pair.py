@@ -1,6 +1,6 @@
 """Process-pair execution: the untrusted completion and the trusted test never share a process.
 
-The zygote (``_harness.py``) forks a jailed **checker** per program, which forks the
+The zygote (``zygote.py``) forks a jailed **checker** per program, which forks the
 **candidate** (inheriting the jail) before it has the nonce:
 
 - the candidate runs prompt + completion, then serves calls of the entry point
