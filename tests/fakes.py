@@ -20,9 +20,9 @@ import pyarrow as pa
 import torch
 
 from moebalance.analysis import utilization as u
-from moebalance.analysis.balance import BalanceSet, SetRouting
-from moebalance.analysis.balance import summarize as balance_figures
 from moebalance.atomic import write_json, write_parquet
+from moebalance.balance import BalanceSet, SetRouting
+from moebalance.balance import summarize as balance_figures
 from moebalance.config import UtilizationSettings
 from moebalance.evaluation.sandbox import Execution
 from moebalance.evaluation.scoring import Sample, summarize, write_outputs

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from moe_helpers import ROUTED_TINY, tokenizer_in
 
-from moebalance.analysis.balance import (
+from moebalance.balance import (
     BalanceSet,
     bits_per_byte,
     measure,

@@ -48,7 +48,7 @@ def write_humaneval(he, rng, *, nll_shift, passes):
 
 def fake_balance_set(rng, seq_len: int = 32):
     """A balance set of the corpus domains: two windows per document."""
-    from moebalance.analysis.balance import BalanceSet
+    from moebalance.balance import BalanceSet
 
     domains, documents = [], []
     for domain in DOMAINS[:-1]:
@@ -65,7 +65,7 @@ def fake_balance_set(rng, seq_len: int = 32):
 
 def write_utilization(out, rng, probs, nll_shift):
     """utilization/ as the stage writes it, through its own table writers and the balance
-    figures of moebalance.analysis.balance, from random routing with expert shares ``probs``."""
+    figures of moebalance.balance, from random routing with expert shares ``probs``."""
     bset = fake_balance_set(rng)
     humaneval = [u.Window("humaneval", rng.integers(2, 50, 32),
                           rng.integers(0, 8, 32).astype(np.int8), f"HumanEval/{d}")

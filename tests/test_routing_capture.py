@@ -6,10 +6,10 @@ import pytest
 import torch
 from moe_helpers import PY_SOURCE, ROUTED_TINY, tokenizer_in
 
-from moebalance.analysis.routing_capture import route
 from moebalance.config import ModelSettings
 from moebalance.model import build_model
 from moebalance.model.router import routers_of
+from moebalance.model.routing_capture import route
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def test_stage_settings_left_out_take_the_settings_classes_defaults(workdir):
     assert {"corpus", "tokenizer", "sft-data", "baselines", "utilization", "compare",
             "generate", "solution-nll", "score"} <= set(settings)
     assert settings["utilization"] == "{}"
-    assert parse_settings(UtilizationSettings, settings["utilization"]).window == 256
+    assert parse_settings(UtilizationSettings, settings["utilization"]).jitter_fraction == 0.1
     assert "extensions" not in json.loads(settings["corpus"])
     assert parse_settings(CorpusSettings, settings["corpus"]).extensions == (".py",)
     # the shared `humaneval` section: each stage gets its own keys only

@@ -1,4 +1,5 @@
-"""MaxVio, the load-balance measure of the study: numpy only, below the packages that use it.
+"""MaxVio and the other load-balance measures of held-out balance (CV, entropy), and MaxVio's
+sampling floor: numpy only, below the packages that use them.
 
 The trainer and its telemetry (training), the sweep's selection rule and the analysis all
 measure balance with it, so it lives under none of them. Loads count assignments over the
@@ -18,6 +19,21 @@ def max_violation(counts_E: np.ndarray) -> np.ndarray:
     mean = counts_E.mean(axis=-1)
     # Wang et al. 2024 Eq. 4: MaxVio = (max_i Load_i - mean Load) / mean Load
     return (counts_E.max(axis=-1) - mean) / mean
+
+
+def coefficient_of_variation(counts_E: np.ndarray) -> np.ndarray:
+    counts_E = np.asarray(counts_E, dtype=np.float64)
+    # Shazeer et al. 2017 §4 (importance loss): CV = std(load) / mean(load), population std
+    return counts_E.std(axis=-1) / counts_E.mean(axis=-1)
+
+
+def normalized_entropy(counts_E: np.ndarray) -> np.ndarray:
+    """Entropy of the load distribution in units of log E: 1 = uniform, 0 = one expert."""
+    counts_E = np.asarray(counts_E, dtype=np.float64)
+    p_E = counts_E / counts_E.sum(axis=-1, keepdims=True)
+    plogp = np.where(p_E > 0, p_E * np.log(np.where(p_E > 0, p_E, 1.0)), 0.0)
+    # Shannon entropy H = -sum_i p_i log p_i, p = load / sum(load), normalised by log E
+    return -plogp.sum(axis=-1) / np.log(counts_E.shape[-1])
 
 
 def expected_max_normal(n: int) -> float:

@@ -16,24 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from moebalance.maxvio import max_violation
+from moebalance.maxvio import coefficient_of_variation, max_violation, normalized_entropy
 
 DEAD_FRACTION = 0.01  # an expert is dead below 1% of the mean load (docs/reference.md §4)
-
-
-def coefficient_of_variation(counts_E: np.ndarray) -> np.ndarray:
-    counts_E = np.asarray(counts_E, dtype=np.float64)
-    # Shazeer et al. 2017 §4 (importance loss): CV = std(load) / mean(load), population std
-    return counts_E.std(axis=-1) / counts_E.mean(axis=-1)
-
-
-def normalized_entropy(counts_E: np.ndarray) -> np.ndarray:
-    """Entropy of the load distribution in units of log E: 1 = uniform, 0 = one expert."""
-    counts_E = np.asarray(counts_E, dtype=np.float64)
-    p_E = counts_E / counts_E.sum(axis=-1, keepdims=True)
-    plogp = np.where(p_E > 0, p_E * np.log(np.where(p_E > 0, p_E, 1.0)), 0.0)
-    # Shannon entropy H = -sum_i p_i log p_i, p = load / sum(load), normalised by log E
-    return -plogp.sum(axis=-1) / np.log(counts_E.shape[-1])
 
 
 def gini(counts_E: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ Reads the run's folder (moebalance.study.RunPaths):
 
 Held-out balance (MaxVio_global, CV, entropy, the sampling floor, split halves, the set-size
 check, the bias-jitter check) is read from utilization/balance.json, the figures of
-moebalance.analysis.balance.measure on the test split's balance set; the other routing
+moebalance.balance.measure on the test split's balance set; the other routing
 metrics are computed from the count tables of the same routing pass.
 
 Missing optional files leave their metrics out of the run and are listed. Every value is
@@ -327,9 +327,9 @@ def _utilization_values(data: RunData) -> None:
 
 
 def _balance_values(data: RunData) -> None:
-    """Held-out balance from utilization/balance.json (moebalance.analysis.balance.measure),
+    """Held-out balance from utilization/balance.json (moebalance.balance.measure),
     and the training aggregate over as many tokens as the balance set."""
-    from moebalance.analysis.balance import training_aggregate
+    from moebalance.balance import training_aggregate
 
     balance = data.run.read("utilization/balance.json")
     if balance is None:

@@ -7,7 +7,7 @@ most ``max_maxvio``, the lowest seed-mean val loss; when none qualifies, the mos
 point, marked ``met_target: false``. The val loss is the pretrain stage's last validation
 (fixed val windows, VAL_SEED), in nats/token; the held-out MaxVio_global is its final
 validation on the val split's balance set (pretrain/balance.json, written by
-moebalance.analysis.balance.measure, the function utilization reports the test split's
+moebalance.balance.measure, the function utilization reports the test split's
 figure with). The table also keeps ``maxvio_train_aggregate``: the training batches' counts
 summed over the last steps that route as many tokens as the balance set, a closed-loop
 aggregate (the bias corrects it as it arises), named so and never a held-out figure.
@@ -46,7 +46,7 @@ def run_summary(metrics, routing, balance: dict) -> dict[str, float]:
     """Last validation's val loss, the final validation's held-out MaxVio_global and its
     sampling floor (``balance``: pretrain/balance.json), and the training aggregate over as
     many tokens as the held-out set, of one run (pandas tables)."""
-    from moebalance.analysis.balance import training_aggregate
+    from moebalance.balance import training_aggregate
 
     val = metrics.dropna(subset=["val_loss"])
     if val.empty:

@@ -2,14 +2,14 @@
 by domain and by token class, without updating anything.
 
 The models run in eval mode and nothing in them changes: see
-:mod:`moebalance.analysis.routing_capture` for how their routing is read.
+:mod:`moebalance.model.routing_capture` for how their routing is read.
 
 Inputs: the test split's held-out balance set (--balance-set, moebalance.data.balance_set:
 windows of the training length, in the training token mix, each routed once as a training
 forward sees it) and HumanEval: every problem's prompt and canonical solution (domain
 "humaneval"), cut into windows of at most the trained length, each run after an end-of-text
 token (as in training) that is itself not counted. Held-out balance is measured by
-:func:`moebalance.analysis.balance.measure`, the function the pretraining stage's final
+:func:`moebalance.balance.measure`, the function the pretraining stage's final
 validation calls too.
 
 Token classes (keyword, identifier, string, ...) are those of
@@ -18,7 +18,7 @@ Token classes (keyword, identifier, string, ...) are those of
 Writes, under --out-dir:
 
     balance.json         per model (pretrain, sft): the held-out balance figures of
-                         moebalance.analysis.balance (MaxVio_global, CV, entropy, the
+                         moebalance.balance (MaxVio_global, CV, entropy, the
                          sampling floor, split halves, the set-size check, per domain), and
                          ``jitter``: the pretrained model's MaxVio_global with its final bias
                          against the bias averaged over the last ``jitter_fraction`` of steps
@@ -57,7 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moebalance.analysis.balance import (
+from moebalance.analysis.metrics import topk_overlap
+from moebalance.balance import (
     BalanceSet,
     SetRouting,
     measure,
@@ -65,11 +66,10 @@ from moebalance.analysis.balance import (
     route_set,
     summarize,
 )
-from moebalance.analysis.metrics import topk_overlap
-from moebalance.analysis.routing_capture import route, route_windows, routing_bias
 from moebalance.config import UtilizationSettings, add_settings_argument, parse_settings
 from moebalance.data.token_classes import TOKEN_CLASSES, bpe_token_classes
 from moebalance.errors import UsageError
+from moebalance.model.routing_capture import route, route_windows, routing_bias
 
 HELP = "route the held-out balance set and HumanEval through the trained models; count experts"
 HUMANEVAL = "humaneval"

@@ -10,7 +10,7 @@ Outputs under --out-dir, written by rank 0 once training is complete:
 
 The pretrain stage also writes ``snapshots/``: the model every ``snapshot_every`` steps, and
 ``balance.json``: the final validation of held-out balance on the val split's balance set
-(:func:`moebalance.analysis.balance.measure`), which the sweep's selection rule reads.
+(:func:`moebalance.balance.measure`), which the sweep's selection rule reads.
 Checkpoints go to --checkpoint-dir, outside the declared outputs (Snakemake deletes
 those of a failed job), so a rerun resumes; they are removed once the outputs exist.
 """
@@ -187,10 +187,10 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
 
 
 def final_balance(model, balance_set: str, target: Path) -> dict[str, Any]:
-    """The final validation of held-out balance: :func:`moebalance.analysis.balance.measure`
+    """The final validation of held-out balance: :func:`moebalance.balance.measure`
     of the trained model on ``balance_set``, written to ``target`` (JSON) and returned."""
-    from moebalance.analysis.balance import BalanceSet, measure
     from moebalance.atomic import write_json
+    from moebalance.balance import BalanceSet, measure
 
     summary, _ = measure(model, BalanceSet.load(balance_set))
     model.train()

@@ -13,7 +13,7 @@ metrics.parquet: one row per optimizer step:
     validation on a fixed subset of the val split (``eval_batches`` batches; the loss the
     n-gram baselines are scored against), its MaxVio_global a progress signal only, mean
     over layers; NaN between validations. Held-out balance is measured on the balance set
-    (pretrain/balance.json; moebalance.analysis.balance).
+    (pretrain/balance.json; moebalance.balance).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ training forwards, so neither counters nor biases change; :func:`route` checks t
 biases); forward hooks on every MoE layer's ``mlp.gate`` read the selected top-K expert
 indices of each token.
 
-It lives in analysis/, beside the utilization stage that uses it, rather than in model/:
-it drives whole-model forwards (padding, logits, NLL), not only the routers, and the
-model package stays what training needs.
+It lives in model/ because the pretraining stage's final validation measures held-out
+balance with it (moebalance.balance), as the utilization stage does: training must not
+import analysis.
 
 Shapes (see :mod:`moebalance.model.balancing`): L MoE layers, K experts per token,
 B sequences of S tokens, T tokens, V vocabulary.

@@ -32,8 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from moebalance.analysis.metrics import coefficient_of_variation, normalized_entropy
-from moebalance.maxvio import max_violation, sampling_floor
+from moebalance.maxvio import (
+    coefficient_of_variation,
+    max_violation,
+    normalized_entropy,
+    sampling_floor,
+)
 
 
 @dataclass
@@ -98,7 +102,7 @@ class SetRouting:
 
 def route_set(model, balance_set: BalanceSet, batch_size: int = 16) -> SetRouting:
     """Route every window of the set through ``model`` once (eval mode, nothing updated)."""
-    from moebalance.analysis.routing_capture import route_windows
+    from moebalance.model.routing_capture import route_windows
 
     picks_TLK, nll_T = route_windows(model, balance_set.input_ids_WS, batch_size)
     return SetRouting(picks_TLK, nll_T, int(model.config.n_routed_experts))
