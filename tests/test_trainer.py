@@ -217,12 +217,13 @@ def test_bias_strategies_lower_maxvio_from_an_imbalanced_router_init(strategy):
 
 
 def test_quantile_balancing_balances_a_fixed_router_within_two_steps():
-    # lr 0: the router's scores stay put and every step routes the same batch, each with the
+    # lr 1e-30 (a learning rate must be > 0): the router's scores stay put to float precision
+    # and every step routes the same batch, each with the
     # bias set from the margins of the step before: one alternating step per optimizer
     # step, no step size, so the skewed start is undone at once (a sign rule at gamma 0.01
     # needs ~30 steps to cancel a 0.3 skew)
     x = torch.randint(0, VOCAB, (8, 33))
-    t = trainer(model=tiny_model(bias_init_skew=0.3), balancing=QUANTILE, lr=0.0,
+    t = trainer(model=tiny_model(bias_init_skew=0.3), balancing=QUANTILE, lr=1e-30,
                 batches=FixedBatch(x, 1), steps=3, micro_batch_size=8, seq_len=32)
     maxvio = [t.train_step()["maxvio_batch"] for _ in range(3)]
     assert maxvio[0] > 2.5 and maxvio[2] < 0.25

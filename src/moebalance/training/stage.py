@@ -194,7 +194,7 @@ def final_balance(model, balance_set: str, target: Path) -> dict[str, Any]:
 
     summary, _ = measure(model, BalanceSet.load(balance_set))
     model.train()
-    write_json(summary | {"balance_set": str(balance_set)}, target)
+    write_json(summary, target)
     log.info("held-out balance on %s: MaxVio_global %.4f (floor %.4f, split halves %.4f / %.4f)",
              balance_set, summary["maxvio_global"], summary["maxvio_floor"],
              *summary["maxvio_half"])
