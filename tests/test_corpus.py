@@ -237,7 +237,7 @@ def test_editing_the_readme_and_reinstalling_leaves_the_corpus_unchanged(tmp_pat
         install_project(tmp_path / "checkout", tmp_path / "site", readme)
         app = next(d for d in site_packages.distributions([str(tmp_path / "site")])
                    if d.metadata["Name"] == "app")
-        descriptions.append(app.metadata.get_payload())
+        descriptions.append(app.read_text("METADATA"))
         rows, _, manifest = build_corpus(small_settings(tmp_path / "site",
                                                         site_packages_root="app"))
         hashes.append(manifest["corpus_hash"])
