@@ -13,7 +13,7 @@ from moebalance.config import BalanceSetSettings
 from moebalance.data.balance_set import (
     DomainStream,
     allocate,
-    document_half,
+    document_halves,
     draw,
     draw_starts,
     token_bytes,
@@ -65,9 +65,19 @@ def test_the_set_follows_the_training_token_shares_and_its_own_streams():
     assert (np.diff(ids, axis=1) == 1).all()  # consecutive tokens of one stream
     assert ((ids[domains == "prose"] >= 100_000).all()
             and (ids[domains == "code"] < 100_000).all())
-    assert rows["half"] == [document_half(sha) for sha in rows["document"]]
+    halves = np.array(rows["half"])
+    for domain in ("code", "prose"):  # each half holds about half of each domain's windows
+        in_domain = halves[domains == domain]
+        assert abs(in_domain.sum() - (len(in_domain) - in_domain.sum())) <= 20
     for domain, n in (("code", 90), ("prose", 10)):
         assert np.array(rows["subset"])[domains == domain].sum() == (n + 1) // 2
+
+
+def test_halves_split_by_document_and_balance_each_domains_windows():
+    domains = ["a"] * 6 + ["b"] * 2
+    documents = ["x", "x", "x", "y", "y", "z", "u", "v"]
+    # a: x (3 windows) -> half 0; y (2) -> half 1; z (1) -> half 1 (2 < 3); b: u, v split
+    assert document_halves(domains, documents) == [0, 0, 0, 1, 1, 1, 0, 1]
 
 
 def test_the_draw_is_fixed_by_split_and_seed():

@@ -16,9 +16,11 @@ split as much as the model. The set is therefore
   after it, so windows start anywhere inside documents, not at file starts. The random
   generator is seeded from the SHA-256 of the split's name and ``seed`` ("hash-chosen").
 
-Each window belongs to the document holding its first token. ``half`` (0/1, from that
-document's hash) splits the set by document for the split-half reliability check, and
-``subset`` marks a random half of each domain's windows for the set-size check.
+Each window belongs to the document holding its first token. ``half`` (0/1) splits the set
+by document for the split-half reliability check: within each domain, documents in order of
+their window count (then hash) go to the half holding fewer of the domain's windows so far,
+so both halves keep the set's domain mix and no document is in both. ``subset`` marks a
+random half of each domain's windows for the set-size check.
 
 Writes --out (Parquet, one row per window, in draw order):
 
@@ -31,7 +33,7 @@ Writes --out (Parquet, one row per window, in draw order):
                   for end-of-text)
     target_bytes  seq_len + 1 UTF-8 byte counts per token (0 for end-of-text); a window's
                   predicted bytes are the sum over positions 1..seq_len
-    half          0 or 1: the split half of the window's document
+    half          0 or 1: the split half of the window's document (domain-balanced)
     subset        True for the windows of the set-size check (half of each domain's)
 
 and beside it the same name with .json: the split, the settings, the end-of-text id, windows,
@@ -136,9 +138,22 @@ def split_rng(split: str, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
-def document_half(sha: str) -> int:
-    """0 or 1: the split half of a document, from its hash."""
-    return int(sha[-1], 16) & 1
+def document_halves(domains: list[str], documents: list[str]) -> list[int]:
+    """0 or 1 per window: its document's half. Within each domain, documents with more
+    windows first (ties by hash) go to the half holding fewer of that domain's windows, so
+    the halves keep the domain mix (a half richer in one domain would differ in MaxVio by
+    its mix, not by sampling) and split by document, the independent unit."""
+    windows: dict[tuple[str, str], int] = {}
+    for key in zip(domains, documents, strict=True):
+        windows[key] = windows.get(key, 0) + 1
+    half_of: dict[tuple[str, str], int] = {}
+    filled: dict[str, list[int]] = {}
+    for (domain, document), n in sorted(windows.items(), key=lambda kv: (-kv[1], kv[0])):
+        counts = filled.setdefault(domain, [0, 0])
+        half = int(counts[1] < counts[0])
+        half_of[(domain, document)] = half
+        counts[half] += n
+    return [half_of[key] for key in zip(domains, documents, strict=True)]
 
 
 def draw(streams: dict[str, DomainStream], shares: dict[str, float], split: str,
@@ -170,8 +185,8 @@ def draw(streams: dict[str, DomainStream], shares: dict[str, float], split: str,
             rows["input_ids"].append(stream.ids[s:s + length].astype(np.int32))
             rows["token_class"].append(stream.classes[s:s + length])
             rows["target_bytes"].append(stream.n_bytes[s:s + length].astype(np.int32))
-            rows["half"].append(document_half(sha))
             rows["subset"].append(subset)
+    rows["half"] = document_halves(rows["domain"], rows["document"])
     rows["window"] = list(range(len(rows["domain"])))
     return rows
 
