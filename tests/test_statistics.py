@@ -164,6 +164,16 @@ def test_the_mdd_upper_bound_with_two_degrees_of_freedom():
     assert est.mdd_upper(0.8, 0.8) / est.mdd(0.8) == pytest.approx(2.1169, abs=1e-4)
 
 
+@pytest.mark.parametrize("df", [1.2, 1.0e7])
+def test_the_mdd_is_finite_where_scipys_lower_tail_underflows(df):
+    # at these df scipy's non-central t gives NaN for the negligible lower tail; the
+    # noncentrality then solves the upper tail alone: P(T > t_crit) = 0.8
+    from scipy import stats
+
+    nc = st._noncentrality(df, 0.05, 0.8)
+    assert stats.nct.sf(stats.t.ppf(0.975, df), df, nc) == pytest.approx(0.8, abs=1e-6)
+
+
 def simulated_run_level(rng, seeds, truth, sd):
     """Per-seed differences of a run-level metric: one number per run and variant."""
     return [st.seed_mean(d) for d in rng.normal(truth, sd, (STUDIES, seeds))]

@@ -142,7 +142,10 @@ def _noncentrality(df: float, alpha: float, power: float) -> float:
     crit = stats.t.ppf(1 - alpha / 2, df)
 
     def gap(nc: float) -> float:
-        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) - power
+        # scipy's non-central t returns NaN for a lower tail that underflows (small or huge
+        # df at large nc); that tail is below alpha/2 and vanishing there: 0
+        lower = float(np.nan_to_num(stats.nct.cdf(-crit, df, nc), nan=0.0))
+        return stats.nct.sf(crit, df, nc) + lower - power
 
     high = crit + 4.0
     while gap(high) < 0:  # power grows with nc: widen the bracket until it holds the root
