@@ -67,6 +67,31 @@ def test_long_study_tune_phase_plans_the_grid_on_the_tuning_seeds(workdir):
     assert sweep.seeds == (100, 101) and sweep.selection.max_maxvio == 0.2
 
 
+def test_frontier_preset_plans_every_point_on_the_paired_seeds_as_pretrained_models(workdir):
+    config = deep_merge(yaml.safe_load(open(REPO / "config" / "config.yaml")),
+                        yaml.safe_load(open(REPO / "config" / "frontier.yaml")))
+    sweep = config["sweep"]
+    points = sum(len(grid["values"]) for grid in sweep["grids"].values()) + len(
+        sweep["references"])
+    runs = points * len(sweep["seeds"])
+    proc = run_snakemake(workdir, "frontier_runs", "-n", "-p", "--configfile",
+                         "config/frontier.yaml")
+    jobs = planned_counts(proc.stdout)
+    assert points >= 10 and len(sweep["seeds"]) >= 4
+    assert {rule: jobs[rule] for rule in ("pretrain", "frontier_utilization",
+                                          "frontier_solution_nll")} == dict.fromkeys(
+        ("pretrain", "frontier_utilization", "frontier_solution_nll"), runs)
+    assert not {"sft", "generate", "score"} & set(jobs)  # base models only
+    commands = [line for line in proc.stdout.splitlines() if "Shell command:" in line]
+    measured = [c for c in commands if "moebalance utilization" in c]
+    assert measured and all("--sft-model" not in c and "balance/test.parquet" in c
+                            for c in measured)
+    assert all('{"fit_tokens": 256}' in c for c in commands if "solution-nll" in c)
+    for seed in sweep["seeds"]:  # the same seeds at every point: paired
+        assert f"runs/aux_loss@alpha=3e-1/seed{seed}/pretrain/metrics.parquet" in proc.stdout
+        assert f"runs/ds_v3/seed{seed}/frontier/solution_nll.parquet" in proc.stdout
+
+
 def test_negative_vocab_size_fails_naming_the_key(workdir):
     proc = bad_config(workdir, {"tokenizer": {"vocab_size": -5}})
     assert proc.returncode != 0
