@@ -180,17 +180,24 @@ def test_markdown_says_what_each_interval_shows_and_what_it_resamples(runs):
 
 def test_figure_labels_do_not_overlap_with_crowded_points(runs):
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
 
     points = pd.read_csv(runs / "tables" / "frontier.csv")
-    # crowd the points: every point within a few percent of the same place
-    points["maxvio_global"] = 0.3 + 0.003 * np.arange(len(points))
-    points["heldout_bpb"] = 2.1 + 0.001 * np.arange(len(points))
+    # crowd the points: all but the last within 1% of the axes' span of each other, so that
+    # labels at one fixed offset would overlap
+    crowd = np.arange(len(points) - 1)
+    points["maxvio_global"] = np.r_[0.3 + 0.003 * crowd, 2.0]
+    points["heldout_bpb"] = np.r_[2.1 + 0.001 * crowd, 2.3]
     fig, labels = frontier.draw(points, "heldout_bpb", SEEDS, 2.386)
     renderer = fig.canvas.get_renderer()
     boxes = [label.get_window_extent(renderer) for label in labels]
     assert [label.get_text() for label in labels] == [
         "α=0.001", "α=0.01", "α=0.1", "γ=0.001", "γ=0.01", "none", "ds_v3"]
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    ax = fig.axes[0]
+    for px, py in ax.transData.transform(points[["maxvio_global", "heldout_bpb"]].to_numpy()):
+        marker = Bbox.from_extents(px - 3, py - 3, px + 3, py + 3)
+        assert not any(box.overlaps(marker) for box in boxes)
     assert "2.386 bits/byte" in fig.axes[0].get_title()
     plt.close(fig)
 
