@@ -221,6 +221,17 @@ def test_a_missing_input_is_a_usage_error_naming_the_file(tmp_path):
         stage(tmp_path)
 
 
+def test_a_missing_key_is_a_usage_error_naming_the_file_and_the_key(tmp_path):
+    write_run(tmp_path / "runs", "aux_loss@alpha=1e-3", 0, 0.8, 2.0)
+    path = tmp_path / "runs" / "aux_loss@alpha=1e-3" / "seed0" / "frontier" / "utilization" \
+        / "balance.json"
+    balance = json.loads(path.read_text())
+    del balance["jitter"]["routed"]
+    write_json(balance, path)
+    with pytest.raises(UsageError, match="utilization/balance.json: no jitter.routed"):
+        stage(tmp_path)
+
+
 def test_an_unknown_reference_grid_is_a_usage_error_naming_it(tmp_path):
     with pytest.raises(UsageError, match="--reference-grid: no grid 'aux'"):
         stage(tmp_path, "--reference-grid", "aux")

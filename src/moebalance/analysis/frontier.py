@@ -104,8 +104,26 @@ def run_values(metrics, balance: dict, documents, solutions) -> dict[str, Any]:
     return values
 
 
+# what each input must hold: parquet columns, or balance.json keys as "section.key"
+REQUIRED = {"metrics": ("step", "maxvio_batch"),
+            "balance": ("pretrain.maxvio_global", "pretrain.maxvio_floor",
+                        "pretrain.split_half_difference", "pretrain.domains",
+                        "jitter.difference", "jitter.routed"),
+            "documents": ("model", "domain", "bytes", "nll"),
+            "solutions": ("nll", "bytes")}
+
+
+def lacking(name: str, content) -> list[str]:
+    """The :data:`REQUIRED` columns or keys that one input lacks."""
+    if name != "balance":
+        return [c for c in REQUIRED[name] if c not in content.columns]
+    return [k for k in REQUIRED[name]
+            if k.split(".")[1] not in (content.get(k.split(".")[0]) or {})]
+
+
 def read_run(runs: str | Path, variant: str, seed: int) -> dict[str, Any]:
-    """:func:`run_values` of one run's files; a missing file or key is a UsageError naming it."""
+    """:func:`run_values` of one run's files; a missing file, column or key is a UsageError
+    naming the file and what it lacks."""
     import pandas as pd
 
     paths = RunPaths(runs, variant, seed)
@@ -120,11 +138,10 @@ def read_run(runs: str | Path, variant: str, seed: int) -> dict[str, Any]:
                           else pd.read_parquet(path))
         except (OSError, ValueError) as err:
             raise UsageError(f"{path}: {err}") from err
-    try:
-        return run_values(**read)
-    except KeyError as err:
-        raise UsageError(f"{paths.folder}: no {err} in its frontier inputs "
-                         f"({', '.join(str(p) for p in files.values())})") from err
+        missing = lacking(name, read[name])
+        if missing:
+            raise UsageError(f"{path}: no {', '.join(missing)}")
+    return run_values(**read)
 
 
 def point_list(sweep: SweepSettings) -> list[tuple[str, str, str | None, Any]]:
