@@ -74,9 +74,10 @@ def test_frontier_preset_plans_every_point_on_the_paired_seeds_as_pretrained_mod
     points = sum(len(grid["values"]) for grid in sweep["grids"].values()) + len(
         sweep["references"])
     runs = points * len(sweep["seeds"])
-    proc = run_snakemake(workdir, "frontier_runs", "-n", "-p", "--configfile",
+    proc = run_snakemake(workdir, "frontier", "-n", "-p", "--configfile",
                          "config/frontier.yaml")
     jobs = planned_counts(proc.stdout)
+    assert jobs["frontier"] == 1
     assert points >= 10 and len(sweep["seeds"]) >= 4
     assert {rule: jobs[rule] for rule in ("pretrain", "frontier_utilization",
                                           "frontier_solution_nll")} == dict.fromkeys(
@@ -86,7 +87,9 @@ def test_frontier_preset_plans_every_point_on_the_paired_seeds_as_pretrained_mod
     measured = [c for c in commands if "moebalance utilization" in c]
     assert measured and all("--sft-model" not in c and "balance/test.parquet" in c
                             for c in measured)
-    assert all('{"fit_tokens": 256}' in c for c in commands if "solution-nll" in c)
+    assert all('{"fit_tokens": 256}' in c for c in commands if "moebalance solution-nll" in c)
+    report = next(c for c in commands if "moebalance frontier" in c)
+    assert "--reference-grid aux_loss" in report and "--primary heldout_bpb" in report
     for seed in sweep["seeds"]:  # the same seeds at every point: paired
         assert f"runs/aux_loss@alpha=3e-1/seed{seed}/pretrain/metrics.parquet" in proc.stdout
         assert f"runs/ds_v3/seed{seed}/frontier/solution_nll.parquet" in proc.stdout

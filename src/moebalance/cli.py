@@ -38,6 +38,7 @@ STAGES: dict[str, str] = {
     "utilization": "moebalance.analysis.utilization",
     "compare": "moebalance.analysis.compare",
     "sweep-select": "moebalance.analysis.sweep_select",
+    "frontier": "moebalance.analysis.frontier",
 }
 log = logging.getLogger("moebalance")
 

@@ -73,3 +73,40 @@ FRONTIER_RUNS = expand(
 rule frontier_runs:
     input:
         FRONTIER_RUNS,
+
+
+if SWEEP.grids and SWEEP.phase == "tune":
+    # The stages the frontier's numbers come from; their code hashes go into its README.
+    FRONTIER_STAGES = ["corpus", "tokenizer", "tokens", "balance-set", "baselines", "pretrain",
+                       "utilization", "solution-nll", "frontier"]
+
+    rule frontier:
+        input:
+            runs=FRONTIER_RUNS,
+            baselines=rules.baselines.output[0],
+        output:
+            runs=f"{RESULTS}/tables/frontier_runs.csv",
+            points=f"{RESULTS}/tables/frontier.csv",
+            matched=f"{RESULTS}/tables/matched_balance.csv",
+            jitter=f"{RESULTS}/tables/jitter.csv",
+            md=f"{RESULTS}/tables/frontier.md",
+            figure=f"{RESULTS}/figures/balance_quality.png",
+            readme=f"{RESULTS}/README.md",
+        params:
+            settings=settings_param(SweepSettings, config["sweep"]),
+            runs=RUNS,
+            tables_dir=parent_of("output", "points"),
+            reference=FRONTIER["reference_grid"],
+            primary=FRONTIER["primary"],
+            code=stage_code("frontier"),
+            codes=json.dumps({stage: stage_code(stage) for stage in FRONTIER_STAGES}),
+        log:
+            f"{LOGS}/frontier.log",
+        benchmark:
+            f"{BENCH}/frontier.tsv"
+        shell:
+            "moebalance frontier --settings {params.settings:q} --runs {params.runs:q}"
+            " --baselines {input.baselines:q} --reference-grid {params.reference:q}"
+            " --primary {params.primary} --code-hashes {params.codes:q}"
+            " --tables-dir {params.tables_dir:q} --figure {output.figure:q}"
+            " --readme {output.readme:q} --source-hash {params.code} > {log:q} 2>&1"

@@ -73,9 +73,10 @@ RUN_FILES = expand(
 )
 # The stages the compared numbers come from, compare included: their code hashes (each one
 # the value its rule passes as --source-hash) go into results/README.md's provenance stamp.
-# Left out: init-tracking (creates the MLflow store) and sweep-select (its choice reaches the
-# runs as settings).
-NUMBER_STAGES = [stage for stage in STAGES if stage not in ("init-tracking", "sweep-select")]
+# Left out: init-tracking (creates the MLflow store), sweep-select (its choice reaches the
+# runs as settings) and frontier (a study of its own, with its own stamp).
+NUMBER_STAGES = [stage for stage in STAGES
+                 if stage not in ("init-tracking", "sweep-select", "frontier")]
 COMPARE_FIGURES = ["maxvio_batch", "bias_trajectories", "nll_vs_maxvio",
                    "token_class_specialization", "saturation_steps", "bias_diagnostics"]
 

@@ -548,7 +548,11 @@ def provenance_stamp(runs_dir: str, sweep: SweepSettings, code_hashes: dict[str,
             records.append(("pretrain", f"{paths.name}/pretrain", json.loads(path.read_text())))
         except (OSError, ValueError) as err:
             raise UsageError(f"--readme needs {path}: {err}") from err
-    return provenance.stamp(records, code_hashes, provenance.git_state())
+    # stamp() words its header for the compare stage, whose README it fills; this README is
+    # the frontier stage's
+    return (provenance.stamp(records, code_hashes, provenance.git_state())
+            .replace("the compare stage", "the frontier stage")
+            .replace("of the compare run", "of the frontier run"))
 
 
 def write_text(path: Path, text: str) -> None:
