@@ -98,6 +98,7 @@ if SWEEP.grids and SWEEP.phase == "tune":
             tables_dir=parent_of("output", "points"),
             reference=FRONTIER["reference_grid"],
             primary=FRONTIER["primary"],
+            benchmarks=BENCH,  # each per-run job's time, for the README's cost section
             code=stage_code("frontier"),
             codes=json.dumps({stage: stage_code(stage) for stage in FRONTIER_STAGES}),
         log:
@@ -109,4 +110,5 @@ if SWEEP.grids and SWEEP.phase == "tune":
             " --baselines {input.baselines:q} --reference-grid {params.reference:q}"
             " --primary {params.primary} --code-hashes {params.codes:q}"
             " --tables-dir {params.tables_dir:q} --figure {output.figure:q}"
-            " --readme {output.readme:q} --source-hash {params.code} > {log:q} 2>&1"
+            " --readme {output.readme:q} --benchmarks {params.benchmarks:q}"
+            " --source-hash {params.code} > {log:q} 2>&1"

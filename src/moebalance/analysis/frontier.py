@@ -462,8 +462,44 @@ def write_figure(points, primary: str, seeds: list[int], path: str | Path,
 # ---- the results folder's README ------------------------------------------------------------
 
 
+TIMED_RULES = ("pretrain", "frontier_utilization", "frontier_solution_nll")
+
+
+def job_seconds(benchmarks: str | Path, sweep: SweepSettings) -> dict[str, list[float]]:
+    """Wall seconds of each per-run job, by rule, from Snakemake's benchmark files
+    (``<benchmarks>/<rule>/<variant>/seed<seed>.tsv``, column ``s``: the job's last attempt);
+    a job without a file is left out."""
+    import pandas as pd
+
+    seconds: dict[str, list[float]] = {rule: [] for rule in TIMED_RULES}
+    for (_, variant, _, _), seed in itertools.product(point_list(sweep), sweep.seeds):
+        for rule in TIMED_RULES:
+            path = Path(benchmarks, rule, f"{RunPaths('', variant, seed).name}.tsv")
+            if path.is_file():
+                try:
+                    seconds[rule].append(float(pd.read_csv(path, sep="\t")["s"].iloc[-1]))
+                except (ValueError, KeyError, IndexError) as err:
+                    raise UsageError(f"{path}: not a Snakemake benchmark file ({err})") from err
+    return seconds
+
+
+def cost_markdown(seconds: dict[str, list[float]]) -> list[str]:
+    """The README's cost section: each per-run rule's job times."""
+    lines = ["## Cost", "", "Wall seconds per job from Snakemake's benchmark files (two "
+             "1-thread jobs side by side, on the machine the stamp names):", ""]
+    for rule, values in seconds.items():
+        if values:
+            lines.append(f"- {rule}: {len(values)} jobs, {min(values):.0f}-{max(values):.0f} s "
+                         f"each (median {float(np.median(values)):.0f} s), "
+                         f"{sum(values) / 60:.0f} job-minutes in all")
+        else:
+            lines.append(f"- {rule}: no benchmark files")
+    return lines + [""]
+
+
 def readme_markdown(sweep: SweepSettings, runs, points, matched: list[dict], primary: str,
-                    reference_grid: str, stamp: str) -> str:
+                    reference_grid: str, stamp: str,
+                    seconds: dict[str, list[float]] | None = None) -> str:
     """README.md of the frontier results: the preset, the headline numbers and what each
     interval resamples, all generated from the tables, and the provenance stamp."""
     from moebalance import provenance
@@ -488,7 +524,10 @@ def readme_markdown(sweep: SweepSettings, runs, points, matched: list[dict], pri
     lines += [f"- {matched_sentence(r)}" for r in matched if r["primary"]]
     lines += ["", "Which point reaches which balance at what quality (seed means ± SD):", ""]
     lines += points_markdown(points, primary)
-    lines += ["", TABLES_LINE, ""]
+    lines += [""]
+    if seconds is not None:
+        lines += cost_markdown(seconds)
+    lines += [TABLES_LINE, ""]
     return provenance.fill_stamp("\n".join(lines), stamp, TABLES_LINE)
 
 
@@ -517,6 +556,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--code-hashes", "--codes", dest="code_hashes", type=json.loads,
                         default="{}", help="JSON {stage: code hash} of the stages the numbers "
                         "come from (each rule's --source-hash), for the README's stamp")
+    inputs.add_argument("--benchmarks", default=None,
+                        help="Snakemake's benchmarks folder of the preset: each per-run job's "
+                        "time goes into the README's cost section")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--tables-dir", required=True,
                          help="where frontier_runs.csv, frontier.csv, matched_balance.csv, "
@@ -593,8 +635,10 @@ def run(args: argparse.Namespace) -> None:
         write_figure(points, args.primary, list(sweep.seeds), args.figure, bigram)
     if args.readme:
         stamp = provenance_stamp(args.runs, sweep, args.code_hashes)
+        seconds = job_seconds(args.benchmarks, sweep) if args.benchmarks else None
         write_text(Path(args.readme), readme_markdown(sweep, runs, points, matched,
-                                                      args.primary, args.reference_grid, stamp))
+                                                      args.primary, args.reference_grid, stamp,
+                                                      seconds))
     for row in matched:
         if row["primary"]:
             log.info("%s", matched_sentence(row))
