@@ -106,6 +106,15 @@ def test_interpolation_is_linear_in_log_maxvio_between_the_sorted_reference_poin
     assert frontier.interpolate(0.1, [1.0, 0.1], [1.0, 2.0]) == 2.0  # an end point is inside
 
 
+def test_the_sentence_for_a_point_more_balanced_than_the_reference_ever_was():
+    row = {"variant": "quantile", "quality": "heldout_bpb", "status": frontier.OUTSIDE,
+           "seeds": 4, "seeds_below_range": 3, "seeds_above_range": 0, "reference_grid":
+           "aux_loss", "reference_maxvio_min": 0.05, "reference_maxvio_max": 1.2}
+    assert frontier.matched_sentence(row).endswith(
+        "below it (more balanced) in 3 of 4 seeds: no tested value of the reference balanced "
+        "this well, so there is no matched comparison.")
+
+
 def test_interpolation_never_extrapolates():
     assert math.isnan(frontier.interpolate(0.09, [1.0, 0.1], [1.0, 2.0]))
     assert math.isnan(frontier.interpolate(1.1, [1.0, 0.1], [1.0, 2.0]))
@@ -179,7 +188,8 @@ def test_markdown_says_what_each_interval_shows_and_what_it_resamples(runs):
     text = (runs / "tables" / "frontier.md").read_text()
     assert "resample seeds only" in text and "2.386 bits/byte" in text
     assert "`none`: its held-out MaxVio_global lies outside the `aux_loss` grid's range" in text
-    assert "above it (less balanced) in 2 of 3 seeds" in text
+    assert ("above it (less balanced) in 2 of 3 seeds: every tested value of the reference "
+            "balanced better") in text
     # ds_v3 at MaxVio 0.3 in every seed is matched; its gaps are all negative and equal-ish
     assert "`ds_v3`: held-out bits per byte (test documents) lower than" in text
 

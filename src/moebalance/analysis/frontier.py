@@ -62,8 +62,8 @@ RESAMPLES = ("seeds only: paired t over the per-seed differences, df = seeds - 1
 METRICS = ("maxvio_global", "maxvio_floor", "split_half_difference", "heldout_bpb",
            "solution_bpb", "maxvio_batch_last_quarter")
 GREEK = {"alpha": "α", "gamma": "γ"}
-TABLES_LINE = ("Tables: frontier_runs.csv (one row per run), frontier.csv (per point), "
-               "matched_balance.csv, jitter.csv, frontier.md; figure: frontier.png.")
+TABLES_LINE = ("Tables (tables/): frontier_runs.csv (one row per run), frontier.csv (per point), "
+               "matched_balance.csv, jitter.csv, frontier.md; the figure is in figures/.")
 CONFIDENCE = 0.95
 
 
@@ -283,11 +283,15 @@ def matched_sentence(row: dict[str, Any]) -> str:
             where.append(f"below it (more balanced) in {row['seeds_below_range']}")
         if row["seeds_above_range"]:
             where.append(f"above it (less balanced) in {row['seeds_above_range']}")
+        # below the range: the reference grid balanced worse at every tested value; above
+        # it: better at every tested value (a weaker setting would be needed to match)
+        reach = ("no tested value of the reference balanced this well"
+                 if row["seeds_below_range"] else
+                 "every tested value of the reference balanced better")
         return (f"{name}: its held-out MaxVio_global lies outside the `{row['reference_grid']}` "
                 f"grid's range ({fmt(row['reference_maxvio_min'])} to "
                 f"{fmt(row['reference_maxvio_max'])}), {' and '.join(where)} of "
-                f"{row['seeds']} seeds: no tested value of the reference reached this balance, "
-                "so there is no matched comparison.")
+                f"{row['seeds']} seeds: {reach}, so there is no matched comparison.")
     interval = (f"{fmt(row['d'], True)} [{fmt(row['ci_low'], True)}, "
                 f"{fmt(row['ci_high'], True)}]")
     if row["ci_high"] < 0:
@@ -563,7 +567,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument("--tables-dir", required=True,
                          help="where frontier_runs.csv, frontier.csv, matched_balance.csv, "
                          "jitter.csv and frontier.md go")
-    outputs.add_argument("--figure", default=None, help="frontier.png to write")
+    outputs.add_argument("--figure", default=None,
+                         help="PNG to write: held-out MaxVio_global against the primary "
+                         "quality, one line per grid, the references as points")
     outputs.add_argument("--readme", default=None,
                          help="README.md to write for the frontier results folder (needs each "
                          "run's pretrain/provenance.json)")
