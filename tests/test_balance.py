@@ -107,7 +107,8 @@ def model_and_set(tmp_path_factory, humaneval_tokenizer_dir):
 
 
 def test_final_validation_sweep_and_utilization_agree_on_one_model_and_set(model_and_set,
-                                                                           tmp_path):
+                                                                           tmp_path,
+                                                                           three_problems):
     from moebalance.analysis.sweep_select import run_summary
     from moebalance.cli import main
     from moebalance.training.stage import final_balance
@@ -123,7 +124,7 @@ def test_final_validation_sweep_and_utilization_agree_on_one_model_and_set(model
     out = tmp_path / "utilization"
     assert main(["utilization", "--pretrain-model", str(folder / "model"), "--routing",
                  str(routing_file), "--balance-set", str(path), "--out-dir", str(out),
-                 "--no-tracking"]) == 0
+                 "--problems", str(three_problems), "--no-tracking"]) == 0
     utilization_side = json.loads((out / "balance.json").read_text())["pretrain"]
     assert sweep_side["maxvio"] == pytest.approx(trainer_side["maxvio_global"], abs=1e-9)
     for key in ("maxvio_global", "cv", "entropy", "maxvio_floor", "split_half_difference"):

@@ -49,6 +49,7 @@ def _trainer(**train):
     return tiny_trainer(ALL_STRATEGIES, train={"steps": 2, **train})
 
 
+@pytest.mark.slow
 def test_training_forward_compiles_to_one_graph_with_every_strategy():
     t = _trainer(loss_chunk_tokens=16)
     explained = torch._dynamo.explain(t.training_forward)(**t.train_batches.micro_batch(0, 0))
@@ -61,6 +62,7 @@ def test_compile_refuses_aux_loss_beside_global_aux_loss():
         tiny_trainer({"strategies": ["aux_loss", "global_aux_loss"]}, train={"compile": True})
 
 
+@pytest.mark.slow
 def test_compiled_first_step_matches_the_eager_step():
     torch._dynamo.reset()
     eager, compiled = _trainer(), _trainer(compile=True, loss_chunk_tokens=16)

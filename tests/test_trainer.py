@@ -98,12 +98,12 @@ def test_bias_is_fp32_and_updated_under_bf16_autocast():
     assert biases(t.model).abs().sum() > 0
 
 
-def _ddp_worker(rank, world, port, x, runs, result):
+def _ddp_worker(rank, world, port, runs, result):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         out = []
-        for train in runs:
+        for x, train in runs:
             t = trainer(batches=FixedBatch(x, world * train.get("grad_accum", 1)), **train)
             t.train()
             out.append((biases(t.model), [row["lm_loss"] for row in t.telemetry.metrics]))
@@ -112,16 +112,17 @@ def _ddp_worker(rank, world, port, x, runs, result):
         dist.destroy_process_group()
 
 
-def train_on_two_ranks(x, *runs: dict) -> list[list[tuple[torch.Tensor, list[float]]]]:
-    """Per run (trainer options), the (biases, lm_loss per step) of each of two gloo DDP
-    ranks sharing the rows of ``x``; the runs share the two processes (one start-up)."""
+def train_on_two_ranks(*runs: tuple[torch.Tensor, dict]) -> list[list[tuple[torch.Tensor,
+                                                                             list[float]]]]:
+    """Per run (input rows, trainer options), the (biases, lm_loss per step) of each of two
+    gloo DDP ranks sharing the rows; the runs share the two processes (one start-up)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         result = manager.dict()
-        procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, x, runs, result))
+        procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, runs, result))
                  for rank in range(2)]
         for p in procs:
             p.start()
@@ -131,28 +132,42 @@ def train_on_two_ranks(x, *runs: dict) -> list[list[tuple[torch.Tensor, list[flo
         return [list(pair) for pair in zip(result[0], result[1], strict=True)]
 
 
+# The runs of both DDP tests: one start-up of two ranks (each imports torch and transformers
+# and, for the GPU preset's path, compiles) serves them all.
+BIAS_RUNS = {name: dict(steps=2, micro_batch_size=2, balancing=balancing)
+             for name, balancing in (("loss_free", LOSS_FREE), ("quantile", QUANTILE))}
+# config/gpu.yaml's code path, but for the device: bf16 autocast, torch.compile, gradient
+# accumulation and two DDP ranks (gloo), so that a slip in those branches fails here first
+GPU_PRESET_RUN = dict(steps=2, micro_batch_size=2, grad_accum=2, precision="bf16", compile=True,
+                      loss_chunk_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    """name -> (input rows, trainer options, [(biases, lm_loss per step) of each rank])."""
+    runs = {name: (torch.randint(0, VOCAB, (4, 17)), train) for name, train in BIAS_RUNS.items()}
+    runs["gpu_preset"] = (torch.randint(0, VOCAB, (8, 17)), GPU_PRESET_RUN)
+    ranks = train_on_two_ranks(*runs.values())
+    return {name: (*run, pair) for (name, run), pair in zip(runs.items(), ranks, strict=True)}
+
+
 @pytest.mark.slow
-def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch():
+@pytest.mark.parametrize("name", BIAS_RUNS)
+def test_ddp_ranks_share_the_bias_of_single_process_training_on_the_whole_batch(two_ranks,
+                                                                                 name):
     # the counts (and QB's margin histogram) are sums: all-reduced, they are the whole batch's
-    x = torch.randint(0, VOCAB, (4, 17))
-    runs = [dict(steps=2, micro_batch_size=2, balancing=b) for b in (LOSS_FREE, QUANTILE)]
-    for run, ranks in zip(runs, train_on_two_ranks(x, *runs), strict=True):
-        per_rank = [bias for bias, _ in ranks]
-        single = trainer(batches=FixedBatch(x, 2), grad_accum=2, **run)
-        single.train()
-        assert torch.equal(per_rank[0], per_rank[1])
-        assert torch.equal(per_rank[0], biases(single.model))
-        assert per_rank[0].abs().sum() > 0
+    x, run, ranks = two_ranks[name]
+    per_rank = [bias for bias, _ in ranks]
+    single = trainer(batches=FixedBatch(x, 2), grad_accum=2, **run)
+    single.train()
+    assert torch.equal(per_rank[0], per_rank[1])
+    assert torch.equal(per_rank[0], biases(single.model))
+    assert per_rank[0].abs().sum() > 0
 
 
 @pytest.mark.slow
-def test_gpu_preset_path_bf16_compiled_accumulated_ddp_runs_on_cpu():
-    # config/gpu.yaml's code path, but for the device: bf16 autocast, torch.compile, gradient
-    # accumulation and two DDP ranks (gloo), so that a slip in those branches fails here first
-    x = torch.randint(0, VOCAB, (8, 17))
-    [(bias0, loss0), (bias1, loss1)] = train_on_two_ranks(
-        x, dict(steps=2, micro_batch_size=2, grad_accum=2, precision="bf16", compile=True,
-                loss_chunk_tokens=16))[0]
+def test_gpu_preset_path_bf16_compiled_accumulated_ddp_runs_on_cpu(two_ranks):
+    _, _, [(bias0, loss0), (bias1, loss1)] = two_ranks["gpu_preset"]
     assert torch.equal(bias0, bias1) and bias0.abs().sum() > 0
     assert loss0 == loss1 and np.isfinite(loss0).all()
 

@@ -112,14 +112,16 @@ def test_documents_table_holds_the_sets_documents_and_their_text_bytes(tiny, wri
     assert (pretrain.bytes == 2 * pretrain.tokens).all() and (pretrain.nll > 0).all()
 
 
-def test_saturation_over_training_compares_each_snapshot_with_the_final_model(tiny, tmp_path):
+def test_saturation_over_training_compares_each_snapshot_with_the_final_model(tiny, tmp_path,
+                                                                             three_problems):
     import shutil
 
     snapshots = tmp_path / "snapshots"
     shutil.copytree(tiny / "sft", snapshots / "step_000003")   # another model: overlap < 1
     shutil.copytree(tiny / "pretrain", snapshots / "step_000005")  # the final one: overlap 1
     out = tmp_path / "utilization"
-    assert run_stage(tiny, out, "--snapshots", str(snapshots), "--final-step", "6") == 0
+    assert run_stage(tiny, out, "--snapshots", str(snapshots), "--final-step", "6",
+                     "--problems", str(three_problems)) == 0
     table = pq.read_table(out / "saturation_steps.parquet").to_pandas()
     assert sorted(table.step.unique()) == [3, 5, 6]
     by_step = table.groupby("step")[["overlap", "tokens"]].sum()

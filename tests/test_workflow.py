@@ -38,13 +38,29 @@ def bad_config(workdir, overlay: dict):
 PER_RUN_RULES = ("pretrain", "sft", "generate", "solution_nll", "score", "utilization")
 
 
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """``snakemake -n -p`` of a preset's whole study, its output (job table and shell
+    commands) read by every test of this module that plans that preset: one Snakemake
+    start-up per preset."""
+    plans = {}
+
+    def plan(preset: str) -> str:
+        if preset not in plans:
+            plans[preset] = run_snakemake(tmp_path_factory.mktemp("dry_run"), "-n", "-p",
+                                          "--configfile", preset).stdout
+        return plans[preset]
+
+    return plan
+
+
 @pytest.mark.parametrize("preset", ["config/config.yaml", "config/smoke.yaml",
                                     "config/long.yaml", "config/gpu.yaml"])
-def test_every_preset_plans_its_data_and_one_training_chain_per_run(workdir, preset):
+def test_every_preset_plans_its_data_and_one_training_chain_per_run(dry_run, preset):
     config = yaml.safe_load(open(REPO / "config" / "config.yaml"))
     config = deep_merge(config, yaml.safe_load(open(REPO / preset)) or {})
     runs = len(config["variants"]) * len(config["seeds"])
-    jobs = planned_counts(run_snakemake(workdir, "-n", "--configfile", preset).stdout)
+    jobs = planned_counts(dry_run(preset))
     assert all(jobs[rule] == 1 for rule in ("corpus", "tokenizer", "tokens", "sft_data",
                                             "mlflow_store", "baselines", "compare"))
     assert {rule: jobs[rule] for rule in PER_RUN_RULES} == dict.fromkeys(PER_RUN_RULES, runs)
@@ -121,7 +137,7 @@ def test_schema_fills_in_defaults(workdir):
     assert "elsewhere/data/tokens/meta.json" in proc.stdout
 
 
-def test_stage_settings_left_out_take_the_settings_classes_defaults(workdir):
+def test_stage_settings_left_out_take_the_settings_classes_defaults(dry_run):
     """A key the config leaves out is left out of the stage's --settings, which the stage
     reads with its settings class's default (config.yaml sets no utilization key, no
     corpus.extensions and no humaneval.memory_gib)."""
@@ -134,9 +150,9 @@ def test_stage_settings_left_out_take_the_settings_classes_defaults(workdir):
         parse_settings,
     )
 
-    proc = run_snakemake(workdir, "-n", "-p")
     commands = [shlex.split(line.split("Shell command:", 1)[1])
-                for line in proc.stdout.splitlines() if "Shell command:" in line]
+                for line in dry_run("config/config.yaml").splitlines()
+                if "Shell command:" in line]
     # `moebalance STAGE ...`, some after an environment assignment (OMP_NUM_THREADS=1)
     settings = {words[words.index("moebalance") + 1]: words[words.index("--settings") + 1]
                 for words in commands if "moebalance" in words and "--settings" in words}
