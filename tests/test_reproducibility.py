@@ -106,8 +106,10 @@ def test_every_rule_passes_its_stage_code_hash(workdir):
     proc = run_snakemake(workdir, "-n", "-p", "--configfile", "config/smoke.yaml")
     tune = run_snakemake(workdir, "-n", "-p", "sweep_select", "--configfile",
                          "config/long.yaml", "--config", "sweep={phase: tune}")
-    commands = re.findall(r"(?:^|\s)moebalance ([\w-]+) (.*)$", proc.stdout + tune.stdout,
-                          re.M)
+    frontier = run_snakemake(workdir, "-n", "-p", "frontier", "--configfile",
+                             "config/frontier.yaml")
+    commands = re.findall(r"(?:^|\s)moebalance ([\w-]+) (.*)$",
+                          proc.stdout + tune.stdout + frontier.stdout, re.M)
     assert {stage for stage, _ in commands} == set(STAGES)
     for stage, rest in commands:
         if stage == "init-tracking":
@@ -119,7 +121,13 @@ def test_every_rule_passes_its_stage_code_hash(workdir):
     compare = next(rest for stage, rest in commands if stage == "compare")
     recorded = json.loads(shlex.split(compare.split("--code-hashes", 1)[1])[0])
     assert recorded == {stage: code_hash(module, REPO / "src") for stage, module in STAGES.items()
-                        if stage not in ("init-tracking", "sweep-select")}
+                        if stage not in ("init-tracking", "sweep-select", "frontier")}
+    # the frontier's README records the stages its numbers come from
+    report = next(rest for stage, rest in commands if stage == "frontier")
+    recorded = json.loads(shlex.split(report.split("--code-hashes", 1)[1])[0])
+    assert recorded == {stage: code_hash(STAGES[stage], REPO / "src") for stage in (
+        "corpus", "tokenizer", "tokens", "balance-set", "baselines", "pretrain", "utilization",
+        "solution-nll", "frontier")}
 
 
 CONFIG = {
