@@ -565,6 +565,21 @@ def test_exploratory_rows_carry_bh_q_values_and_the_answer_calls_them_hypotheses
         assert f"- {metric_display(key)}: loss_free − aux_loss = " in answer
 
 
+def test_timing_rows_are_described_but_tested_in_no_family(three_seeds):
+    from moebalance.analysis import statistics as st
+
+    paired = three_seeds["paired"]
+    timing = paired[paired.metric == "tokens_per_s_pretrain"]
+    assert set(timing.role) == {"timing"} and timing.p_value.isna().all()
+    assert timing.q_bh.isna().all() and timing.ci_low.notna().all()
+    # the BH family is the exploratory rows alone: their q-values are BH of their p-values
+    exploratory = paired[paired.role == "exploratory"]
+    assert exploratory.q_bh.to_numpy() == pytest.approx(
+        st.benjamini_hochberg(exploratory.p_value.to_numpy()), nan_ok=True)
+    assert "| tokens/s (pretrain) | loss_free − aux_loss |" in three_seeds["md"]
+    assert "not tested (timing)" in three_seeds["md"]
+
+
 def test_the_answer_states_the_design_limits(three_seeds):
     answer = three_seeds["answer"]
     assert "not tuned in the default study" in answer and "config/long.yaml" in answer

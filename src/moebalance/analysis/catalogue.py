@@ -12,6 +12,9 @@ model a metric gets (see :mod:`moebalance.analysis.statistics`):
 
 ``better`` is the direction that counts as better ("lower", "higher"), or None where a
 metric describes routing without a better side (mutual information, specialization).
+``timing`` marks a measurement of the machine and its load during the run (throughput), not
+of the model: two runs of the same study differ in it, so its rows are described with their
+interval but tested in no family (a test there would move the other rows' q-values).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Metric:
     kind: str
     better: str | None = None
     unit: str = ""          # per_unit only: what the units crossed with seeds are
+    timing: bool = False    # machine speed, not a property of the model: never tested
 
 
 def _m(*args, **kwargs) -> tuple[str, Metric]:
@@ -88,7 +92,7 @@ CATALOGUE: dict[str, Metric] = dict([
     _m("saturation_first_snapshot", "router saturation at the first snapshot (pretrain)",
        "per_run"),
     _m("bias_override_rate_last", "bias override rate (last 25% of pretraining)", "per_run"),
-    _m("tokens_per_s_pretrain", "tokens/s (pretrain)", "per_run", "higher"),
+    _m("tokens_per_s_pretrain", "tokens/s (pretrain)", "per_run", "higher", timing=True),
 ])
 
 def metric(key: str) -> Metric:

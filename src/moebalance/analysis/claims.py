@@ -21,6 +21,7 @@ from moebalance.analysis.tables import (
     NOT_DETECTED,
     NOT_MEASURABLE,
     ONE_SEED,
+    TIMING,
     Plan,
 )
 
@@ -238,6 +239,9 @@ def exploratory_lines(paired: list[dict], pct: int) -> list[str]:
         if r["role"] == "exploratory":
             lines.append(f"| {r['display']} | {r['variant']} − {r['baseline']} | "
                          f"{interval_text(r, pct)} | {fmt(r['p_value'])} | {fmt(r['q_bh'])} |")
+        elif r["role"] == TIMING:
+            lines.append(f"| {r['display']} | {r['variant']} − {r['baseline']} | "
+                         f"{interval_text(r, pct)} | not tested (timing) | - |")
     return lines
 
 

@@ -14,6 +14,10 @@ Three families of paired rows:
   on every primary metric, Holm-adjusted as a family of its own: "detected" or "not
   detected" per endpoint.
 - exploratory: every other row, with Benjamini-Hochberg q-values across the family.
+
+Rows of a timing metric (catalogue ``timing``: machine speed) have the role ``timing``: their
+difference and interval describe the runs, and no test is made (p-value NaN, no q-value), so
+the throughput of the machine on the day cannot move any other row's q-value.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ POWER = 0.8        # the power of the minimum detectable difference
 MDD_BOUND = 0.8    # the one-sided confidence level of its upper bound
 DETECTED, NOT_DETECTED, ONE_SEED = "detected", "not detected", "no claim (1 seed)"
 NOT_MEASURABLE = "not measurable here"
+TIMING = "timing"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Plan:
         return 1 - self.confidence
 
     def role(self, key: str, variant: str, baseline: str) -> str:
+        if metric(key).timing:
+            return TIMING
         if any(p.key == key for p in self.primaries):
             if (variant, baseline) == tuple(self.pair):
                 return "primary"
@@ -97,7 +104,8 @@ def comparison_rows(runs: dict[str, list[RunData]], plan: Plan) -> list[dict]:
                          "variant": variant, "n_seeds": len(values), "mean": est.estimate,
                          **estimate_columns(est),
                          "seed_values": ";".join(f"{values[s]:.6g}" for s in sorted(values)),
-                         "role": "primary" if any(p.key == key for p in plan.primaries)
+                         "role": TIMING if m.timing else
+                         "primary" if any(p.key == key for p in plan.primaries)
                          else "exploratory"})
     return rows
 
@@ -128,13 +136,14 @@ def paired_rows(runs: dict[str, list[RunData]], plan: Plan) -> list[dict]:
     for variant, baseline in contrasts(runs, plan):
         for key in present_keys(runs):
             role = plan.role(key, variant, baseline)
-            if baseline != plan.pair[1] and role == "exploratory":
+            if baseline != plan.pair[1] and role in ("exploratory", TIMING):
                 continue
             est = _difference(key, runs[variant], runs[baseline], plan)
             row = {"metric": key, "display": metric(key).display, "variant": variant,
                    "baseline": baseline, "role": role, "n_seeds": est.n_seeds,
-                   "diff": est.estimate, **estimate_columns(est), "p_value": est.p_value}
-            if role != "exploratory":
+                   "diff": est.estimate, **estimate_columns(est),
+                   "p_value": math.nan if role == TIMING else est.p_value}
+            if role in ("primary", "control"):
                 primary = primaries[key]
                 row.update(better=primary.better, margin=primary.margin,
                            published_effect=primary.published_effect,
