@@ -235,3 +235,29 @@ def test_cuda_asks_for_deterministic_kernels_and_cpu_changes_nothing(monkeypatch
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_a_study_rewriting_its_results_is_not_an_uncommitted_change(tmp_path):
+    """The report stages' stamp: edits under results/ (the study's own outputs) leave the
+    checkout clean; an edit to code makes it dirty."""
+    import subprocess
+
+    from moebalance.analysis.checkout import report_checkout
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "results" / "table.csv").write_text("a\n")
+    (tmp_path / "src" / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "results" / "table.csv").write_text("b\n")
+    state = report_checkout(tmp_path / "src")
+    assert state["git_dirty"] is False and len(state["git_commit"]) == 40
+    (tmp_path / "src" / "code.py").write_text("x = 2\n")
+    assert report_checkout(tmp_path / "src")["git_dirty"] is True
+    assert report_checkout(tmp_path.parent / "no-such-dir") == {"git_commit": "unknown",
+                                                                 "git_dirty": None}

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moebalance.analysis.checkout import report_checkout
 from moebalance.config import CompareSettings, add_settings_argument, parse_settings
 from moebalance.study import RunPaths
 
@@ -128,7 +129,7 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int],
                 path = paths.stage(stage) / "provenance.json"
                 if path.is_file():
                     runs.append((stage, f"{paths.name}/{stage}", json.loads(path.read_text())))
-    stamp = provenance.stamp(runs, code_hashes, provenance.git_state())
+    stamp = provenance.stamp(runs, code_hashes, report_checkout())
     if not runs:
         return "", "", stamp
     records = [(run, record) for _, run, record in runs]

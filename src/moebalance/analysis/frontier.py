@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from moebalance.analysis.checkout import report_checkout
 from moebalance.analysis.claims import fmt
 from moebalance.analysis.runs import HUMANEVAL, LAST_FRACTION
 from moebalance.analysis.statistics import seed_mean
@@ -598,7 +599,7 @@ def provenance_stamp(runs_dir: str, sweep: SweepSettings, code_hashes: dict[str,
             raise UsageError(f"--readme needs {path}: {err}") from err
     # stamp() words its header for the compare stage, whose README it fills; this README is
     # the frontier stage's
-    return (provenance.stamp(records, code_hashes, provenance.git_state())
+    return (provenance.stamp(records, code_hashes, report_checkout())
             .replace("the compare stage", "the frontier stage")
             .replace("of the compare run", "of the frontier run"))
 
