@@ -14,7 +14,7 @@ from conftest import REPO, run_snakemake
 
 from moebalance import provenance
 from moebalance.cli import STAGES
-from moebalance.codehash import closure, code_hash, unhashed_imports
+from moebalance.codehash import closure, code_hash, main, unhashed_imports
 from moebalance.config import DEFAULT_SEQ_LEN, ExecutionSettings
 from moebalance.study import (
     execution_settings,
@@ -67,9 +67,7 @@ def test_editing_an_imported_module_changes_the_hash_and_an_unrelated_one_does_n
 
 
 def test_codehash_prints_the_hash_each_rule_passes(capsys):
-    from moebalance.codehash import main
-
-    main()
+    main(STAGES)
     printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
     assert printed == {stage: code_hash(module, REPO / "src") for stage, module in STAGES.items()}
 

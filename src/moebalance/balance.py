@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from moebalance.maxvio import (
     coefficient_of_variation,
@@ -38,6 +39,7 @@ from moebalance.maxvio import (
     normalized_entropy,
     sampling_floor,
 )
+from moebalance.model.routing_capture import route_windows
 
 
 @dataclass
@@ -56,8 +58,6 @@ class BalanceSet:
 
     @classmethod
     def load(cls, path: str | Path) -> BalanceSet:
-        import pyarrow.parquet as pq
-
         path = Path(path)
         meta_path = path.with_suffix(".json")
         if not path.is_file() or not meta_path.is_file():
@@ -102,7 +102,6 @@ class SetRouting:
 
 def route_set(model, balance_set: BalanceSet, batch_size: int = 16) -> SetRouting:
     """Route every window of the set through ``model`` once (eval mode, nothing updated)."""
-    from moebalance.model.routing_capture import route_windows
 
     picks_TLK, nll_T = route_windows(model, balance_set.input_ids_WS, batch_size)
     return SetRouting(picks_TLK, nll_T, int(model.config.n_routed_experts))

@@ -19,6 +19,7 @@ import logging
 import sys
 import textwrap
 
+from moebalance.codehash import unhashed_imports
 from moebalance.errors import UsageError
 
 # sub-command name -> module implementing it, in pipeline order.
@@ -102,7 +103,6 @@ def _chosen_stage(argv: list[str]) -> str | None:
 def _check_code_hash(stage: str) -> None:
     """Warn if the stage loaded a project module its Snakemake code hash does not cover
     (an edit there would not re-run the stage). The end-to-end test fails on this warning."""
-    from moebalance.codehash import unhashed_imports
 
     missing = unhashed_imports(STAGES[stage], set(sys.modules))
     if missing:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -104,13 +105,14 @@ def unhashed_imports(name: str, loaded: set[str], root: Path = SOURCE_ROOT) -> s
     return ours - closure(name, root)
 
 
-def main() -> None:
-    """Print each stage's code hash, the value its rule passes as ``--source-hash``."""
-    from moebalance.cli import STAGES
-
-    for stage, module in STAGES.items():
+def main(stages: Mapping[str, str]) -> None:
+    """Print each stage's code hash, the value its rule passes as ``--source-hash``
+    (``stages``: stage name -> module, as ``moebalance.cli.STAGES``)."""
+    for stage, module in stages.items():
         print(f"{stage}\t{code_hash(module)}")
 
 
 if __name__ == "__main__":
-    main()
+    from moebalance.cli import STAGES  # here, not at the top: cli imports this module
+
+    main(STAGES)

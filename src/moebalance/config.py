@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from moebalance.errors import UsageError
+
 EXECUTION_KEYS = ("threads", "log_every", "checkpoint_every", "progress")
 DEFAULT_SEQ_LEN = 128  # tokens per training window when a loop's seq_len is left out
 
@@ -318,7 +320,6 @@ def add_settings_argument(parser: argparse.ArgumentParser, cls, section: str,
 def parse_settings(cls, text: str):
     """``cls.from_dict`` of a ``--settings`` value (inline JSON or @FILE); a bad value is a
     UsageError naming --settings and the key."""
-    from moebalance.errors import UsageError
 
     try:
         values = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from moebalance.atomic import write_json
+
 SOURCE_DIR = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "tokenizers", "numpy")
 # CPU features that decide which matmul/attention kernels run (x86 and Arm).
@@ -160,7 +162,6 @@ def describe(records: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[str
 def write(path: str | Path, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write this process's fingerprint, with ``data`` (what the run read, e.g. the corpus
     hash), to ``path`` (atomically) and return it."""
-    from moebalance.atomic import write_json
 
     record = {**fingerprint(), **(data or {})}
     write_json(record, path)

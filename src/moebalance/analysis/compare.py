@@ -33,9 +33,22 @@ from pathlib import Path
 
 import numpy as np
 
+from moebalance import provenance
+from moebalance.analysis import claims, figures, tables
+from moebalance.analysis.catalogue import CATALOGUE
 from moebalance.analysis.checkout import report_checkout
+from moebalance.analysis.runs import Run, load_run
+from moebalance.analysis.tables import Plan, Primary, by_seed
+from moebalance.atomic import atomic_path
 from moebalance.config import CompareSettings, add_settings_argument, parse_settings
+from moebalance.errors import UsageError
 from moebalance.study import RunPaths
+from moebalance.tracking import (
+    add_tracking_arguments,
+    log_run_headline,
+    log_study_artifacts,
+    stage_run,
+)
 
 HELP = ("compare the variants with seed-level statistics: the sensitivity control and the "
         "primaries with Holm, TOST and power; exploratory tables; figures; the README's answer")
@@ -43,8 +56,6 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--runs-dir", required=True,
                         help="runs folder: {variant}/seed{seed}/ of each run (moebalance.study)")
@@ -70,9 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plan_of(settings: CompareSettings):
     """The analysis plan of the settings; an unknown metric is a UsageError naming it."""
-    from moebalance.analysis.catalogue import CATALOGUE
-    from moebalance.analysis.tables import Plan, Primary
-    from moebalance.errors import UsageError
 
     for primary in settings.primary:
         if primary.metric not in CATALOGUE:
@@ -85,8 +93,6 @@ def plan_of(settings: CompareSettings):
 
 
 def write_tables(tables_dir: Path, frames: dict, texts: dict) -> list[Path]:
-    from moebalance.atomic import atomic_path
-
     written = []
     for name, df in frames.items():
         with atomic_path(tables_dir / name) as tmp:
@@ -101,9 +107,6 @@ def write_tables(tables_dir: Path, frames: dict, texts: dict) -> list[Path]:
 
 def read_baselines(path: str) -> dict:
     """baselines.json, checked for the two models the positive control needs."""
-    import json
-
-    from moebalance.errors import UsageError
 
     try:
         data = json.loads(Path(path).read_text())
@@ -119,7 +122,6 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int],
     """(a warning for the top of comparison.md or "", a section listing the fingerprints of
     the machines and software that produced the runs, the README's provenance stamp), from
     each run's provenance.json, the code hashes and this checkout's commit."""
-    from moebalance import provenance
 
     runs = []
     for variant in variants:
@@ -152,7 +154,6 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int],
 
 def load_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     """Every (variant, seed)'s values by variant, and the optional inputs they lack (logged)."""
-    from moebalance.analysis.runs import Run, load_run
 
     runs = {v: [load_run(Run(v, s, RunPaths(args.runs_dir, v, s).folder)) for s in args.seeds]
             for v in args.variants}
@@ -165,10 +166,6 @@ def load_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
 def update_readme(readme: Path, answer: str, stamp: str) -> None:
     """Write the answer between the README's answer markers (see claims.fill_readme) and the
     provenance stamp between its provenance markers (moebalance.provenance.fill_stamp)."""
-    from moebalance import provenance
-    from moebalance.analysis import claims
-    from moebalance.atomic import atomic_path
-    from moebalance.errors import UsageError
 
     try:
         text = claims.fill_readme(readme.read_text(), answer)
@@ -181,10 +178,6 @@ def update_readme(readme: Path, answer: str, stamp: str) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import pandas as pd
-
-    from moebalance.analysis import claims, figures, tables
-    from moebalance.errors import UsageError
-    from moebalance.tracking import stage_run
 
     settings = parse_settings(CompareSettings, args.settings)
     plan = plan_of(settings)
@@ -230,9 +223,6 @@ HEADLINE = ("maxvio_global_pretrain", "heldout_bpb_pretrain")
 
 def log_to_tracking(args, settings: CompareSettings, plan, written: list[Path],
                     paired: list[dict], runs: dict, stage_run) -> None:
-    from moebalance.analysis.tables import by_seed
-    from moebalance.tracking import log_run_headline, log_study_artifacts
-
     params = {"variants": args.variants, "seeds": args.seeds, "pair": list(plan.pair),
               "primaries": [f"{p.key}:{p.better}:{p.margin}" for p in plan.primaries],
               "control": list(plan.control), "confidence": settings.confidence}

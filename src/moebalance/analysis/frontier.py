@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from moebalance import provenance
 from moebalance.analysis.checkout import report_checkout
 from moebalance.analysis.claims import fmt
 from moebalance.analysis.runs import HUMANEVAL, LAST_FRACTION
@@ -507,7 +508,6 @@ def readme_markdown(sweep: SweepSettings, runs, points, matched: list[dict], pri
                     seconds: dict[str, list[float]] | None = None) -> str:
     """README.md of the frontier results: the preset, the headline numbers and what each
     interval resamples, all generated from the tables, and the provenance stamp."""
-    from moebalance import provenance
 
     steps = sorted({int(s) for s in runs["steps"]})
     grids = [f"`{name}` ({grid.key} = {', '.join(value_text(v) for v in grid.values)})"
@@ -587,7 +587,6 @@ def read_bigram(path: str | None) -> float | None:
 
 def provenance_stamp(runs_dir: str, sweep: SweepSettings, code_hashes: dict[str, str]) -> str:
     """The README's stamp (moebalance.provenance.stamp) from every run's pretrain record."""
-    from moebalance import provenance
 
     records = []
     for (_, variant, _, _), seed in itertools.product(point_list(sweep), sweep.seeds):

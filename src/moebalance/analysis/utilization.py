@@ -56,8 +56,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from moebalance.analysis.metrics import topk_overlap
+from moebalance.atomic import atomic_path, write_json
 from moebalance.balance import (
     BalanceSet,
     SetRouting,
@@ -69,7 +72,10 @@ from moebalance.balance import (
 from moebalance.config import UtilizationSettings, add_settings_argument, parse_settings
 from moebalance.data.token_classes import TOKEN_CLASSES, bpe_token_classes
 from moebalance.errors import UsageError
+from moebalance.evaluation.humaneval import load_problems
+from moebalance.model import load_model
 from moebalance.model.routing_capture import route, route_windows, routing_bias
+from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "route the held-out balance set and HumanEval through the trained models; count experts"
 HUMANEVAL = "humaneval"
@@ -121,7 +127,6 @@ def document_table(model_name: str, balance_set: BalanceSet, nll_T: np.ndarray):
     """documents.parquet rows: per balance-set document, its predicted text tokens, the
     UTF-8 bytes they cover and their summed NLL (nats)."""
     import pandas as pd
-    import pyarrow as pa
 
     W, S = len(balance_set.domain_W), balance_set.seq_len
     keep_WS = predicted_mask(balance_set).reshape(W, S)
@@ -149,7 +154,6 @@ def counts_by_group(group_T: np.ndarray, n_groups: int, picks_TLK: np.ndarray,
 def count_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
                 layers: list[int], n_experts: int):
     """counts.parquet rows: assignments per (window, token class, layer, expert)."""
-    import pyarrow as pa
 
     W, C = len(windows), len(TOKEN_CLASSES)
     window_T = np.repeat(np.arange(W), [len(w.token_ids) for w in windows])
@@ -172,7 +176,6 @@ def coactivation_table(model_name: str, picks_TLK: np.ndarray, layers: list[int]
                        n_experts: int):
     """coactivation.parquet rows: per layer, tokens routed to both experts (expert == other:
     the expert's load)."""
-    import pyarrow as pa
 
     T, L, K = picks_TLK.shape
     rows = {"model": [], "layer": [], "expert": [], "other": [], "tokens": []}
@@ -192,7 +195,6 @@ def coactivation_table(model_name: str, picks_TLK: np.ndarray, layers: list[int]
 def vocab_table(model_name: str, windows: list[Window], picks_TLK: np.ndarray,
                 layers: list[int], n_experts: int, min_count: int):
     """vocab.parquet rows: assignments per (token id, layer, expert), frequent ids only."""
-    import pyarrow as pa
 
     ids_T = np.concatenate([w.token_ids for w in windows])
     ids_U, id_T, freq_U = np.unique(ids_T, return_inverse=True, return_counts=True)
@@ -211,7 +213,6 @@ def saturation_table(windows: list[Window], picks_a_TLK: np.ndarray, picks_b_TLK
                      layers: list[int]):
     """Per domain and layer: held-out tokens and the sum of their top-K overlap (OLMoE Eq. 5
     summed here, averaged in compare)."""
-    import pyarrow as pa
 
     domain_T = np.repeat([w.domain for w in windows], [len(w.token_ids) for w in windows])
     overlap_TL = topk_overlap(picks_a_TLK, picks_b_TLK)
@@ -241,9 +242,6 @@ def final_step(args: argparse.Namespace) -> int:
     """Optimizer steps of the final pretrained model: --final-step, else its metrics.parquet."""
     if args.final_step is not None:
         return args.final_step
-    import pyarrow.parquet as pq
-
-    from moebalance.errors import UsageError
 
     metrics = Path(args.pretrain_model).parent / "metrics.parquet"
     if not metrics.is_file():
@@ -261,9 +259,6 @@ def saturation_over_training(args: argparse.Namespace, balance_set: BalanceSet,
     """saturation_steps.parquet: each snapshot's top-K against the final model's (OLMoE
     Eq. 5) on the set-size check's windows, the final model itself closing the curve at
     saturation 1."""
-    import pyarrow as pa
-
-    from moebalance.model import load_model
 
     if args.snapshots is None:
         return pa.table({"step": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
@@ -286,7 +281,6 @@ def saturation_over_training(args: argparse.Namespace, balance_set: BalanceSet,
 def averaged_bias(routing_parquet: Path, layers: list[int], experts: int,
                   fraction: float) -> np.ndarray:
     """(L, E) each router's bias averaged over the last ``fraction`` of logged steps."""
-    import pyarrow.parquet as pq
 
     table = pq.read_table(routing_parquet, columns=["step", "layer", "expert", "bias"]
                           ).to_pandas()
@@ -324,8 +318,6 @@ def jitter_check(model, balance_set: BalanceSet, routing_parquet: Path, layers: 
 # ---------------------------------------------------------------- the stage
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--pretrain-model", required=True, help="pretrained model folder")
     inputs.add_argument("--sft-model", default=None, help="fine-tuned model folder (optional)")
@@ -435,8 +427,6 @@ def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace,
                  settings: UtilizationSettings) -> HeldOutRouting:
     """Route the balance set and HumanEval through every model; the bias-jitter check on
     the pretrained one."""
-    from moebalance.evaluation.humaneval import load_problems
-    from moebalance.model import load_model
 
     bset = BalanceSet.load(args.balance_set)
     routing = HeldOutRouting(bset, *humaneval_windows(load_problems(args.problems), tokenizer,
@@ -468,7 +458,6 @@ def meta_of(routing: HeldOutRouting, models: dict) -> dict:
 
 def output_tables(routing: HeldOutRouting, args: argparse.Namespace) -> dict:
     """Every Parquet output by file stem: the models' rows, then router saturation."""
-    import pyarrow as pa
 
     tables = {stem: pa.concat_tables(parts) for stem, parts in routing.tables.items()}
     if "sft" in routing.picks:
@@ -488,12 +477,8 @@ def stage_params(args: argparse.Namespace, settings: UtilizationSettings) -> dic
 
 
 def run(args: argparse.Namespace) -> None:
-    import pyarrow.parquet as pq
     import torch
     from transformers import AutoTokenizer
-
-    from moebalance.atomic import atomic_path, write_json
-    from moebalance.tracking import stage_run
 
     check_arguments(args)
     settings = parse_settings(UtilizationSettings, args.settings)

@@ -53,10 +53,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer
 
+from moebalance.atomic import write_json, write_parquet
 from moebalance.config import BalanceSetSettings, add_settings_argument, parse_settings
 from moebalance.data.token_classes import CLASS_ID, bpe_token_classes
 from moebalance.errors import UsageError
+from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "draw a corpus split's held-out balance set: training-length windows in the training mix"
 log = logging.getLogger(__name__)
@@ -210,8 +215,6 @@ def set_meta(rows: dict[str, list], shares: dict[str, float], split: str,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--split", required=True,
                         help="corpus split to draw from (val.parquet or test.parquet)")
@@ -228,8 +231,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_inputs(args: argparse.Namespace):
     """(documents, training tokens per domain, tokenizer, end-of-text id), with clear errors."""
-    import pyarrow.parquet as pq
-    from tokenizers import Tokenizer
 
     for option, path in (("--split", args.split), ("--tokens-meta", args.tokens_meta)):
         if not Path(path).is_file():
@@ -248,10 +249,7 @@ def read_inputs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    import pyarrow as pa
 
-    from moebalance.atomic import write_json, write_parquet
-    from moebalance.tracking import stage_run
 
     settings = parse_settings(BalanceSetSettings, args.settings)
     split = Path(args.split).stem

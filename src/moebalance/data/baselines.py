@@ -36,10 +36,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from tokenizers import Tokenizer
 
 from moebalance.atomic import write_json
 from moebalance.config import BaselinesSettings, add_settings_argument, parse_settings
+from moebalance.data.shards import open_split, read_meta
 from moebalance.data.windows import VAL_SEED, check_fits, draw_windows
+from moebalance.errors import UsageError
+from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "unigram and interpolated-bigram baselines on the held-out tokens the models are scored on"
 log = logging.getLogger(__name__)
@@ -95,7 +100,6 @@ class CountModel:
 
 def tune_lambda(model: CountModel, tokens: np.ndarray) -> float:
     """The interpolation weight in [0, 1] minimising the bigram's mean loss on ``tokens``."""
-    from scipy.optimize import minimize_scalar
 
     prev, nxt = np.asarray(tokens[:-1]), np.asarray(tokens[1:])
     result = minimize_scalar(lambda lam: model.bigram_nll(prev, nxt, lam).mean(),
@@ -142,8 +146,6 @@ def baselines(model: CountModel, lam: float, prev: np.ndarray, nxt: np.ndarray,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--tokens-dir", required=True,
                         help="token shards with train.bin, val.bin and meta.json (tokens stage)")
@@ -156,11 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tokenizers import Tokenizer
 
-    from moebalance.data.shards import open_split, read_meta
-    from moebalance.errors import UsageError
-    from moebalance.tracking import stage_run
 
     windows = parse_settings(BaselinesSettings, args.settings)
     meta_path = Path(args.tokens_dir) / "meta.json"

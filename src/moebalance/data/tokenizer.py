@@ -26,9 +26,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from moebalance.atomic import atomic_path, write_json
 from moebalance.config import TokenizerSettings, add_settings_argument, parse_settings
+from moebalance.errors import UsageError
+from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "train the byte-level BPE tokenizer on the train split"
 EOT = "<|endoftext|>"
@@ -40,7 +43,6 @@ log = logging.getLogger(__name__)
 
 def train_bpe(texts: list[str], vocab_size: int, min_frequency: int):
     """A `tokenizers.Tokenizer` (byte-level BPE) with EOT id 0 and PAD id 1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -127,8 +129,6 @@ def check_round_trip(tokenizer_dir: Path, texts: list[str]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--train", required=True, help="train.parquet of the corpus stage")
     inputs.add_argument("--val", default=None,
@@ -142,9 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from moebalance.errors import UsageError
-    from moebalance.tracking import stage_run
-
     settings = parse_settings(TokenizerSettings, args.settings)
     if not Path(args.train).is_file():
         raise UsageError(f"missing corpus train split {args.train}; run the corpus stage first")

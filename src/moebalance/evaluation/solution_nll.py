@@ -33,10 +33,13 @@ import logging
 import math
 
 import pyarrow as pa
+from tqdm import tqdm
 
 from moebalance.atomic import write_parquet
 from moebalance.config import SolutionNllSettings, parse_settings
+from moebalance.data.encoding import encode_continuation
 from moebalance.evaluation.humaneval import add_model_arguments, load_inputs, nll_means
+from moebalance.tracking import log_headline, stage_run
 
 HELP = "NLL and bits per byte of every HumanEval canonical solution given its prompt"
 NLL_SCHEMA = pa.schema([("task_id", pa.string()), ("nll", pa.float64()),
@@ -57,8 +60,6 @@ def solution_nll(model, tokenizer, prompt: str, solution: str,
     least ``context // 2`` of them once the text is that long. A text within ``context`` is
     one forward, as without it."""
     import torch
-
-    from moebalance.data.encoding import encode_continuation
 
     token_ids, first = encode_continuation(tokenizer, prompt, solution)
     if first == len(token_ids):
@@ -94,9 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
 
-    from moebalance.tracking import log_headline, stage_run
 
     settings = parse_settings(SolutionNllSettings, args.settings)
     fit_tokens = settings.fit_tokens

@@ -22,12 +22,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moebalance.data.shards import open_split, read_meta
+from moebalance.data.windows import VAL_SEED
+from moebalance.errors import UsageError
+from moebalance.model import build_model
+from moebalance.training.stage import StageSettings, add_training_arguments, train_and_save
+
 HELP = "pretrain one MoE variant on the token shards, writing model, metrics and routing telemetry"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.training.stage import add_training_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--tokens-dir", required=True, help="token shards (tokens stage)")
     inputs.add_argument("--tokenizer-dir", default=None,
@@ -39,12 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from moebalance.data.shards import open_split, read_meta
-    from moebalance.data.windows import VAL_SEED
-    from moebalance.errors import UsageError
-    from moebalance.model import build_model
     from moebalance.training.batches import TokenWindows
-    from moebalance.training.stage import StageSettings, train_and_save
 
     settings = StageSettings.parse(args.settings, with_model=True)
     meta_path = Path(args.tokens_dir) / "meta.json"

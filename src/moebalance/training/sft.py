@@ -13,6 +13,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+
+from moebalance.data.encoding import encode_continuation
+from moebalance.data.windows import VAL_SEED
+from moebalance.errors import UsageError
+from moebalance.model import load_model
+from moebalance.training.stage import StageSettings, add_training_arguments, train_and_save
 
 HELP = "fine-tune one pretrained variant on the SFT pairs (loss on completions only)"
 
@@ -47,7 +54,6 @@ class PairBatches:
         Prompt and completion are tokenized as one text, the way generation and the
         solution NLL see them (:func:`moebalance.data.encoding.encode_continuation`).
         """
-        from moebalance.data.encoding import encode_continuation
 
         token_ids, first = encode_continuation(tokenizer, prompt, completion)
         ids = np.array(token_ids + [tokenizer.eos_token_id], dtype=np.int64)
@@ -78,8 +84,6 @@ class PairBatches:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moebalance.training.stage import add_training_arguments
-
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--pretrained", required=True, help="model folder of the pretrain stage")
     inputs.add_argument("--sft-dir", required=True,
@@ -88,13 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import pyarrow.parquet as pq
     from transformers import AutoTokenizer
-
-    from moebalance.data.windows import VAL_SEED
-    from moebalance.errors import UsageError
-    from moebalance.model import load_model
-    from moebalance.training.stage import StageSettings, train_and_save
 
     if not (Path(args.pretrained) / "config.json").is_file():
         raise UsageError(f"no pretrained model at {args.pretrained}; run the pretrain stage first")

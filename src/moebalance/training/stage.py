@@ -28,8 +28,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moebalance import provenance
+from moebalance.atomic import atomic_path, write_json, write_parquet
+from moebalance.balance import BalanceSet, measure
 from moebalance.config import ExecutionSettings, ModelSettings, TrainSettings, settings_keys
 from moebalance.errors import UsageError
+from moebalance.tracking import (
+    add_tracking_arguments,
+    config_hash,
+    log_headline,
+    mlflow_logger,
+    stage_run,
+)
 
 if TYPE_CHECKING:  # torch: imported when a stage runs, so that `--help` stays fast
     from moebalance.model.balancing import Balancing
@@ -38,8 +48,6 @@ log = logging.getLogger(__name__)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, sections: str) -> None:
-    from moebalance.tracking import add_tracking_arguments
-
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out-dir", required=True,
                          help="directory for model/, metrics.parquet and routing.parquet")
@@ -146,8 +154,6 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
     the seed and the code hash, never the execution knobs."""
     import torch.distributed as dist
 
-    from moebalance import provenance
-    from moebalance.tracking import config_hash, log_headline, mlflow_logger, stage_run
     from moebalance.training.trainer import Trainer
 
     distributed = init_distributed()
@@ -189,8 +195,6 @@ def train_and_save(args: argparse.Namespace, stage: str, params: dict[str, Any],
 def final_balance(model, balance_set: str, target: Path) -> dict[str, Any]:
     """The final validation of held-out balance: :func:`moebalance.balance.measure`
     of the trained model on ``balance_set``, written to ``target`` (JSON) and returned."""
-    from moebalance.atomic import write_json
-    from moebalance.balance import BalanceSet, measure
 
     summary, _ = measure(model, BalanceSet.load(balance_set))
     model.train()
@@ -205,8 +209,6 @@ def write_outputs(trainer, telemetry, out: Path, tokenizer_dir: str | None, snap
                   data: dict[str, Any] | None) -> dict[str, Any]:
     """model/ (with the tokenizer files, so it loads on its own), snapshots/ when asked,
     metrics.parquet, routing.parquet and provenance.json; returns the provenance record."""
-    from moebalance import provenance
-    from moebalance.atomic import atomic_path, write_parquet
 
     with atomic_path(out / "model", directory=True) as tmp:
         trainer.model.save_pretrained(tmp)

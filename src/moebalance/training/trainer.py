@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from moebalance.config import ExecutionSettings, TrainSettings
 from moebalance.determinism import deterministic_kernels
@@ -287,7 +288,6 @@ class Trainer:
 
     def train(self, stop_after: int | None = None) -> Telemetry:
         """Train to ``settings.steps`` (or stop once ``stop_after`` steps are done)."""
-        from tqdm import tqdm
 
         s = self.s
         end = s.steps if stop_after is None else min(s.steps, stop_after)

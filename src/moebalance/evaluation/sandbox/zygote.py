@@ -39,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import gc
+import importlib.util
 import json
 import os
 import resource
@@ -48,8 +49,12 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+
+if __package__:  # imported as part of moebalance (run as a script, it has no package path)
+    from moebalance.evaluation.sandbox import pair as package_pair
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -83,11 +88,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 def _load_pair_module():
     """``pair.py`` beside this file: run as ``python -I``, the zygote has no package path."""
     if __package__:
-        from moebalance.evaluation.sandbox import pair
-
-        return pair
-    import importlib.util
-
+        return package_pair
     spec = importlib.util.spec_from_file_location(
         "_moebalance_pair", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pair.py"))
     module = importlib.util.module_from_spec(spec)
@@ -205,8 +206,6 @@ class Zygote:
                                          "mount namespace, private tmpfs scratch")
         if self.private_mounts:
             return "/tmp"
-        import tempfile
-
         base = tempfile.mkdtemp(prefix="moebalance-sandbox-")
         os.chmod(base, 0o711)  # the program's uid may enter its own subdirectory only
         return base
