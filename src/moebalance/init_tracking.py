@@ -30,14 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri(args.store)
     if uri.startswith(SQLITE):
         Path(uri.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
-    _, experiment = setup_store(uri, args.experiment)
+    mlflow, experiment = setup_store(uri, args.experiment)
     for key, value in EXPERIMENT_KIND.items():  # also on a server's existing experiment
-        MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     log.info("MLflow store %s, experiment %s (%s)", uri, args.experiment, experiment.experiment_id)
     write_json(
         {"tracking_uri": uri, "experiment": args.experiment,

@@ -8,7 +8,8 @@ it; stages without a variant (corpus, compare, ...) sit directly under the study
 The experiment is marked as model development, so the MLflow UI opens on its runs table.
 
 Whether a run is tracked, and where, is :func:`moebalance.tracking.args.requested_uri`.
-mlflow is imported only inside the functions that log, so an untracked run never loads it.
+mlflow is imported only by :func:`setup_store`, when a run is tracked, so an untracked run
+never loads it; the functions that log take the module it returns.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ def setup_store(uri: str, experiment: str):
     (MLflow's default would be ./mlruns in whatever directory the stage runs in).
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(uri)
     if uri.startswith(SQLITE) and mlflow.get_experiment_by_name(experiment) is None:
@@ -57,7 +57,7 @@ def setup_store(uri: str, experiment: str):
         try:
             mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri(),
                                      tags=EXPERIMENT_KIND)
-        except MlflowException:  # created meanwhile by another process
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
             pass
     return mlflow, mlflow.set_experiment(experiment)
 
@@ -98,15 +98,13 @@ def _find_or_create(client, experiment_id: str, name: str, tags: dict[str, str],
     return run.info.run_id
 
 
-def parent_run(args: argparse.Namespace, uri: str, experiment_id: str) -> str | None:
+def parent_run(mlflow, args: argparse.Namespace, uri: str, experiment_id: str) -> str | None:
     """The run a stage run nests under: its (variant, seed) run, or the study run for stages
     without a variant; None outside a study (no MOEBALANCE_STUDY)."""
-    from mlflow.tracking import MlflowClient
-
     study = os.environ.get(STUDY_ENV)
     if not study:
         return None
-    client = MlflowClient()
+    client = mlflow.MlflowClient()
     with _parents_lock(uri):
         parent = _find_or_create(client, experiment_id, f"study {study}",
                                  {"moebalance.level": "study", "moebalance.study": study}, None)
@@ -118,15 +116,12 @@ def parent_run(args: argparse.Namespace, uri: str, experiment_id: str) -> str | 
              "seed": str(args.seed)}, parent)
 
 
-def _log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+def _log_metrics(mlflow, run_id: str, metrics: Mapping[str, float]) -> None:
     """Log ``metrics`` (None and NaN left out) on the run ``run_id`` in one batch."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), now, 0)
-                                              for key, value in metrics.items()
-                                              if value is not None and value == value])
+    mlflow.MlflowClient().log_batch(
+        run_id, metrics=[mlflow.entities.Metric(key, float(value), now, 0)
+                         for key, value in metrics.items() if value is not None and value == value])
 
 
 def log_headline(mlflow, metrics: Mapping[str, float]) -> None:
@@ -137,7 +132,7 @@ def log_headline(mlflow, metrics: Mapping[str, float]) -> None:
     run = mlflow.active_run()
     parent = run.data.tags.get("mlflow.parentRunId") if run else None
     if parent:
-        _log_metrics(parent, metrics)
+        _log_metrics(mlflow, parent, metrics)
 
 
 def log_run_headline(mlflow, variant: str, seed: int, metrics: Mapping[str, float]) -> None:
@@ -146,26 +141,22 @@ def log_run_headline(mlflow, variant: str, seed: int, metrics: Mapping[str, floa
     study = os.environ.get(STUDY_ENV)
     if mlflow is None or not study:
         return
-    from mlflow.tracking import MlflowClient
-
     query = (f"tags.`moebalance.level` = 'run' and tags.`moebalance.study` = '{study}' and "
              f"tags.variant = '{variant}' and tags.seed = '{seed}'")
-    found = MlflowClient().search_runs([mlflow.active_run().info.experiment_id], query,
-                                       max_results=1)
+    found = mlflow.MlflowClient().search_runs([mlflow.active_run().info.experiment_id], query,
+                                              max_results=1)
     if found:
-        _log_metrics(found[0].info.run_id, metrics)
+        _log_metrics(mlflow, found[0].info.run_id, metrics)
 
 
 def log_study_artifacts(mlflow, paths: list[str | os.PathLike], folder: str) -> None:
     """Attach files (comparison tables, figures) to the study's parent run."""
     if mlflow is None:
         return
-    from mlflow.tracking import MlflowClient
-
     run = mlflow.active_run()
     parent = run.data.tags.get("mlflow.parentRunId") if run else None
     for path in paths:
-        MlflowClient().log_artifact(parent or run.info.run_id, str(path), folder)
+        mlflow.MlflowClient().log_artifact(parent or run.info.run_id, str(path), folder)
 
 
 @contextlib.contextmanager
@@ -195,7 +186,7 @@ def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any],
         **provenance.as_tags(record),
     }
     name = "/".join(str(p) for p in (stage, args.variant, args.seed) if p is not None)
-    parent = parent_run(args, uri, experiment.experiment_id)
+    parent = parent_run(mlflow, args, uri, experiment.experiment_id)
     with mlflow.start_run(run_name=name, tags=tags, parent_run_id=parent):
         # MLflow caps a param value at a few thousand characters: long lists become JSON strings.
         mlflow.log_params({k: json.dumps(v) if not isinstance(v, str) else v
@@ -205,14 +196,11 @@ def stage_run(args: argparse.Namespace, stage: str, params: Mapping[str, Any],
 
 def mlflow_logger(mlflow) -> Callable[[list[dict[str, Any]]], None]:
     """A Trainer.on_log callback sending metrics rows to the active MLflow run in one batch."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
 
     def on_log(rows: list[dict[str, Any]]) -> None:
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, row["step"]) for row in rows
+        metrics = [mlflow.entities.Metric(key, float(value), now, row["step"]) for row in rows
                    for key, value in row.items()
                    if key != "step" and value is not None and not math.isnan(value)]
         for start in range(0, len(metrics), 1000):  # MLflow's per-request cap
