@@ -30,9 +30,20 @@ from moebalance.analysis.catalogue import metric
 from moebalance.atomic import atomic_path
 
 
-def _save(fig, path: Path) -> Path:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display). Imported here, when a
+    figure is drawn, not at the top: the stages that draw are imported by `moebalance --help`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG (atomically) and close it."""
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -45,8 +56,7 @@ def _smooth(y: np.ndarray) -> np.ndarray:
 
 
 def maxvio_curves(runs, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, rs in runs.items():
         n = min(len(r.maxvio_N) for r in rs)
@@ -56,12 +66,11 @@ def maxvio_curves(runs, path: Path) -> Path:
     ax.set(xlabel="optimizer step", ylabel="MaxVio_batch (mean over layers)", ylim=(0, None),
            title="Load imbalance during pretraining")
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def relative_load_heatmap(variant: str, load_df, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3), squeeze=False)
     df = load_df[(load_df.variant == variant) & (load_df.model == "pretrain")] \
         if len(load_df) else load_df
@@ -76,12 +85,11 @@ def relative_load_heatmap(variant: str, load_df, path: Path) -> Path:
             ax.set(yticks=range(len(grid.index)), yticklabels=grid.index, xlabel="expert",
                    title=f"{variant}: layer {layer}")
         fig.colorbar(image, ax=axes[0].tolist(), label="relative load (1 = balanced)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def bias_trajectories(runs, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False,
                              sharey=True)
     for ax, (variant, rs) in zip(axes[0], runs.items(), strict=True):
@@ -90,12 +98,11 @@ def bias_trajectories(runs, path: Path) -> Path:
         ax.set(title=f"{variant} (layer {r.routing['layers'][-1]}, seed {r.run.seed})",
                xlabel="optimizer step")
     axes[0][0].set_ylabel("router bias b_i")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def nll_vs_maxvio(runs, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     x_key, left_key, right_key = "maxvio_global_pretrain", "solution_nll", "pass_at_1"
     for variant, rs in runs.items():
@@ -105,7 +112,7 @@ def nll_vs_maxvio(runs, path: Path) -> Path:
     left.set(xlabel=metric(x_key).display, ylabel=metric(left_key).display)
     right.set(xlabel=metric(x_key).display, ylabel=metric(right_key).display)
     left.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def frontier(table, seeds: list[int], path, baselines: dict | None = None) -> Path:
@@ -118,8 +125,7 @@ def frontier(table, seeds: list[int], path, baselines: dict | None = None) -> Pa
     nats/token x tokens / bytes / ln 2 of those windows, and the interpolated bigram is
     drawn as a line; without it the loss stays in nats/token.
     """
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scale, unit = 1.0, "nats/token"
     if baselines and baselines.get("bytes") and baselines.get("tokens"):
         scale, unit = baselines["tokens"] / baselines["bytes"] / np.log(2), "bits/byte"
@@ -149,13 +155,12 @@ def frontier(table, seeds: list[int], path, baselines: dict | None = None) -> Pa
                  "ringed: chosen by the rule")
     ax.title.set_fontsize(8)
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save(fig, Path(path))
 
 
 def token_class_specialization(spec_df, path: Path) -> Path:
     """Per token class: mean share of its tokens on its K most-chosen experts."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     if len(spec_df):
         df = spec_df[(spec_df.kind == "token_class") & (spec_df.model == "pretrain")]
@@ -172,12 +177,11 @@ def token_class_specialization(spec_df, path: Path) -> Path:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set(ylabel="share of tokens on their top-K experts",
            title="Token-class specialization (pretrained, mean over layers and seeds)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def saturation_steps(runs, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, rs in runs.items():
         curve = rs[0].saturation_steps
@@ -188,7 +192,7 @@ def saturation_steps(runs, path: Path) -> Path:
            title="How early routing settles (OLMoE Eq. 5)")
     if ax.lines:
         ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def bias_diagnostics(runs, path: Path) -> Path:
@@ -196,8 +200,7 @@ def bias_diagnostics(runs, path: Path) -> Path:
     pretraining (first seed). Right: per run and layer at the last step, the spread (std over
     experts) of the bias against that of the experts' mean affinity score: on the diagonal
     the bias can override the router's own preference (docs/reference.md §2)."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (variant, rs) in enumerate(runs.items()):
         color = f"C{i}"
@@ -221,13 +224,10 @@ def bias_diagnostics(runs, path: Path) -> Path:
     for ax in (left, right):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def draw_all(runs, load_df, spec_df, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     folder = Path(folder)
     paths = [maxvio_curves(runs, folder / "maxvio_batch.png"),
              bias_trajectories(runs, folder / "bias_trajectories.png"),

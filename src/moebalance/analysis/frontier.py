@@ -45,6 +45,7 @@ import numpy as np
 from moebalance import provenance
 from moebalance.analysis.checkout import report_checkout
 from moebalance.analysis.claims import fmt
+from moebalance.analysis.figures import pyplot, save
 from moebalance.analysis.runs import HUMANEVAL, LAST_FRACTION
 from moebalance.analysis.statistics import seed_mean
 from moebalance.atomic import atomic_path
@@ -422,12 +423,7 @@ def draw(points, primary: str, seeds: list[int], bigram_bpb: float | None = None
     ``primary`` bits per byte (y), one line per grid in the order of its values, references
     as single markers; seed means with one seed SD each way on both axes. The bigram's bits
     per byte goes into the title, not onto the axes. Returns (figure, label artists)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = pyplot().subplots(figsize=(7, 5))
     items = []
     for grid, group in points.groupby("grid", sort=False):
         x, y = group["maxvio_global"].to_numpy(float), group[primary].to_numpy(float)
@@ -456,13 +452,8 @@ def draw(points, primary: str, seeds: list[int], bigram_bpb: float | None = None
 
 def write_figure(points, primary: str, seeds: list[int], path: str | Path,
                  bigram_bpb: float | None = None) -> Path:
-    import matplotlib.pyplot as plt
-
     fig, _ = draw(points, primary, seeds, bigram_bpb)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    return save(fig, Path(path))
 
 
 # ---- the results folder's README ------------------------------------------------------------
