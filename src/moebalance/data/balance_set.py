@@ -249,8 +249,6 @@ def read_inputs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-
-
     settings = parse_settings(BalanceSetSettings, args.settings)
     split = Path(args.split).stem
     params = {"split": str(args.split), "tokens_meta": str(args.tokens_meta), **asdict(settings)}

@@ -158,8 +158,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-
-
     windows = parse_settings(BaselinesSettings, args.settings)
     meta_path = Path(args.tokens_dir) / "meta.json"
     tok_path = Path(args.tokenizer_dir) / "tokenizer.json"

@@ -122,8 +122,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-
-
     if not Path(args.train).is_file():
         raise UsageError(f"missing corpus train split {args.train}; run the corpus stage first")
     limits = parse_settings(SftDataSettings, args.settings)

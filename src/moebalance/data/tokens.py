@@ -83,8 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-
-
     tok_file = Path(args.tokenizer_dir) / "tokenizer.json"
     if not tok_file.is_file():
         raise UsageError(f"no tokenizer at {tok_file}; run the tokenizer stage first")

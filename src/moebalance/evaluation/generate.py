@@ -124,9 +124,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-
-
-
     settings = parse_settings(GenerateSettings, args.settings)
     problems, tokenizer, model = load_inputs(args)
     params = {k: v for k, v in vars(args).items()

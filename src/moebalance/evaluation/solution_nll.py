@@ -95,8 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-
-
     settings = parse_settings(SolutionNllSettings, args.settings)
     fit_tokens = settings.fit_tokens
     problems, tokenizer, model = load_inputs(args)
