@@ -39,7 +39,6 @@ from moebalance.maxvio import (
     normalized_entropy,
     sampling_floor,
 )
-from moebalance.model.routing_capture import route_windows
 
 
 @dataclass
@@ -102,6 +101,7 @@ class SetRouting:
 
 def route_set(model, balance_set: BalanceSet, batch_size: int = 16) -> SetRouting:
     """Route every window of the set through ``model`` once (eval mode, nothing updated)."""
+    from moebalance.model.routing_capture import route_windows
 
     picks_TLK, nll_T = route_windows(model, balance_set.input_ids_WS, batch_size)
     return SetRouting(picks_TLK, nll_T, int(model.config.n_routed_experts))

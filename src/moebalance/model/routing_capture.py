@@ -19,6 +19,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import numpy as np
+import torch
+
+from moebalance.model.router import moe_layer_indices, routers_of
 
 
 def route(model, sequences: list[np.ndarray], eot_id: int, pad_id: int,
@@ -30,10 +33,6 @@ def route(model, sequences: list[np.ndarray], eot_id: int, pad_id: int,
     Sequences run right-padded (causal attention: real positions never see the padding);
     the end-of-text prefix and the padding are dropped.
     """
-    import torch
-
-    from moebalance.model.router import moe_layer_indices, routers_of
-
     bias_before = [r.e_score_correction_bias.clone() for r in routers_of(model)]
     model.eval()
     picks, nll = [], []
@@ -58,10 +57,6 @@ def route_windows(model, input_ids_WS: np.ndarray, batch_size: int = 16
     the NLL in nats of every next token, (W*S',), S' = S - 1, as a training forward sees a
     window of S tokens: positions 0..S-2 are routed and predict tokens 1..S-1. Windows run
     in batches of ``batch_size`` (no padding)."""
-    import torch
-
-    from moebalance.model.router import moe_layer_indices
-
     model.eval()
     picks, nll = [], []
     with torch.inference_mode(), _top_k_hooks(model, moe_layer_indices(model)) as captured:
@@ -81,10 +76,6 @@ def route_windows(model, input_ids_WS: np.ndarray, batch_size: int = 16
 def routing_bias(model, bias_LE: np.ndarray):
     """Route with ``bias_LE`` (one row per MoE layer) in every router's bias buffer, the
     model's own bias restored on exit."""
-    import torch
-
-    from moebalance.model.router import routers_of
-
     routers = routers_of(model)
     saved = [r.e_score_correction_bias.clone() for r in routers]
     try:
@@ -121,8 +112,6 @@ def _top_k_hooks(model, layers: list[int]):
 def _padded_batch(sequences: list[np.ndarray], eot_id: int, pad_id: int):
     """(B, S) input ids, each row end-of-text then the sequence then padding, and the (B, S)
     mask of the sequence's own tokens."""
-    import torch
-
     width = 1 + max(len(ids) for ids in sequences)
     ids_BS = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     keep_BS = torch.zeros((len(sequences), width), dtype=torch.bool)

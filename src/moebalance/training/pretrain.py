@@ -25,7 +25,6 @@ from pathlib import Path
 from moebalance.data.shards import open_split, read_meta
 from moebalance.data.windows import VAL_SEED
 from moebalance.errors import UsageError
-from moebalance.model import build_model
 from moebalance.training.stage import StageSettings, add_training_arguments, train_and_save
 
 HELP = "pretrain one MoE variant on the token shards, writing model, metrics and routing telemetry"
@@ -43,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from moebalance.model import build_model
     from moebalance.training.batches import TokenWindows
 
     settings = StageSettings.parse(args.settings, with_model=True)

@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 from moebalance.data.encoding import encode_continuation
 from moebalance.data.windows import VAL_SEED
 from moebalance.errors import UsageError
-from moebalance.model import load_model
 from moebalance.training.stage import StageSettings, add_training_arguments, train_and_save
 
 HELP = "fine-tune one pretrained variant on the SFT pairs (loss on completions only)"
@@ -93,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
+
+    from moebalance.model import load_model
 
     if not (Path(args.pretrained) / "config.json").is_file():
         raise UsageError(f"no pretrained model at {args.pretrained}; run the pretrain stage first")
