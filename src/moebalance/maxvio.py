@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import integrate, stats
 
 
 def max_violation(counts_E: np.ndarray) -> np.ndarray:
@@ -39,7 +38,9 @@ def normalized_entropy(counts_E: np.ndarray) -> np.ndarray:
 
 def expected_max_normal(n: int) -> float:
     """E[max of n independent standard normals], by quadrature of
-    n * x * phi(x) * Phi(x)^(n-1) (the density of the maximum)."""
+    n * x * phi(x) * Phi(x)^(n-1) (the density of the maximum). scipy is imported here: the
+    training stages import this module and their `--help` would load it."""
+    from scipy import integrate, stats
 
     value, _ = integrate.quad(
         lambda x: n * x * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1), -12, 12)

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from tokenizers import Tokenizer
 
 from moebalance.atomic import write_json
@@ -100,6 +99,7 @@ class CountModel:
 
 def tune_lambda(model: CountModel, tokens: np.ndarray) -> float:
     """The interpolation weight in [0, 1] minimising the bigram's mean loss on ``tokens``."""
+    from scipy.optimize import minimize_scalar  # here: scipy would triple `baselines --help`
 
     prev, nxt = np.asarray(tokens[:-1]), np.asarray(tokens[1:])
     result = minimize_scalar(lambda lam: model.bigram_nll(prev, nxt, lam).mean(),

@@ -128,8 +128,8 @@ class StageSettings:
 def init_distributed() -> bool:
     """Join the torchrun process group when launched with WORLD_SIZE > 1."""
     import torch
-    import torch.distributed as dist
 
+    dist = torch.distributed
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
