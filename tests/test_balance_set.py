@@ -37,12 +37,28 @@ def test_windows_are_allocated_by_largest_remainder():
 
 def test_window_starts_do_not_overlap_and_fit_the_stream():
     rng = np.random.default_rng(0)
-    starts = np.sort(draw_starts(1000, 17, 50, rng))
+    document_T = np.repeat(np.arange(10), 100)  # 10 documents of 100 tokens
+    starts = np.sort(draw_starts(document_T, 17, 50, 10, rng))
     assert starts.min() >= 0 and starts.max() + 17 <= 1000
     assert (np.diff(starts) >= 17).all()
     assert len(set(starts % 17)) == 1  # one random phase, then whole slots
     with pytest.raises(ValueError, match="needs 100 windows of 17 tokens"):
-        draw_starts(1000, 17, 100, rng)
+        draw_starts(document_T, 17, 100, 10, rng)
+
+
+def test_no_document_starts_more_windows_than_the_cap():
+    # windows of 1 token (so the phase is 0): one long document of 90 tokens, ten of 1 token
+    document_T = np.concatenate([np.zeros(90, dtype=np.int64), np.arange(1, 11)])
+    for seed in range(5):
+        starts = draw_starts(document_T, 1, 13, 3, np.random.default_rng(seed))
+        per_document = np.bincount(document_T[starts], minlength=11)
+        # the cap leaves the long document 3 of the 13, the short ones one each
+        assert per_document[0] == 3 and (per_document[1:] == 1).all()
+    with pytest.raises(ValueError, match="at most 3 per document, but holds only 13"):
+        draw_starts(document_T, 1, 14, 3, np.random.default_rng(0))
+    # an ample cap leaves the draw free: the long document's share follows its length
+    starts = draw_starts(document_T, 1, 50, 100, np.random.default_rng(0))
+    assert (document_T[starts] == 0).sum() >= 40
 
 
 def stream(n_tokens: int, n_docs: int, offset: int = 0) -> DomainStream:
@@ -57,7 +73,8 @@ def stream(n_tokens: int, n_docs: int, offset: int = 0) -> DomainStream:
 def test_the_set_follows_the_training_token_shares_and_its_own_streams():
     streams = {"code": stream(20_000, 10), "prose": stream(20_000, 10, offset=100_000)}
     shares = {"code": 9_000, "prose": 1_000}  # training tokens per domain
-    rows = draw(streams, shares, "test", BalanceSetSettings(windows=100, seq_len=15))
+    rows = draw(streams, shares, "test", BalanceSetSettings(windows=100, seq_len=15,
+                                                            max_windows_per_document=10))
     domains = np.array(rows["domain"])
     assert (domains == "code").sum() == 90 and (domains == "prose").sum() == 10
     ids = np.stack(rows["input_ids"])
@@ -82,7 +99,7 @@ def test_halves_split_by_document_and_balance_each_domains_windows():
 
 def test_the_draw_is_fixed_by_split_and_seed():
     streams = {"code": stream(5_000, 5)}
-    settings = BalanceSetSettings(windows=20, seq_len=7)
+    settings = BalanceSetSettings(windows=20, seq_len=7, max_windows_per_document=5)
     again = draw(streams, {"code": 1}, "test", settings)
     assert draw(streams, {"code": 1}, "test", settings)["start"] == again["start"]
     assert draw(streams, {"code": 1}, "val", settings)["start"] != again["start"]
@@ -108,7 +125,8 @@ def test_stage_writes_the_set_and_its_shares(tmp_path, humaneval_tokenizer_dir):
     out = tmp_path / "balance" / "test.parquet"
     assert main(["balance-set", "--split", str(split), "--tokens-meta", str(meta),
                  "--tokenizer-dir", str(humaneval_tokenizer_dir), "--out", str(out),
-                 "--settings", '{"windows": 8, "seq_len": 16}', "--no-tracking"]) == 0
+                 "--settings", '{"windows": 8, "seq_len": 16, "max_windows_per_document": 8}',
+                 "--no-tracking"]) == 0
     written = json.loads(out.with_suffix(".json").read_text())
     assert written["windows_per_domain"] == {"library": 6, "test": 2}
     assert written["max_share_difference"] == pytest.approx(0.0)

@@ -37,7 +37,8 @@ def tiny(tmp_path_factory, humaneval_tokenizer_dir):
             n_bytes=np.full(n, 2), document=np.repeat(np.arange(4), n // 4),
             start=np.tile(np.arange(n // 4), 4), shas=[f"{d}{k:063x}" for k in range(4)])
     rows = draw(streams, {"library": 3, "test": 1}, "test",
-                BalanceSetSettings(windows=WINDOWS, seq_len=SEQ_LEN))
+                BalanceSetSettings(windows=WINDOWS, seq_len=SEQ_LEN,
+                                   max_windows_per_document=8))  # 4 documents per domain
     pq.write_table(pa.table(rows), folder / "test.parquet")
     (folder / "test.json").write_text(json.dumps({"eot_id": tokenizer.eos_token_id}))
     E = ROUTED_TINY["routed_experts"]

@@ -590,6 +590,9 @@ class BalanceSetSettings(Settings):
                            "halves)", minimum=2)
     seq_len: int = setting(DEFAULT_SEQ_LEN, "tokens each window routes: the pretraining "
                            "seq_len, which the workflow fills in", minimum=1)
+    max_windows_per_document: int = setting(
+        3, "at most this many windows start in any one document, so that a few long files "
+        "cannot decide the set's figures", minimum=1)
     seed: int = setting(0, "with the split's name, seeds the draw of offsets", minimum=0)
 
     SECTION: ClassVar[str] = "balance_set"

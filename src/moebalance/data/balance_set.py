@@ -14,7 +14,11 @@ split as much as the model. The set is therefore
   first ``seq_len`` routed and the last ``seq_len`` predicted;
 - at random offsets: a random phase, then a random choice among the non-overlapping slots
   after it, so windows start anywhere inside documents, not at file starts. The random
-  generator is seeded from the SHA-256 of the split's name and ``seed`` ("hash-chosen").
+  generator is seeded from the SHA-256 of the split's name and ``seed`` ("hash-chosen");
+- spread over documents: at most ``max_windows_per_document`` windows start in one document
+  (3 by default). Within a domain, windows then follow the token positions as training's
+  do, except that no document adds more than the cap: a model routes a document's windows
+  alike, so without it the few longest held-out files would decide the figure.
 
 Each window belongs to the document holding its first token. ``half`` (0/1) splits the set
 by document for the split-half reliability check: within each domain, documents in order of
@@ -127,14 +131,31 @@ def allocate(shares: dict[str, float], total: int) -> dict[str, int]:
     return counts
 
 
-def draw_starts(n_tokens: int, length: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` non-overlapping window starts of ``length`` tokens in a stream of ``n_tokens``:
-    a random phase, then ``n`` of the slots after it chosen without replacement."""
+def draw_starts(document_T: np.ndarray, length: int, n: int, cap: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """``n`` non-overlapping window starts of ``length`` tokens in a stream whose tokens
+    belong to the documents ``document_T``: a random phase, then the whole slots after it in
+    random order, keeping a slot only while its document (the one holding its first token)
+    has fewer than ``cap`` windows, until ``n`` are kept.
+
+    The cap is what keeps the set a measurement of the model: held-out document lengths are
+    heavy-tailed (a few files hold a large part of a domain's tokens), and a model routes a
+    document's windows alike, so an uncapped draw lets a handful of long files decide the
+    figure (docs/reference.md §4)."""
     phase = int(rng.integers(0, length))
-    slots = (n_tokens - phase) // length
-    if n > slots:
-        raise ValueError(f"needs {n} windows of {length} tokens but holds only {slots}")
-    return phase + length * rng.choice(slots, size=n, replace=False)
+    slots = (len(document_T) - phase) // length
+    starts = phase + length * rng.permutation(slots)
+    document = document_T[starts]
+    # rank of each slot among its document's slots, in the random order
+    order = np.argsort(document, kind="stable")
+    first = np.searchsorted(document[order], document[order])
+    rank = np.empty(slots, dtype=np.int64)
+    rank[order] = np.arange(slots) - first
+    kept = starts[rank < cap][:n]
+    if len(kept) < n:
+        raise ValueError(f"needs {n} windows of {length} tokens, at most {cap} per document, "
+                         f"but holds only {len(kept)}")
+    return kept
 
 
 def split_rng(split: str, seed: int) -> np.random.Generator:
@@ -175,11 +196,13 @@ def draw(streams: dict[str, DomainStream], shares: dict[str, float], split: str,
     for domain, n in sorted(allocate(shares, settings.windows).items()):
         stream = streams[domain]
         try:
-            starts = draw_starts(len(stream.ids), length, n, rng)
+            starts = draw_starts(stream.document, length, n, settings.max_windows_per_document,
+                                 rng)
         except ValueError as err:
             raise UsageError(f"balance set of split {split}, domain {domain}: {err}; give the "
-                             "held-out splits more text (corpus.heldout_min_bytes) or draw "
-                             "fewer windows (balance_set.windows)") from err
+                             "held-out splits more text (corpus.heldout_min_bytes), draw "
+                             "fewer windows (balance_set.windows) or allow more per document "
+                             "(balance_set.max_windows_per_document)") from err
         in_subset = np.zeros(n, dtype=bool)
         in_subset[rng.permutation(n)[:(n + 1) // 2]] = True
         for s, subset in zip(starts.tolist(), in_subset.tolist(), strict=True):
