@@ -240,7 +240,10 @@ def test_a_study_rewriting_its_results_is_not_an_uncommitted_change(tmp_path):
     checkout clean; an edit to code makes it dirty."""
     import subprocess
 
-    from moebalance.analysis.checkout import report_checkout
+    from moebalance.provenance import STUDY_OUTPUTS, git_state
+
+    def report_checkout(source_dir):
+        return git_state(source_dir, exclude=(STUDY_OUTPUTS,))
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)

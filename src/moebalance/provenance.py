@@ -56,19 +56,30 @@ def cpu() -> dict[str, Any]:
             "isa": sorted(flags & set(ISA_FLAGS))}
 
 
-def _git(*args: str) -> str | None:
+STUDY_OUTPUTS = "results"  # where a study writes inside its checkout
+
+
+def _git(source_dir: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(SOURCE_DIR), *args], capture_output=True,
+        out = subprocess.run(["git", "-C", str(source_dir), *args], capture_output=True,
                              text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
 
 
-def git_state() -> dict[str, Any]:
-    """The commit of the source tree and whether it differs from it (None outside git)."""
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+def git_state(source_dir: Path | None = None, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The commit of the checkout holding ``source_dir`` (default: the package's) and whether
+    it has uncommitted changes to tracked files (None outside git), leaving out the paths
+    ``exclude`` (relative to the checkout's top).
+
+    The report stages (compare, frontier) exclude :data:`STUDY_OUTPUTS`: a study rewrites its
+    own tracked tables, figures and README as it runs, so counting them would call every
+    study's checkout dirty and say nothing about the code its numbers come from."""
+    source_dir = source_dir or SOURCE_DIR
+    commit = _git(source_dir, "rev-parse", "HEAD")
+    status = _git(source_dir, "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                  *(f":(top,exclude){path}" for path in exclude)) if commit else None
     return {"git_commit": commit or "unknown",
             "git_dirty": None if status is None else bool(status)}
 
@@ -176,7 +187,7 @@ def _commit(record: Mapping[str, Any]) -> str:
 def stamp(runs: Iterable[tuple[str, str, Mapping[str, Any]]], code_hashes: Mapping[str, str],
           checkout: Mapping[str, Any]) -> str:
     """The Markdown results/README.md carries between STAMP_BEGIN and STAMP_END: the commit
-    of ``checkout`` (the compare stage's :func:`git_state`), the corpus hash and the code hash
+    of ``checkout`` (the report stage's :func:`git_state`), the corpus hash and the code hash
     of every stage the numbers come from.
 
     ``runs`` are (stage, run, provenance.json record) of the training runs; ``code_hashes``

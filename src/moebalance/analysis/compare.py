@@ -36,7 +36,6 @@ import numpy as np
 from moebalance import provenance
 from moebalance.analysis import claims, figures, tables
 from moebalance.analysis.catalogue import CATALOGUE
-from moebalance.analysis.checkout import report_checkout
 from moebalance.analysis.runs import Run, load_run
 from moebalance.analysis.tables import Plan, Primary, by_seed
 from moebalance.atomic import atomic_path
@@ -131,7 +130,8 @@ def provenance_section(runs_dir: Path, variants: list[str], seeds: list[int],
                 path = paths.stage(stage) / "provenance.json"
                 if path.is_file():
                     runs.append((stage, f"{paths.name}/{stage}", json.loads(path.read_text())))
-    stamp = provenance.stamp(runs, code_hashes, report_checkout())
+    checkout = provenance.git_state(exclude=(provenance.STUDY_OUTPUTS,))
+    stamp = provenance.stamp(runs, code_hashes, checkout)
     if not runs:
         return "", "", stamp
     records = [(run, record) for _, run, record in runs]

@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from moebalance import provenance
-from moebalance.analysis.checkout import report_checkout
 from moebalance.analysis.claims import fmt
 from moebalance.analysis.figures import pyplot, save
 from moebalance.analysis.runs import HUMANEVAL, LAST_FRACTION
@@ -589,7 +588,8 @@ def provenance_stamp(runs_dir: str, sweep: SweepSettings, code_hashes: dict[str,
             raise UsageError(f"--readme needs {path}: {err}") from err
     # stamp() words its header for the compare stage, whose README it fills; this README is
     # the frontier stage's
-    return (provenance.stamp(records, code_hashes, report_checkout())
+    checkout = provenance.git_state(exclude=(provenance.STUDY_OUTPUTS,))
+    return (provenance.stamp(records, code_hashes, checkout)
             .replace("the compare stage", "the frontier stage")
             .replace("of the compare run", "of the frontier run"))
 
