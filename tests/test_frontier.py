@@ -255,5 +255,7 @@ def test_a_missing_key_is_a_usage_error_naming_the_file_and_the_key(tmp_path):
 
 
 def test_an_unknown_reference_grid_is_a_usage_error_naming_it(tmp_path):
-    with pytest.raises(UsageError, match="--reference-grid: no grid 'aux'"):
-        stage(tmp_path, "--reference-grid", "aux")
+    with pytest.raises(UsageError, match="--frontier: reference_grid: no grid 'aux'"):
+        stage(tmp_path, "--frontier", '{"reference_grid": "aux"}')
+    with pytest.raises(UsageError, match="--frontier: .*primary"):
+        stage(tmp_path, "--frontier", '{"primary": "val_loss"}')

@@ -105,7 +105,7 @@ def test_frontier_preset_plans_every_point_on_the_paired_seeds_as_pretrained_mod
                             for c in measured)
     assert all('{"fit_tokens": 256}' in c for c in commands if "moebalance solution-nll" in c)
     report = next(c for c in commands if "moebalance frontier" in c)
-    assert "--reference-grid aux_loss" in report and "--primary heldout_bpb" in report
+    assert '--frontier \'{"primary": "heldout_bpb", "reference_grid": "aux_loss"}\'' in report
     for seed in sweep["seeds"]:  # the same seeds at every point: paired
         assert f"runs/aux_loss@alpha=3e-1/seed{seed}/pretrain/metrics.parquet" in proc.stdout
         assert f"runs/ds_v3/seed{seed}/frontier/solution_nll.parquet" in proc.stdout

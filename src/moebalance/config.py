@@ -305,27 +305,29 @@ def settings_keys(cls, indent: str = "  ") -> str:
 
 
 def add_settings_argument(parser: argparse.ArgumentParser, cls, section: str,
-                          source: str | None = None) -> None:
+                          source: str | None = None, option: str = "--settings") -> None:
     """``--settings JSON|@FILE``, in a group of its own: a stage's science, its config section
     (or, for settings the workflow derives, ``source`` says what they are), read by
-    :func:`parse_settings`; its help lists the keys (:func:`settings_keys`)."""
+    :func:`parse_settings`; its help lists the keys (:func:`settings_keys`). A stage that
+    reads a second section names its option (``option``)."""
     source = source or f"the study config's `{section}` keys"
-    group = parser.add_argument_group("settings", "what changes this stage's outputs")
+    title = "settings" if option == "--settings" else f"{option[2:]} settings"
+    group = parser.add_argument_group(title, "what changes this stage's outputs")
     group.add_argument(
-        "--settings", default="{}", metavar="JSON|@FILE",
+        option, default="{}", metavar="JSON|@FILE",
         help=f"{source} as a JSON object, or @FILE holding it (default: %(default)s). A key "
         "left out takes its default:\n" + settings_keys(cls).replace("%", "%%"))
 
 
-def parse_settings(cls, text: str):
+def parse_settings(cls, text: str, option: str = "--settings"):
     """``cls.from_dict`` of a ``--settings`` value (inline JSON or @FILE); a bad value is a
-    UsageError naming --settings and the key."""
+    UsageError naming the option and the key."""
 
     try:
         values = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
         return cls.from_dict(values)
     except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
-        raise UsageError(f"--settings: {err}") from err
+        raise UsageError(f"{option}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -761,3 +763,19 @@ class SweepSettings(Settings):
     selection: SweepSelection = setting(SweepSelection(), "the selection rule")
 
     SECTION: ClassVar[str] = "sweep"
+
+
+@dataclass(frozen=True)
+class FrontierSettings(Settings):
+    """The `frontier` section (moebalance.analysis.frontier): the balance-quality frontier of
+    the sweep's grids and references on sweep.seeds (config/frontier.yaml, `snakemake
+    frontier`), compared at matched held-out balance."""
+
+    reference_grid: str = setting("aux_loss", "the grid whose frontier is interpolated to "
+                                  "each other point's balance", minLength=1)
+    primary: Literal["heldout_bpb", "solution_bpb"] = setting(
+        "heldout_bpb", "the quality endpoint of the figure and the matched-balance headline: "
+        "held-out bits per byte on the test balance set, or the canonical HumanEval "
+        "solutions' bits per byte (matched_balance.csv has both)")
+
+    SECTION: ClassVar[str] = "frontier"

@@ -19,6 +19,7 @@ from moebalance.config import (
     CompareSettings,
     CorpusSettings,
     ExecutionSettings,
+    FrontierSettings,
     GenerateSettings,
     ModelSettings,
     ScoreSettings,
@@ -46,6 +47,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "humaneval": (GenerateSettings, ScoreSettings),
     "analysis": (UtilizationSettings, CompareSettings),
     "sweep": (SweepSettings,),
+    "frontier": (FrontierSettings,),
 }
 
 HEADER = ("# Generated from the settings classes (moebalance/config.py) and the balancing\n"

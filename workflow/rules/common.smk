@@ -17,6 +17,7 @@ from moebalance.config import (
     BaselinesSettings,
     CompareSettings,
     CorpusSettings,
+    FrontierSettings,
     GenerateSettings,
     ScoreSettings,
     SftDataSettings,

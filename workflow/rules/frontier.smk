@@ -96,8 +96,7 @@ if SWEEP.grids and SWEEP.phase == "tune":
             settings=settings_param(SweepSettings, config["sweep"]),
             runs=RUNS,
             tables_dir=parent_of("output", "points"),
-            reference=FRONTIER["reference_grid"],
-            primary=FRONTIER["primary"],
+            frontier=settings_param(FrontierSettings, FRONTIER),
             benchmarks=BENCH,  # each per-run job's time, for the README's cost section
             code=stage_code("frontier"),
             codes=json.dumps({stage: stage_code(stage) for stage in FRONTIER_STAGES}),
@@ -107,8 +106,8 @@ if SWEEP.grids and SWEEP.phase == "tune":
             f"{BENCH}/frontier.tsv"
         shell:
             "moebalance frontier --settings {params.settings:q} --runs {params.runs:q}"
-            " --baselines {input.baselines:q} --reference-grid {params.reference:q}"
-            " --primary {params.primary} --code-hashes {params.codes:q}"
+            " --baselines {input.baselines:q} --frontier {params.frontier:q}"
+            " --code-hashes {params.codes:q}"
             " --tables-dir {params.tables_dir:q} --figure {output.figure:q}"
             " --readme {output.readme:q} --benchmarks {params.benchmarks:q}"
             " --source-hash {params.code} > {log:q} 2>&1"

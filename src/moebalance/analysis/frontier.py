@@ -38,7 +38,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 
@@ -48,7 +48,12 @@ from moebalance.analysis.figures import pyplot, save
 from moebalance.analysis.runs import HUMANEVAL, LAST_FRACTION
 from moebalance.analysis.statistics import seed_mean
 from moebalance.atomic import atomic_path
-from moebalance.config import SweepSettings, add_settings_argument, parse_settings
+from moebalance.config import (
+    FrontierSettings,
+    SweepSettings,
+    add_settings_argument,
+    parse_settings,
+)
 from moebalance.errors import UsageError
 from moebalance.study import RunPaths, grid_points
 
@@ -56,7 +61,7 @@ HELP = ("balance against quality across a sweep on the test split, and each meth
         "difference at the aux-loss grid's balance")
 log = logging.getLogger(__name__)
 REFERENCE = "reference"  # the `grid` of a reference variant's rows
-QUALITIES = ("heldout_bpb", "solution_bpb")
+QUALITIES = get_args(get_type_hints(FrontierSettings)["primary"])  # heldout_bpb, solution_bpb
 OUTSIDE = "outside_reference_range"
 RESAMPLES = ("seeds only: paired t over the per-seed differences, df = seeds - 1; the test "
              "balance set, its documents and the HumanEval problems held fixed (the same "
@@ -531,6 +536,7 @@ def readme_markdown(sweep: SweepSettings, runs, points, matched: list[dict], pri
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_argument(parser, SweepSettings, "sweep")
+    add_settings_argument(parser, FrontierSettings, "frontier", option="--frontier")
     parser.add_argument("--source-hash", default="",
                         help="hash of this stage's code (Snakemake passes it, so that an edit "
                         "re-runs the stage)")
@@ -542,12 +548,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--baselines", default=None,
                         help="baselines.json: the interpolated bigram's bits per byte, named "
                         "in the figure's title and frontier.md")
-    inputs.add_argument("--reference-grid", default="aux_loss",
-                        help="the grid every other point is matched against (default: "
-                        "%(default)s)")
-    inputs.add_argument("--primary", default="heldout_bpb", choices=QUALITIES,
-                        help="the quality endpoint of the figure and the headline (default: "
-                        "%(default)s); matched_balance.csv has both")
     inputs.add_argument("--code-hashes", "--codes", dest="code_hashes", type=json.loads,
                         default="{}", help="JSON {stage: code hash} of the stages the numbers "
                         "come from (each rule's --source-hash), for the README's stamp")
@@ -609,13 +609,14 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"--settings: {err}") from err
     if not sweep.seeds:
         raise UsageError("--settings: sweep.seeds: the frontier needs its seeds")
-    if args.reference_grid not in sweep.grids:
-        raise UsageError(f"--reference-grid: no grid {args.reference_grid!r} in sweep.grids "
-                         f"({', '.join(sweep.grids) or 'none'})")
+    frontier = parse_settings(FrontierSettings, args.frontier, "--frontier")
+    if frontier.reference_grid not in sweep.grids:
+        raise UsageError(f"--frontier: reference_grid: no grid {frontier.reference_grid!r} in "
+                         f"sweep.grids ({', '.join(sweep.grids) or 'none'})")
     bigram = read_bigram(args.baselines)
     runs = runs_table(args.runs, sweep)
     points = point_table(runs)
-    matched = matched_rows(runs, args.reference_grid, args.primary)
+    matched = matched_rows(runs, frontier.reference_grid, frontier.primary)
     jitter = jitter_rows(runs)
     tables = Path(args.tables_dir)
     tables.mkdir(parents=True, exist_ok=True)
@@ -626,16 +627,16 @@ def run(args: argparse.Namespace) -> None:
                             "jitter_difference_sd", "df", "ci_low", "ci_high", "resamples"]))):
         with atomic_path(tables / name) as tmp:
             frame.to_csv(tmp, index=False)
-    write_text(tables / "frontier.md", frontier_markdown(points, matched, jitter, args.primary,
-                                                         args.reference_grid, bigram))
+    write_text(tables / "frontier.md", frontier_markdown(
+        points, matched, jitter, frontier.primary, frontier.reference_grid, bigram))
     if args.figure:
-        write_figure(points, args.primary, list(sweep.seeds), args.figure, bigram)
+        write_figure(points, frontier.primary, list(sweep.seeds), args.figure, bigram)
     if args.readme:
         stamp = provenance_stamp(args.runs, sweep, args.code_hashes)
         seconds = job_seconds(args.benchmarks, sweep) if args.benchmarks else None
-        write_text(Path(args.readme), readme_markdown(sweep, runs, points, matched,
-                                                      args.primary, args.reference_grid, stamp,
-                                                      seconds))
+        write_text(Path(args.readme), readme_markdown(
+            sweep, runs, points, matched, frontier.primary, frontier.reference_grid, stamp,
+            seconds))
     for row in matched:
         if row["primary"]:
             log.info("%s", matched_sentence(row))
