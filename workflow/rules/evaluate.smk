@@ -13,7 +13,9 @@ rule generate:
     params:
         settings=settings_param(GenerateSettings, section_of(GenerateSettings, HUMANEVAL)),
         code=stage_code("generate"),
-    threads: 2
+    # one thread: two are no faster for this model, and a 1-thread job can run beside a
+    # pretraining run (docs/sizing.md)
+    threads: 1
     resources:
         gpu=lambda wildcards: uses_gpu(SETTINGS[wildcards.variant]),
     log:
@@ -61,7 +63,7 @@ rule score:
         out_dir=parent_of("output", "summary"),
         settings=settings_param(ScoreSettings, section_of(ScoreSettings, HUMANEVAL)),
         code=stage_code("score"),
-    threads: 2  # the scorer's --workers, an execution knob
+    threads: 1  # the scorer's --workers, an execution knob: 164 programs take seconds
     log:
         run_log("score"),
     benchmark:
