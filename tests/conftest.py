@@ -26,20 +26,38 @@ def config_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Snakemake on a copy of the workflow in ``workdir`` (symlinked, so results stay there),
-    with ``env`` added to this process's environment (less MLflow's variables)."""
+def start_snakemake(workdir: Path, *args: str,
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Snakemake started on a copy of the workflow in ``workdir`` (symlinked, so results stay
+    there), with ``env`` added to this process's environment (less MLflow's variables);
+    :func:`finish_snakemake` waits for it."""
     for name in ("Snakefile", "workflow", "config", "src"):
         link = workdir / name
         if not link.exists():
             link.symlink_to(REPO / name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | (env or {})
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=1800)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_snakemake(proc: subprocess.Popen, check: bool = True) -> subprocess.CompletedProcess:
+    """Wait for a :func:`start_snakemake` run; with ``check``, a failure raises with its
+    output."""
+    try:
+        stdout, stderr = proc.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(proc.args[1:])} failed:\n{stdout}\n{stderr}")
+    return done
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Snakemake run to its end (:func:`start_snakemake`, :func:`finish_snakemake`)."""
+    return finish_snakemake(start_snakemake(workdir, *args, env=env), check=check)
 
 
 def pytest_collection_modifyitems(config, items):
