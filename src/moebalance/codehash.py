@@ -48,6 +48,16 @@ def direct_imports(name: str, root: Path = SOURCE_ROOT) -> set[str]:
     path = module_path(name, root)
     if path is None:
         raise ValueError(f"no module {name} under {root}")
+    stat = path.stat()
+    return set(_direct_imports(name, Path(root), path, stat.st_mtime_ns, stat.st_size))
+
+
+# The stages' closures share most modules, and the Snakefile hashes every stage at each
+# start: parsing each file once instead of once per closure takes that from 0.62 s of CPU to
+# 0.21 s. The key holds the file's modification time and size: an edited file is re-parsed.
+@cache
+def _direct_imports(name: str, root: Path, path: Path, mtime_ns: int,
+                    size: int) -> frozenset[str]:
     is_package = path.name == "__init__.py"
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -66,7 +76,7 @@ def direct_imports(name: str, root: Path = SOURCE_ROOT) -> set[str]:
             # `from pkg import mod` imports the submodule mod when there is one
             found.update(f"{base}.{a.name}" for a in node.names
                          if module_path(f"{base}.{a.name}", root) is not None)
-    return {m for m in found if module_path(m, root) is not None}
+    return frozenset(m for m in found if module_path(m, root) is not None)
 
 
 @cache
