@@ -2,7 +2,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import jsonschema
 import pytest
@@ -26,8 +29,24 @@ def config_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-def start_snakemake(workdir: Path, *args: str,
-                    env: dict[str, str] | None = None) -> subprocess.Popen:
+@dataclass
+class Started:
+    """A Snakemake run left going (:func:`start_snakemake`), its output going to files: a
+    run the caller does not wait on must not stall on a full pipe."""
+
+    process: subprocess.Popen
+    stdout: IO[str]
+    stderr: IO[str]
+
+
+def _read_back(handle: IO[str]) -> str:
+    """All that was written to the temporary file ``handle``, which is then closed."""
+    with handle:
+        handle.seek(0)
+        return handle.read()
+
+
+def start_snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> Started:
     """Snakemake started on a copy of the workflow in ``workdir`` (symlinked, so results stay
     there), with ``env`` added to this process's environment (less MLflow's variables);
     :func:`finish_snakemake` waits for it."""
@@ -36,21 +55,24 @@ def start_snakemake(workdir: Path, *args: str,
         if not link.exists():
             link.symlink_to(REPO / name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | (env or {})
-    return subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir,
+                               env=env, stdout=stdout, stderr=stderr, text=True)
+    return Started(process, stdout, stderr)
 
 
-def finish_snakemake(proc: subprocess.Popen, check: bool = True) -> subprocess.CompletedProcess:
+def finish_snakemake(run: Started, check: bool = True) -> subprocess.CompletedProcess:
     """Wait for a :func:`start_snakemake` run; with ``check``, a failure raises with its
     output."""
     try:
-        stdout, stderr = proc.communicate(timeout=1800)
+        run.process.wait(timeout=1800)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        run.process.kill()
         raise
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    stdout, stderr = _read_back(run.stdout), _read_back(run.stderr)
+    done = subprocess.CompletedProcess(run.process.args, run.process.returncode, stdout, stderr)
     if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(proc.args[1:])} failed:\n{stdout}\n{stderr}")
+        raise AssertionError(f"{' '.join(done.args[1:])} failed:\n{stdout}\n{stderr}")
     return done
 
 
