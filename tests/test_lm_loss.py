@@ -63,7 +63,10 @@ def test_compile_refuses_aux_loss_beside_global_aux_loss():
 
 
 @pytest.mark.slow
-def test_compiled_first_step_matches_the_eager_step():
+def test_compiled_first_step_matches_the_eager_step(monkeypatch):
+    # Inductor builds its C++ kernels in this process, not in a pool of compile workers
+    # that would each import torch first (~8 s of CPU with an empty compile cache)
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     torch._dynamo.reset()
     eager, compiled = _trainer(), _trainer(compile=True, loss_chunk_tokens=16)
     rows = [eager.train_step(), compiled.train_step()]

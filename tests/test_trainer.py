@@ -1,5 +1,6 @@
 """The training loop: bias updates, accumulation, DDP, checkpoints and resume."""
 
+import functools
 import os
 import socket
 
@@ -100,6 +101,12 @@ def test_bias_is_fp32_and_updated_under_bf16_autocast():
 
 def _ddp_worker(rank, world, port, runs, result):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # The ranks compile with AOTAutograd but without Inductor's code generation: on a CPU,
+    # Inductor writes and builds C++ (a GPU gets Triton kernels instead, benchmarks/
+    # gpu_check.sh), which cost each rank ~40 s of CPU with an empty compile cache. What
+    # this run is for (Dynamo tracing DDP, autocast and accumulation into graphs that give
+    # the ranks one bias) does not need it; test_lm_loss checks Inductor's step against eager.
+    torch.compile = functools.partial(torch.compile, backend="aot_eager")
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         out = []
@@ -136,8 +143,9 @@ def train_on_two_ranks(*runs: tuple[torch.Tensor, dict]) -> list[list[tuple[torc
 # and, for the GPU preset's path, compiles) serves them all.
 BIAS_RUNS = {name: dict(steps=2, micro_batch_size=2, balancing=balancing)
              for name, balancing in (("loss_free", LOSS_FREE), ("quantile", QUANTILE))}
-# config/gpu.yaml's code path, but for the device: bf16 autocast, torch.compile, gradient
-# accumulation and two DDP ranks (gloo), so that a slip in those branches fails here first
+# config/gpu.yaml's code path, but for the device: bf16 autocast, torch.compile (traced, see
+# _ddp_worker), gradient accumulation and two DDP ranks (gloo), so that a slip in those
+# branches fails here first
 GPU_PRESET_RUN = dict(steps=2, micro_batch_size=2, grad_accum=2, precision="bf16", compile=True,
                       loss_chunk_tokens=16)
 
