@@ -83,11 +83,13 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True,
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end runs first, then the other slow tests: they are the longest by far, so
-    under xdist the other workers finish everything else while some run them, instead of
-    starting them last."""
+    """The end-to-end run first and the other slow tests last. xdist's worksteal gives each
+    worker a contiguous share of this order and lets an idle worker take the tail of a busy
+    one's queue: the worker that starts the end-to-end run (the longest test by far) holds
+    only quick tests behind it, and the slow ones run on the others meanwhile (queued right
+    behind it, a slow test would run alone at the end, with the other cores idle)."""
     items.sort(key=lambda item: (item.get_closest_marker("e2e") is None,
-                                 item.get_closest_marker("slow") is None))
+                                 item.get_closest_marker("slow") is not None))
 
 
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MOEBALANCE_STUDY")
