@@ -105,7 +105,7 @@ def _ddp_worker(rank, world, port, runs, result):
     # Inductor writes and builds C++ (a GPU gets Triton kernels instead, benchmarks/
     # gpu_check.sh), which cost each rank ~40 s of CPU with an empty compile cache. What
     # this run is for (Dynamo tracing DDP, autocast and accumulation into graphs that give
-    # the ranks one bias) does not need it; test_lm_loss checks Inductor's step against eager.
+    # the ranks one bias) does not need it (test_lm_loss says what Inductor builds here).
     torch.compile = functools.partial(torch.compile, backend="aot_eager")
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
