@@ -582,7 +582,7 @@ def test_timing_rows_are_described_but_tested_in_no_family(three_seeds):
 
 def test_the_answer_states_the_design_limits(three_seeds):
     answer = three_seeds["answer"]
-    assert "not tuned in the default study" in answer and "config/long.yaml" in answer
+    assert "not tuned in the default study" in answer and "config/frontier.yaml" in answer
     assert "may span documents" in answer and "`grad_accum: 1`" in answer
 
 

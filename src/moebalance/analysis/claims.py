@@ -156,8 +156,9 @@ def hypothesis_lines(paired: list[dict], plan: Plan, pct: int) -> list[str]:
 
 DESIGN_LIMITS = (
     "**Design limits:** the balancing coefficients (the aux loss's alpha, loss-free's gamma) "
-    "are not tuned in the default study; the frontier study (`config/long.yaml`) tunes each "
-    "method on its own seeds and compares them fairly. A \"sequence\" of the sequence-wise "
+    "are not tuned in the default study. The frontier (`config/frontier.yaml`, "
+    "`results/frontier/`) compares every method at several strengths at matched balance, and "
+    "`config/long.yaml` tunes each method on its own seeds. A \"sequence\" of the sequence-wise "
     "balance loss is one training window (`pretrain.seq_len`, 256 tokens in the default "
     "study), which may span documents. `global_aux_loss` at `grad_accum: 1` on one process is "
     "the expert-level aux loss: its global batch is the micro-batch.")
